@@ -1,0 +1,91 @@
+"""Model registry: `get_model(config)`, backbones, initialisation, counting."""
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from parallelnet.models.backbones import get_backbone
+from parallelnet.models.backbones import known_backbones
+from parallelnet.models.parallelnet import ParallelNet
+
+DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def compute_dtype(name: str) -> Any:
+  """The jnp dtype for `config.model.dtype`."""
+  if name not in DTYPES:
+    raise ValueError(f'model.dtype={name!r}; expected one of {tuple(DTYPES)}.')
+  return DTYPES[name]
+
+
+def _parallelnet(config) -> nn.Module:
+  m = config.model
+  return ParallelNet(
+      num_classes=len(config.dataset.classes),
+      modalities=m.modalities,
+      crossing=m.crossing,
+      speech_backbone=m.speech_backbone,
+      image_backbone=m.image_backbone,
+      width=m.width,
+      feature_dim=m.feature_dim,
+      head_dim=m.head_dim,
+      dtype=compute_dtype(m.dtype))
+
+
+# config.model.name -> factory(config) -> nn.Module
+_MODELS: dict[str, Callable[[Any], nn.Module]] = {'parallelnet': _parallelnet}
+
+
+def get_model(config) -> nn.Module:
+  """The model named `config.model.name`, built from `config`."""
+  name = config.model.name
+  if name not in _MODELS:
+    raise ValueError(f'Unknown model.name {name!r}; known models: '
+                     f'{", ".join(sorted(_MODELS))}.')
+  return _MODELS[name](config)
+
+
+def dummy_inputs(config, batch: int = 1):
+  """Zero image (B, S, S, 3) and spectrogram (B, num_frames, n_mels, 1)."""
+  s = config.input.image_size
+  image = jnp.zeros((batch, s, s, 3), jnp.float32)
+  spectrogram = jnp.zeros(
+      (batch, config.input.num_frames, config.input.n_mels, 1), jnp.float32)
+  return image, spectrogram
+
+
+def init_variables(model: nn.Module, config, rng) -> dict:
+  """{'params', 'batch_stats'} of `model` for the config's input shapes.
+
+  Jitted; works under `jax.eval_shape` too (nothing is allocated then).
+  """
+  image, spectrogram = dummy_inputs(config)
+
+  @jax.jit
+  def init(rng):
+    variables = model.init(rng, image, spectrogram, train=False)
+    return {'params': variables['params'],
+            'batch_stats': variables.get('batch_stats', {})}
+
+  return init(rng)
+
+
+def count_params(tree) -> int:
+  """Total number of scalars in a pytree of arrays (or ShapeDtypeStructs)."""
+  return int(sum(np.prod(x.shape, dtype=np.int64)
+                 for x in jax.tree_util.tree_leaves(tree)))
+
+
+def count_by_branch(tree) -> dict[str, int]:
+  """Scalars per top-level entry of a variable collection, in order."""
+  return {name: count_params(sub) for name, sub in tree.items()}
+
+
+__all__ = [
+    'ParallelNet', 'compute_dtype', 'count_by_branch', 'count_params',
+    'dummy_inputs', 'get_backbone', 'get_model', 'init_variables',
+    'known_backbones',
+]

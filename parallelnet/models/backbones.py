@@ -1,0 +1,55 @@
+"""Backbone registry: the pretrained-able trunk M inside each N2 branch.
+
+A backbone maps images `(batch, H, W, 3)` to a feature map `(batch, h, w, c)`
+(no classifier, no global pooling: N2 adds BatchNorm, Flatten, Dense itself).
+Register new trunks in `_REGISTRY` under the name the config uses.
+"""
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from parallelnet.models import vgg
+
+# name -> factory(width, dtype, name) -> nn.Module (name: the Flax module's).
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str):
+  """Decorator adding a backbone factory to the registry under `name`."""
+
+  def wrap(factory):
+    if name in _REGISTRY:
+      raise ValueError(f'Backbone {name!r} is registered twice.')
+    _REGISTRY[name] = factory
+    return factory
+
+  return wrap
+
+
+def known_backbones() -> tuple[str, ...]:
+  return tuple(sorted(_REGISTRY))
+
+
+def get_backbone(name: str, width: float = 1.0, dtype: Any = jnp.float32,
+                 module_name: str | None = None) -> nn.Module:
+  """The trunk registered as `name`, with channel `width` and compute `dtype`.
+
+  `module_name` names the Flax submodule when built inside a parent module.
+  Raises ValueError for an unknown name, listing the known ones.
+  """
+  if name not in _REGISTRY:
+    raise ValueError(f'Unknown backbone {name!r}; known backbones: '
+                     f'{", ".join(known_backbones())}.')
+  return _REGISTRY[name](width=width, dtype=dtype, name=module_name)
+
+
+@register('vgg16')
+def _vgg16(width, dtype, **kw):
+  return vgg.VGG(blocks=vgg.VGG16_BLOCKS, width=width, dtype=dtype, **kw)
+
+
+@register('vgg19')
+def _vgg19(width, dtype, **kw):
+  return vgg.VGG(blocks=vgg.VGG19_BLOCKS, width=width, dtype=dtype, **kw)

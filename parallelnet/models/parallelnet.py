@@ -1,0 +1,241 @@
+"""ParallelNet (paper §3.2, Fig. 2, Eq. 1-2) and its ablation family (§4.3).
+
+Names follow SPEC §2 (the paper swaps N1 and N2 between two paragraphs; we use
+§3.2.1 and Eq. 1):
+  N1 (conv branch):     [Conv3x3 ReLU]x2, pool, [Conv(128)]x2, pool,
+                        [Conv(256)]x2, pool, BatchNorm, Flatten, Dense(feature_dim).
+  N2 (backbone branch): trunk M (registry name), BatchNorm, Flatten, Dense.
+  adapter:              Conv1x1 with 3 filters turning the 1-channel spectrogram
+                        into the 3 channels N2_s's trunk expects (N1_s reads
+                        the spectrogram directly).
+  Eq. 1 (criss-cross after N2, 'Configuration 3'):
+    F_i = N1_i(image) + N2_s(speech),  F_s = N1_s(speech) + N2_i(image),
+    F_mul = F_i * F_s  (Eq. 1 prints N1_i in F_s; the text says N2_i: we follow
+    the text).
+  Eq. 2 (late fusion): heads Dense(head_dim)-ReLU-Dense(head_dim)-ReLU-Dense(C)
+    give O_sp = head_sp(F_s), O_img = head_img(F_i), O_mul = head_mul(F_mul);
+    w = softmax(theta), theta in R^3 learned; O = w1 O_sp + w2 O_img + w3 O_mul;
+    y_hat = softmax(O). The module returns the logits O.
+
+Crossing position (`crossing`, Table 2's Baselines 1-3). The paper only says
+"a criss-cross is a position combining two different modalities' networks".
+Our reading:
+  'after'  (proposed, Baseline 3): Eq. 1 as above.
+  'before' (Baseline 2): the criss-cross sits at the inputs of the backbone
+    branches. N2_s reads adapter(speech) + P_is(image) and N2_i reads
+    image + P_si(speech), where P_is, P_si are learned 1x1 conv projections to
+    3 channels; a projected input whose spatial size differs from the host
+    branch's input is resized to it (bilinear, jax.image.resize). The branch
+    outputs are then combined within each modality: F_s = N1_s + N2_s,
+    F_i = N1_i + N2_i, F_mul = F_i * F_s.
+  'both'   (Baseline 1): the crossed inputs of 'before' AND the crossing of
+    'after': F_i = N1_i + N2_s, F_s = N1_s + N2_i.
+Heads and late fusion are the same for all three.
+
+Unimodal variants (`modalities`, Table 2's SER Only / IER Only): 'speech' builds
+N1_s, adapter, N2_s and the speech head only, with F_s = N1_s + N2_s and
+O = O_sp; 'image' builds N1_i, N2_i and the image head, F_i = N1_i + N2_i and
+O = O_img. They take both inputs and never read the other one. A crossing
+needs both modalities, so they require crossing='after' (the config default,
+meaning 'no crossing' here).
+
+Initialisers follow Keras (glorot_uniform kernels, zero biases) since the
+paper trained in Keras. Computation runs in `dtype`; parameters, BatchNorm
+statistics, the fusion weights and the returned logits are float32.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from parallelnet.models import backbones
+from parallelnet.models import vgg
+
+MODALITIES = ('both', 'speech', 'image')
+CROSSINGS = ('after', 'before', 'both')
+
+KERNEL_INIT = vgg.KERNEL_INIT
+
+
+def batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
+  """BatchNorm with Keras defaults (momentum 0.99, epsilon 1e-3)."""
+  return nn.BatchNorm(use_running_average=not train, momentum=0.99,
+                      epsilon=1e-3, dtype=dtype, param_dtype=jnp.float32,
+                      name=name)
+
+
+def dense(features: int, dtype: Any, name: str) -> nn.Dense:
+  return nn.Dense(features, kernel_init=KERNEL_INIT, dtype=dtype,
+                  param_dtype=jnp.float32, name=name)
+
+
+def conv1x1(features: int, dtype: Any, name: str) -> nn.Conv:
+  return nn.Conv(features, (1, 1), kernel_init=KERNEL_INIT, dtype=dtype,
+                 param_dtype=jnp.float32, name=name)
+
+
+class ConvBranch(nn.Module):
+  """N1: three VGG-style blocks of two 3x3 convs, BatchNorm, Flatten, Dense."""
+
+  feature_dim: int
+  width: float = 1.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = vgg.VGG(blocks=((64, 2), (128, 2), (256, 2)), width=self.width,
+                dtype=self.dtype, name='convs')(x)
+    x = batch_norm(train, self.dtype, 'bn')(x)
+    x = x.reshape(x.shape[0], -1)  # Keras Flatten order: (h, w, c).
+    return dense(self.feature_dim, self.dtype, 'dense')(x)
+
+
+class BackboneBranch(nn.Module):
+  """N2: the trunk M chosen by registry name, BatchNorm, Flatten, Dense."""
+
+  backbone: str
+  feature_dim: int
+  width: float = 1.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = backbones.get_backbone(self.backbone, self.width, self.dtype,
+                               module_name='backbone')(x)
+    x = batch_norm(train, self.dtype, 'bn')(x)
+    x = x.reshape(x.shape[0], -1)
+    return dense(self.feature_dim, self.dtype, 'dense')(x)
+
+
+class Head(nn.Module):
+  """Late-fusion head: Dense-ReLU-Dense-ReLU-Dense(C) (paper §3.2.2)."""
+
+  hidden: int
+  num_classes: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(dense(self.hidden, self.dtype, 'dense1')(x))
+    x = nn.relu(dense(self.hidden, self.dtype, 'dense2')(x))
+    return dense(self.num_classes, self.dtype, 'out')(x)
+
+
+def _theta_init(key, shape, dtype=jnp.float32):
+  # Keras' default weight initialiser, glorot_uniform, on a 3-vector is
+  # U(-1, 1) (fan_in = fan_out = 3): "randomly initialised" (§3.2.2).
+  return jax.random.uniform(key, shape, dtype, -1.0, 1.0)
+
+
+def _resize_like(x, like):
+  """`x` resized (bilinear) to the spatial size of `like` when they differ."""
+  if x.shape[1:3] == like.shape[1:3]:
+    return x
+  return jax.image.resize(x, x.shape[:1] + like.shape[1:3] + x.shape[3:],
+                          method='bilinear')
+
+
+class ParallelNet(nn.Module):
+  """ParallelNet and its ablation family; see the module docstring.
+
+  `__call__(image, spectrogram, train)` takes image (B, H, W, 3) and
+  spectrogram (B, T, F, 1) (time first) and returns (logits O, intermediates):
+  intermediates holds N1_i, N1_s, N2_i, N2_s, F_i, F_s, F_mul, O_sp, O_img,
+  O_mul and fusion_weights = softmax(theta), those the variant has.
+  """
+
+  num_classes: int
+  modalities: str = 'both'
+  crossing: str = 'after'
+  speech_backbone: str = 'vgg16'
+  image_backbone: str = 'vgg19'
+  width: float = 1.0
+  feature_dim: int = 512
+  head_dim: int = 1024
+  dtype: Any = jnp.float32
+
+  def _check(self, image, spectrogram):
+    if self.modalities not in MODALITIES:
+      raise ValueError(f'model.modalities={self.modalities!r}; expected one '
+                       f'of {MODALITIES}.')
+    if self.crossing not in CROSSINGS:
+      raise ValueError(f'model.crossing={self.crossing!r}; expected one of '
+                       f'{CROSSINGS}.')
+    if self.modalities != 'both' and self.crossing != 'after':
+      raise ValueError(
+          f'model.crossing={self.crossing!r} needs both modalities, but '
+          f'model.modalities={self.modalities!r}; use crossing=\'after\'.')
+    if image.ndim != 4 or image.shape[-1] != 3:
+      raise ValueError(f'image must be (batch, H, W, 3); got {image.shape}.')
+    if spectrogram.ndim != 4 or spectrogram.shape[-1] != 1:
+      raise ValueError('spectrogram must be (batch, time, freq, 1); got '
+                       f'{spectrogram.shape}.')
+    if image.shape[0] != spectrogram.shape[0]:
+      raise ValueError(f'image batch {image.shape[0]} != spectrogram batch '
+                       f'{spectrogram.shape[0]}.')
+
+  def _n1(self, name):
+    return ConvBranch(self.feature_dim, self.width, self.dtype, name=name)
+
+  def _n2(self, backbone, name):
+    return BackboneBranch(backbone, self.feature_dim, self.width, self.dtype,
+                          name=name)
+
+  def _head(self, name):
+    return Head(self.head_dim, self.num_classes, self.dtype, name=name)
+
+  @nn.compact
+  def __call__(self, image, spectrogram, train: bool):
+    self._check(image, spectrogram)
+    image = jnp.asarray(image, self.dtype)
+    speech = jnp.asarray(spectrogram, self.dtype)
+    out = {}
+    use_speech = self.modalities in ('both', 'speech')
+    use_image = self.modalities in ('both', 'image')
+
+    if use_speech:
+      out['N1_s'] = self._n1('N1_s')(speech, train)
+      speech3 = conv1x1(3, self.dtype, 'adapter')(speech)
+    if use_image:
+      out['N1_i'] = self._n1('N1_i')(image, train)
+      image3 = image
+    if use_speech and use_image and self.crossing in ('before', 'both'):
+      # Criss-cross before N2: each backbone also sees the other modality.
+      from_image = conv1x1(3, self.dtype, 'P_is')(image)
+      from_speech = conv1x1(3, self.dtype, 'P_si')(speech)
+      speech3, image3 = (speech3 + _resize_like(from_image, speech3),
+                         image3 + _resize_like(from_speech, image3))
+    if use_speech:
+      out['N2_s'] = self._n2(self.speech_backbone, 'N2_s')(speech3, train)
+    if use_image:
+      out['N2_i'] = self._n2(self.image_backbone, 'N2_i')(image3, train)
+
+    if self.modalities == 'speech':
+      out['F_s'] = out['N1_s'] + out['N2_s']
+      out['O_sp'] = self._head('head_sp')(out['F_s'])
+      return jnp.asarray(out['O_sp'], jnp.float32), out
+    if self.modalities == 'image':
+      out['F_i'] = out['N1_i'] + out['N2_i']
+      out['O_img'] = self._head('head_img')(out['F_i'])
+      return jnp.asarray(out['O_img'], jnp.float32), out
+
+    if self.crossing == 'before':
+      out['F_i'] = out['N1_i'] + out['N2_i']
+      out['F_s'] = out['N1_s'] + out['N2_s']
+    else:  # Eq. 1.
+      out['F_i'] = out['N1_i'] + out['N2_s']
+      out['F_s'] = out['N1_s'] + out['N2_i']
+    out['F_mul'] = out['F_i'] * out['F_s']
+    out['O_sp'] = self._head('head_sp')(out['F_s'])
+    out['O_img'] = self._head('head_img')(out['F_i'])
+    out['O_mul'] = self._head('head_mul')(out['F_mul'])
+    # Eq. 2, in float32.
+    theta = self.param('theta', _theta_init, (3,), jnp.float32)
+    w = jax.nn.softmax(theta)
+    out['fusion_weights'] = w
+    logits = (w[0] * out['O_sp'].astype(jnp.float32)
+              + w[1] * out['O_img'].astype(jnp.float32)
+              + w[2] * out['O_mul'].astype(jnp.float32))
+    return logits, out
