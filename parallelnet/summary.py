@@ -1,0 +1,58 @@
+"""Parameter counts per branch (`main.py --mode=summary`, SPEC §2).
+
+Counted with `jax.eval_shape`, so the paper-size model (117M parameters) is
+never allocated.
+"""
+
+import jax
+
+from parallelnet import models
+
+# What each top-level module is, in the order the table lists them.
+BRANCHES = {
+    'N1_i': 'N1 conv branch, image',
+    'N1_s': 'N1 conv branch, speech',
+    'N2_i': 'N2 backbone branch, image',
+    'N2_s': 'N2 backbone branch, speech',
+    'adapter': 'speech 1x1 conv to 3 channels',
+    'P_is': 'crossing before N2: image -> N2_s input',
+    'P_si': 'crossing before N2: speech -> N2_i input',
+    'head_sp': 'late-fusion head -> O_sp',
+    'head_img': 'late-fusion head -> O_img',
+    'head_mul': 'late-fusion head -> O_mul',
+    'theta': 'fusion weights, w = softmax(theta)',
+}
+
+
+def variable_shapes(config) -> dict:
+  """{'params', 'batch_stats'} of `config`'s model as ShapeDtypeStructs."""
+  model = models.get_model(config)
+  return jax.eval_shape(lambda key: models.init_variables(model, config, key),
+                        jax.random.key(config.seed))
+
+
+def summarize(config) -> str:
+  """A table of parameter counts per branch, then the two total lines."""
+  shapes = variable_shapes(config)
+  params = models.count_by_branch(shapes['params'])
+  stats = models.count_by_branch(shapes['batch_stats'])
+  order = [b for b in BRANCHES if b in params]
+  order += sorted(set(params) - set(order))  # Any module not listed above.
+  m = config.model
+  lines = [
+      f'model={m.name} modalities={m.modalities} crossing={m.crossing} '
+      f'speech_backbone={m.speech_backbone} image_backbone={m.image_backbone} '
+      f'width={m.width} classes={len(config.dataset.classes)} '
+      f'image={config.input.image_size}x{config.input.image_size}x3 '
+      f'spectrogram={config.input.num_frames}x{config.input.n_mels}x1',
+      f'{"branch":<10} {"params":>13} {"batch_stats":>12}  description',
+  ]
+  for b in order:
+    lines.append(f'{b:<10} {params[b]:>13,} {stats.get(b, 0):>12,}  '
+                 f'{BRANCHES.get(b, "")}')
+  total = sum(params.values())
+  total_stats = sum(stats.values())
+  lines.append(f'{"total":<10} {total:>13,} {total_stats:>12,}')
+  lines.append(f'trainable_params={total}')
+  lines.append(f'batch_stats={total_stats}')
+  return '\n'.join(lines)
