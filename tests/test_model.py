@@ -1,0 +1,367 @@
+"""Tests of the ParallelNet model family (SPEC §2-3, paper Eq. 1-2)."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import parallelnet as config_lib
+from parallelnet import models
+from parallelnet import summary
+from parallelnet.models import parallelnet as parallelnet_lib
+from parallelnet.models import vgg
+
+pytestmark = pytest.mark.usefixtures('fast_compile')
+
+
+def tiny_config(arg=''):
+  """runlocal: 32x32 image and spectrogram, width 1/16, small heads."""
+  return config_lib.get_config(','.join(filter(None, ['runlocal', arg])))
+
+
+def random_inputs(config, key, batch=2):
+  s = config.input.image_size
+  k1, k2 = jax.random.split(key)
+  image = jax.random.normal(k1, (batch, s, s, 3))
+  spectrogram = jax.random.uniform(
+      k2, (batch, config.input.num_frames, config.input.n_mels, 1))
+  return image, spectrogram
+
+
+def build(config, seed=0):
+  model = models.get_model(config)
+  variables = models.init_variables(model, config, jax.random.key(seed))
+  apply = jax.jit(lambda v, i, s: model.apply(v, i, s, train=False))
+  return model, variables, apply
+
+
+@pytest.fixture(scope='module')
+def proposed():
+  """The proposed model ('after' crossing) at tiny size, and one eval pass."""
+  config = tiny_config()
+  model, variables, apply = build(config)
+  image, spectrogram = random_inputs(config, jax.random.key(1))
+  logits, inter = apply(variables, image, spectrogram)
+  return dict(config=config, model=model, variables=variables, apply=apply,
+              image=image, spectrogram=spectrogram, logits=logits, inter=inter)
+
+
+# --- Parameter counts (SPEC §2) ----------------------------------------------
+
+
+def conv(k, cin, cout):
+  return k * k * cin * cout + cout
+
+
+def dense(fin, fout):
+  return fin * fout + fout
+
+
+def test_paper_parameter_count():
+  config = config_lib.get_config()
+  shapes = summary.variable_shapes(config)
+  # Derivation at 128x128 inputs, C = 4:
+  # N1 convs: 3x3 convs 64, 64, 128, 128, 256, 256 on 3 (image) or 1 (speech)
+  # input channels; three 2x2 pools take 128 -> 16, so BatchNorm(256) has
+  # 2*256 trainable params and Dense(512) reads 16*16*256 = 65536 features.
+  n1_convs_rest = (conv(3, 64, 64) + conv(3, 64, 128) + conv(3, 128, 128)
+                   + conv(3, 128, 256) + conv(3, 256, 256))
+  n1_i = conv(3, 3, 64) + n1_convs_rest + 2 * 256 + dense(16 * 16 * 256, 512)
+  n1_s = conv(3, 1, 64) + n1_convs_rest + 2 * 256 + dense(16 * 16 * 256, 512)
+  # N2: Keras VGG16 / VGG19 without top (14,714,688 / 20,024,384 params), five
+  # pools take 128 -> 4, BatchNorm(512), Dense(512) on 4*4*512 = 8192 features.
+  n2_tail = 2 * 512 + dense(4 * 4 * 512, 512)
+  n2_s = 14_714_688 + n2_tail
+  n2_i = 20_024_384 + n2_tail
+  adapter = conv(1, 1, 3)
+  head = dense(512, 1024) + dense(1024, 1024) + dense(1024, 4)
+  theta = 3
+  expected = n1_i + n1_s + n2_s + n2_i + adapter + 3 * head + theta
+  assert expected == 117_268_373
+  by_branch = models.count_by_branch(shapes['params'])
+  assert by_branch == {
+      'N1_i': n1_i, 'N1_s': n1_s, 'N2_i': n2_i, 'N2_s': n2_s,
+      'adapter': adapter, 'head_sp': head, 'head_img': head,
+      'head_mul': head, 'theta': theta}
+  assert models.count_params(shapes['params']) == expected
+  # Moving mean and variance of the four BatchNorms: 2*(256+256+512+512).
+  assert models.count_params(shapes['batch_stats']) == 2 * (256 * 2 + 512 * 2)
+  # Parameters of the trunks alone are Keras' published counts.
+  assert models.count_params(
+      shapes['params']['N2_s']['backbone']) == 14_714_688
+  assert models.count_params(
+      shapes['params']['N2_i']['backbone']) == 20_024_384
+
+
+def test_summary_prints_table_and_totals():
+  text = summary.summarize(config_lib.get_config())
+  lines = text.splitlines()
+  assert lines[-2:] == ['trainable_params=117268373', 'batch_stats=3072']
+  rows = {l.split()[0]: l.split()[1] for l in lines[2:-2]}
+  assert rows['N1_i'] == '34,700,864'
+  assert rows['N2_s'] == '18,910,528'
+  assert rows['adapter'] == '6'
+  assert rows['theta'] == '3'
+  assert set(rows) >= {'N1_s', 'N2_i', 'head_sp', 'head_img', 'head_mul'}
+
+
+# --- Equations 1 and 2 --------------------------------------------------------
+
+
+def test_eq1_intermediate_fusion(proposed):
+  t = proposed['inter']
+  np.testing.assert_array_equal(t['F_i'], t['N1_i'] + t['N2_s'])
+  np.testing.assert_array_equal(t['F_s'], t['N1_s'] + t['N2_i'])
+  np.testing.assert_array_equal(t['F_mul'], t['F_i'] * t['F_s'])
+  # Not trivially satisfied: the features are nonzero and differ.
+  assert float(jnp.abs(t['N2_s'] - t['N2_i']).max()) > 1e-3
+
+
+def test_eq2_late_fusion(proposed):
+  t = proposed['inter']
+  theta = proposed['variables']['params']['theta']
+  w = np.exp(theta) / np.exp(theta).sum()
+  np.testing.assert_allclose(t['fusion_weights'], w, rtol=1e-6)
+  expected = w[0] * t['O_sp'] + w[1] * t['O_img'] + w[2] * t['O_mul']
+  np.testing.assert_allclose(proposed['logits'], expected, rtol=1e-5,
+                             atol=1e-6)
+  # Randomly initialised: the three weights are not all equal.
+  assert np.ptp(np.asarray(theta)) > 1e-3
+  # The heads differ, so the weighting matters.
+  assert float(jnp.abs(t['O_sp'] - t['O_mul']).max()) > 1e-4
+
+
+def test_heads_read_the_right_features(proposed):
+  p = proposed['variables']['params']
+  h = parallelnet_lib.Head(proposed['config'].model.head_dim, 4)
+  t = proposed['inter']
+  for name, feature, output in (('head_sp', 'F_s', 'O_sp'),
+                                ('head_img', 'F_i', 'O_img'),
+                                ('head_mul', 'F_mul', 'O_mul')):
+    out = h.apply({'params': p[name]}, t[feature])
+    np.testing.assert_allclose(out, t[output], rtol=1e-5, atol=1e-6)
+
+
+def test_softmax_of_logits_is_the_prediction(proposed):
+  logits = proposed['logits']
+  probs = jax.nn.softmax(logits)
+  np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-6)
+  np.testing.assert_array_equal(jnp.argmax(probs, -1), jnp.argmax(logits, -1))
+  assert logits.shape == (2, len(proposed['config'].dataset.classes))
+  assert logits.dtype == jnp.float32
+
+
+def test_after_crossing_keeps_backbone_inputs_unmixed(proposed):
+  p = proposed
+  image2 = p['image'] + 1.0
+  _, t2 = p['apply'](p['variables'], image2, p['spectrogram'])
+  np.testing.assert_array_equal(t2['N2_s'], p['inter']['N2_s'])
+  np.testing.assert_array_equal(t2['N1_s'], p['inter']['N1_s'])
+  assert not np.array_equal(t2['N2_i'], p['inter']['N2_i'])
+
+
+# --- Ablation family (SPEC §3) ------------------------------------------------
+
+
+@pytest.mark.parametrize('variant,kept,dropped', [
+    ('ser_only', 'spectrogram', 'image'),
+    ('ier_only', 'image', 'spectrogram'),
+])
+def test_unimodal_variants_ignore_the_other_modality(variant, kept, dropped):
+  config = tiny_config(variant)
+  _, variables, apply = build(config)
+  image, spectrogram = random_inputs(config, jax.random.key(2))
+  inputs = dict(image=image, spectrogram=spectrogram)
+  logits1, t1 = apply(variables, inputs['image'], inputs['spectrogram'])
+  other = dict(inputs)
+  other[dropped] = jax.random.normal(jax.random.key(3),
+                                     inputs[dropped].shape) * 50.0
+  logits2, t2 = apply(variables, other['image'], other['spectrogram'])
+  np.testing.assert_array_equal(logits1, logits2)
+  # ...while the kept modality does matter.
+  changed = dict(inputs)
+  changed[kept] = inputs[kept] + 0.5
+  logits3, _ = apply(variables, changed['image'], changed['spectrogram'])
+  assert not np.array_equal(logits1, logits3)
+  # Only that modality's branches and head exist; no fusion.
+  m = 's' if variant == 'ser_only' else 'i'
+  expected = {f'N1_{m}', f'N2_{m}', f'F_{m}',
+              'O_sp' if m == 's' else 'O_img'}
+  assert set(t1) == expected
+  np.testing.assert_array_equal(logits1, t1['O_sp' if m == 's' else 'O_img'])
+  params = set(variables['params'])
+  assert 'theta' not in params and f'N1_{"i" if m == "s" else "s"}' not in params
+
+
+@pytest.mark.parametrize('crossing', ['before', 'both'])
+def test_crossing_before_n2_mixes_modalities(crossing):
+  config = tiny_config()
+  config.model.crossing = crossing
+  config.input.num_frames = 64  # T != H: the projections are resized.
+  _, variables, apply = build(config)
+  image, spectrogram = random_inputs(config, jax.random.key(4))
+  _, t1 = apply(variables, image, spectrogram)
+  _, t2 = apply(variables, image + 1.0, spectrogram)
+  _, t3 = apply(variables, image, spectrogram + 0.5)
+  # The image reaches N2_s and the speech reaches N2_i...
+  assert not np.array_equal(t1['N2_s'], t2['N2_s'])
+  assert not np.array_equal(t1['N2_i'], t3['N2_i'])
+  # ...but not N1 of the other modality.
+  np.testing.assert_array_equal(t1['N1_s'], t2['N1_s'])
+  np.testing.assert_array_equal(t1['N1_i'], t3['N1_i'])
+  if crossing == 'before':
+    np.testing.assert_array_equal(t1['F_i'], t1['N1_i'] + t1['N2_i'])
+    np.testing.assert_array_equal(t1['F_s'], t1['N1_s'] + t1['N2_s'])
+  else:
+    np.testing.assert_array_equal(t1['F_i'], t1['N1_i'] + t1['N2_s'])
+    np.testing.assert_array_equal(t1['F_s'], t1['N1_s'] + t1['N2_i'])
+  np.testing.assert_array_equal(t1['F_mul'], t1['F_i'] * t1['F_s'])
+  assert {'P_is', 'P_si'} <= set(variables['params'])
+
+
+def test_bad_config_and_inputs_raise():
+  with pytest.raises(ValueError, match="Unknown backbone 'vgg17'.*vgg16"):
+    models.get_backbone('vgg17', 1.0, jnp.float32)
+  config = tiny_config()
+  config.model.image_backbone = 'nope'
+  model = models.get_model(config)
+  with pytest.raises(ValueError, match="'nope'.*vgg19"):
+    jax.eval_shape(lambda k: models.init_variables(model, config, k),
+                   jax.random.key(0))
+  config = tiny_config()
+  config.model.crossing = 'sideways'
+  with pytest.raises(ValueError, match='model.crossing'):
+    models.init_variables(models.get_model(config), config, jax.random.key(0))
+  config = tiny_config('ser_only,baseline2')
+  with pytest.raises(ValueError, match='needs both modalities'):
+    models.init_variables(models.get_model(config), config, jax.random.key(0))
+  config = tiny_config()
+  config.model.dtype = 'float16'
+  with pytest.raises(ValueError, match='model.dtype'):
+    models.get_model(config)
+  config = tiny_config()
+  model = models.get_model(config)
+  with pytest.raises(ValueError, match=r'image must be \(batch, H, W, 3\)'):
+    jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(
+        (1, 32, 32, 1)), jnp.zeros((1, 32, 32, 1)), train=False))
+  with pytest.raises(ValueError, match='too small'):
+    jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(
+        (1, 16, 16, 3)), jnp.zeros((1, 32, 32, 1)), train=False))
+
+
+# --- VGG trunks vs Keras Applications ------------------------------------------
+
+
+def flax_layer_sequence(module, input_shape):
+  """(name, kind, kernel shape, output shape) of each layer, in call order."""
+  calls = []
+
+  def record(next_fun, args, kwargs, context):
+    out = next_fun(*args, **kwargs)
+    if context.method_name == '__call__' and context.module is not module:
+      if isinstance(context.module, (nn.Conv, vgg.MaxPool)):
+        calls.append((context.module.name, type(context.module).__name__,
+                      tuple(out.shape)))
+    return out
+
+  def init(key):
+    with nn.intercept_methods(record):
+      return module.init(key, jnp.zeros(input_shape))
+
+  params = jax.eval_shape(init, jax.random.key(0))['params']
+  return calls, params
+
+
+@pytest.mark.parametrize('name', ['vgg16', 'vgg19'])
+def test_vgg_trunk_matches_keras_applications(name):
+  keras = pytest.importorskip('keras')
+  builder = {'vgg16': keras.applications.VGG16,
+             'vgg19': keras.applications.VGG19}[name]
+  ref = builder(weights=None, include_top=False, input_shape=(32, 32, 3))
+  ref_layers = [l for l in ref.layers
+                if not isinstance(l, keras.layers.InputLayer)]
+  ours, params = flax_layer_sequence(
+      models.get_backbone(name, 1.0, jnp.float32), (1, 32, 32, 3))
+  assert [n for n, _, _ in ours] == [l.name for l in ref_layers]
+  for (lname, kind, out_shape), layer in zip(ours, ref_layers):
+    assert tuple(layer.output.shape[1:]) == out_shape[1:], lname
+    if isinstance(layer, keras.layers.Conv2D):
+      assert kind == 'Conv'
+      assert layer.activation.__name__ == 'relu'
+      assert layer.padding == 'same' and tuple(layer.strides) == (1, 1)
+      assert params[lname]['kernel'].shape == tuple(layer.kernel.shape)
+      assert params[lname]['bias'].shape == tuple(layer.bias.shape)
+    else:
+      assert isinstance(layer, keras.layers.MaxPooling2D), lname
+      assert kind == 'MaxPool'
+      assert tuple(layer.pool_size) == (2, 2)
+      assert tuple(layer.strides) == (2, 2) and layer.padding == 'valid'
+      assert lname not in params
+  assert models.count_params(params) == ref.count_params()
+
+
+def test_width_multiplier_scales_channels():
+  _, params = flax_layer_sequence(models.get_backbone('vgg16', 0.25),
+                                  (1, 32, 32, 3))
+  assert params['block1_conv1']['kernel'].shape == (3, 3, 3, 16)
+  assert params['block5_conv3']['kernel'].shape == (3, 3, 128, 128)
+  _, params = flax_layer_sequence(models.get_backbone('vgg16', 1 / 1000),
+                                  (1, 32, 32, 3))
+  assert params['block1_conv1']['kernel'].shape == (3, 3, 3, 1)
+
+
+# --- jit, vmap, training mode, dtypes ---------------------------------------------
+
+
+def test_vmap_of_single_example_equals_batched_apply(proposed):
+  p = proposed
+  model, variables = p['model'], p['variables']
+
+  def single(image, spectrogram):
+    logits, _ = model.apply(variables, image[None], spectrogram[None],
+                            train=False)
+    return logits[0]
+
+  vmapped = jax.jit(jax.vmap(single))(p['image'], p['spectrogram'])
+  np.testing.assert_allclose(vmapped, p['logits'], rtol=1e-5, atol=1e-5)
+
+
+def test_train_mode_updates_batch_stats(proposed):
+  p = proposed
+  (logits, _), updates = jax.jit(
+      lambda v, i, s: p['model'].apply(
+          v, i, s, train=True, mutable=['batch_stats', 'intermediates'],
+          capture_intermediates=lambda m, _: m.name == 'backbone'))(
+              p['variables'], p['image'], p['spectrogram'])
+  old = p['variables']['batch_stats']
+  new = updates['batch_stats']
+  assert jax.tree_util.tree_structure(old) == jax.tree_util.tree_structure(new)
+  # Keras momentum 0.99: from its initial zeros, N2_i's running mean moves 1%
+  # of the way to the batch mean of the trunk's output.
+  trunk_out = updates['intermediates']['N2_i']['backbone']['__call__'][0]
+  np.testing.assert_array_equal(old['N2_i']['bn']['mean'], 0.0)
+  np.testing.assert_allclose(new['N2_i']['bn']['mean'],
+                             0.01 * trunk_out.mean(axis=(0, 1, 2)),
+                             rtol=1e-4, atol=1e-7)
+  assert float(jnp.abs(new['N2_i']['bn']['mean']).max()) > 0
+  # Train mode normalises with batch statistics: a different output.
+  assert not np.allclose(logits, p['logits'])
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  config = tiny_config()
+  config.model.dtype = 'bfloat16'
+  model = models.get_model(config)
+  shapes = jax.eval_shape(
+      lambda k: models.init_variables(model, config, k), jax.random.key(0))
+  dtypes = {x.dtype for x in jax.tree_util.tree_leaves(shapes)}
+  assert dtypes == {jnp.dtype(jnp.float32)}
+  image, spectrogram = models.dummy_inputs(config, batch=2)
+  logits, inter = jax.eval_shape(
+      lambda v: model.apply(v, image, spectrogram, train=False), shapes)
+  for name in ('N1_i', 'N1_s', 'N2_i', 'N2_s', 'F_i', 'F_s', 'F_mul',
+               'O_sp', 'O_img', 'O_mul'):
+    assert inter[name].dtype == jnp.bfloat16, name
+  assert inter['fusion_weights'].dtype == jnp.float32
+  assert logits.dtype == jnp.float32
