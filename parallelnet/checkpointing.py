@@ -1,0 +1,163 @@
+"""Preemption-safe orbax checkpoints: the latest one and the best one.
+
+Layout under `<workdir>/checkpoints/`:
+  latest/<step>/{state,meta}  kept: 1. Written at every epoch end and every
+                              `train.checkpoint_every_steps`; training resumes
+                              from it.
+  best/<step>/{state,meta}    kept: 1. Written when the validation loss
+                              improves; the final test evaluation, --mode=eval
+                              and the explanations read it.
+`state` is a pytree (step, params, batch_stats, opt_state, plateau, rng);
+`meta` is JSON: epoch, position in the epoch, early-stopping state, running
+train-loss sums and `model_config`, the fields that fix the parameter shapes
+(compared on restore, so a checkpoint of another model is refused by name).
+Two managers rather than one with `best_fn`: a best_fn manager with
+max_to_keep=1 would delete the latest checkpoint whenever it is not the best.
+"""
+
+import os
+from typing import Any
+
+from absl import logging
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from parallelnet import mesh as mesh_lib
+
+
+def model_config(config) -> dict[str, Any]:
+  """The config fields that determine the variables' structure, flattened."""
+  out = {f'model.{k}': v for k, v in sorted(config.model.to_dict().items())
+         if k != 'pretrained'}  # Init weights do not change the structure.
+  out['dataset.classes'] = list(config.dataset.classes)
+  for k in ('image_size', 'num_frames', 'n_mels'):
+    out[f'input.{k}'] = config.input[k]
+  return out
+
+
+def _normalise(v):
+  return list(v) if isinstance(v, tuple) else v
+
+
+def check_model_config(saved: dict, config, path: str):
+  """Raises ValueError naming the first field where `saved` differs."""
+  current = model_config(config)
+  for key in list(current) + [k for k in saved if k not in current]:
+    if key not in saved or key not in current or (
+        _normalise(saved[key]) != _normalise(current[key])):
+      raise ValueError(
+          f'Checkpoint {path} was written with a different model '
+          f'configuration: {key} is {saved.get(key, "<absent>")!r} in the '
+          f'checkpoint but {current.get(key, "<absent>")!r} in the config. '
+          f'Use another --workdir or the checkpoint\'s configuration.')
+
+
+class Checkpoints:
+  """The `latest` and `best` CheckpointManagers of one workdir."""
+
+  def __init__(self, workdir: str, config, *, async_save: bool = True):
+    self.config = config
+    root = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    opts = ocp.CheckpointManagerOptions(
+        max_to_keep=1, create=True, cleanup_tmp_directories=True,
+        enable_async_checkpointing=async_save)
+    self.managers = {
+        which: ocp.CheckpointManager(os.path.join(root, which), options=opts,
+                                     item_names=('state', 'meta'))
+        for which in ('latest', 'best')}
+
+  def latest_step(self, which: str = 'latest') -> int | None:
+    return self.managers[which].latest_step()
+
+  def save(self, which: str, step: int, state_tree, meta: dict):
+    """Saves (async) `state_tree` and `meta` as `which` at `step`."""
+    mgr = self.managers[which]
+    if step in mgr.all_steps():
+      # A resumed run redoing work that was saved just before the kill: the
+      # content is identical (training is deterministic), keep the old one.
+      return
+    if which == 'latest':
+      # The best checkpoint must be on disk before a `latest` that refers to
+      # it, or a kill in between would resume with a stale best.
+      self.managers['best'].wait_until_finished()
+    meta = dict(meta, model_config=model_config(self.config))
+    # Private copies: the async save reads them after training has moved on
+    # and the step function has donated (reused) the originals' buffers.
+    state_tree = jax.tree.map(lambda x: x.copy(), state_tree)
+    mgr.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state_tree),
+        meta=ocp.args.JsonSave(meta)))
+
+  def restore_meta(self, which: str, step: int | None = None):
+    """(step, meta) of the `which` checkpoint, checked against the config;
+    (None, None) when there is none."""
+    mgr = self.managers[which]
+    step = mgr.latest_step() if step is None else step
+    if step is None:
+      return None, None
+    meta = mgr.restore(step, args=ocp.args.Composite(
+        meta=ocp.args.JsonRestore()))['meta']
+    check_model_config(meta['model_config'], self.config,
+                       str(mgr.directory / str(step)))
+    return step, meta
+
+  def restore(self, which: str, abstract_state, step: int | None = None):
+    """(state_tree, meta) of the `which` checkpoint, or (None, None).
+
+    `abstract_state` gives structure, shapes, dtypes and shardings (e.g.
+    `jax.eval_shape` output with `.sharding` set).
+    """
+    step, meta = self.restore_meta(which, step)
+    if step is None:
+      return None, None
+    state = self.managers[which].restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state)))['state']
+    logging.info('Restored %s checkpoint at step %d.', which, step)
+    return state, meta
+
+  def wait(self):
+    for mgr in self.managers.values():
+      mgr.wait_until_finished()
+
+  def close(self):
+    for mgr in self.managers.values():
+      mgr.close()
+
+
+def abstract_with_sharding(tree, sharding):
+  """ShapeDtypeStructs of `tree` (arrays or structs) placed on `sharding`."""
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+      tree)
+
+
+def restore_for_inference(config: ml_collections.ConfigDict, workdir: str,
+                          which: str = 'best'):
+  """(model, {'params', 'batch_stats'}, step) from a training workdir.
+
+  Raises FileNotFoundError when `workdir` holds no `which` checkpoint and
+  ValueError when it was written for another model configuration.
+  """
+  from parallelnet import models  # pylint: disable=g-import-not-at-top
+  from parallelnet import train  # pylint: disable=g-import-not-at-top
+  if which not in ('best', 'latest'):
+    raise ValueError(f'which={which!r}; expected "best" or "latest".')
+  model = models.get_model(config)
+  mesh = mesh_lib.make_mesh()
+  abstract = abstract_with_sharding(
+      jax.eval_shape(lambda: train.checkpoint_tree(
+          train.create_train_state(config, model))),
+      mesh_lib.replicated(mesh))
+  ckpts = Checkpoints(workdir, config, async_save=False)
+  try:
+    tree, _ = ckpts.restore(which, abstract)
+    if tree is None:
+      raise FileNotFoundError(
+          f'No {which!r} checkpoint under {os.path.join(workdir, "checkpoints")}'
+          f'; train first (python main.py --workdir={workdir}).')
+    step = int(tree['step'])
+  finally:
+    ckpts.close()
+  return model, {'params': tree['params'],
+                 'batch_stats': tree['batch_stats']}, step

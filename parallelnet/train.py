@@ -1,0 +1,486 @@
+"""Training and evaluation (SPEC §4): the paper's recipe, data-parallel.
+
+Parallelism: one jit-compiled `train_step` over a ('data',) mesh. Parameters
+and optimizer state are replicated, batches are sharded on their leading axis,
+and the state buffers are donated. Under jit the model sees the global batch,
+so BatchNorm statistics and the gradient are global-batch quantities whatever
+the number of devices or processes; the step's rng is `fold_in(key, step)`.
+
+Recipe (configurable in `config.train`): Adam; loss = ce_weight·CE +
+focal_weight·focal (`losses.py`); reduce-on-plateau and early stopping on the
+validation loss, both once per epoch; the best state (lowest validation loss)
+is what is evaluated on the test split.
+
+Side effects (logging, TensorBoard, JSON, figures, checkpoints) live in
+`train_and_evaluate` / `evaluate` / `cross_validate`; the step functions are
+pure.
+"""
+
+import copy
+import functools
+import json
+import math
+import os
+import time
+from typing import Any, Iterable
+
+from absl import logging
+from flax.training import early_stopping
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from parallelnet import checkpointing
+from parallelnet import losses
+from parallelnet import mesh as mesh_lib
+from parallelnet import metrics as metrics_lib
+
+METRIC_KEYS = ('accuracy', 'macro_f1', 'cohen_kappa')
+
+
+class TrainState(train_state.TrainState):
+  """Flax TrainState plus BatchNorm statistics and the plateau state."""
+  batch_stats: Any = None
+  # optax.contrib.reduce_on_plateau state; its `scale` multiplies the Adam
+  # updates (equivalently the learning rate, as Adam's update is linear in
+  # it). It is stepped once per epoch with the validation loss by
+  # `update_plateau`, never inside train_step: reduce_on_plateau counts every
+  # call as one observation, so feeding it from the step would count steps,
+  # not epochs. Keeping it beside (not inside) the Adam chain keeps both clean.
+  plateau: Any = None
+  rng: Any = None  # Key data (uint32) of the base training key.
+
+
+def plateau_transform(train_config) -> optax.GradientTransformationExtraArgs:
+  """Keras ReduceLROnPlateau semantics: an improvement must beat the best by
+  1e-4 (absolute, Keras' min_delta); after `plateau_patience` epochs without
+  one the scale is multiplied by `plateau_factor`."""
+  return optax.contrib.reduce_on_plateau(
+      factor=train_config.plateau_factor, patience=train_config.plateau_patience,
+      rtol=0.0, atol=1e-4)
+
+
+def create_train_state(config, model, rng=None) -> TrainState:
+  """Fresh state: initial variables, Adam, plateau and the training key.
+
+  Pure; call under jit (or eval_shape) to place it.
+  """
+  from parallelnet import models  # pylint: disable=g-import-not-at-top
+  key = jax.random.key(config.seed) if rng is None else rng
+  init_key, train_key = jax.random.split(key)
+  variables = models.init_variables(model, config, init_key)
+  tx = optax.adam(config.train.learning_rate)
+  return TrainState.create(
+      apply_fn=model.apply, params=variables['params'], tx=tx,
+      batch_stats=variables['batch_stats'],
+      plateau=plateau_transform(config.train).init(variables['params']),
+      rng=jax.random.key_data(train_key))
+
+
+def checkpoint_tree(state: TrainState) -> dict:
+  """The arrays of `state` that a checkpoint holds."""
+  return dict(step=state.step, params=state.params,
+              batch_stats=state.batch_stats, opt_state=state.opt_state,
+              plateau=state.plateau, rng=state.rng)
+
+
+def state_from_tree(state: TrainState, tree: dict) -> TrainState:
+  return state.replace(**tree)
+
+
+def _apply(state, params, batch, train, rng=None):
+  variables = {'params': params, 'batch_stats': state.batch_stats}
+  if train:
+    (logits, _), updates = state.apply_fn(
+        variables, batch['image'], batch['spectrogram'], train=True,
+        mutable=['batch_stats'], rngs={'dropout': rng})
+    return logits, updates.get('batch_stats', state.batch_stats)
+  logits, _ = state.apply_fn(variables, batch['image'], batch['spectrogram'],
+                             train=False)
+  return logits, state.batch_stats
+
+
+def train_step(state: TrainState, batch: dict, rng: jax.Array, *,
+               loss_kwargs: dict) -> tuple[TrainState, dict]:
+  """One Adam step on the global batch. Returns (state, {loss, grad_norm,
+  accuracy}). `rng` is this step's key (fold_in(base, step))."""
+  mask = batch.get('mask')
+
+  def loss_fn(params):
+    logits, batch_stats = _apply(state, params, batch, True, rng)
+    per_example = losses.per_example_loss(logits, batch['label'],
+                                          **loss_kwargs)
+    return losses.masked_mean(per_example, mask), (logits, batch_stats)
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+  updates = optax.tree.scale(state.plateau.scale, updates)
+  new_state = state.replace(
+      step=state.step + 1, params=optax.apply_updates(state.params, updates),
+      opt_state=opt_state, batch_stats=batch_stats)
+  correct = (jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32)
+  return new_state, dict(loss=loss, grad_norm=optax.global_norm(grads),
+                         accuracy=losses.masked_mean(correct, mask))
+
+
+def eval_step(state: TrainState, batch: dict, *, loss_kwargs: dict,
+              num_classes: int) -> dict:
+  """Loss sum, example count and confusion matrix of one (padded) batch."""
+  logits, _ = _apply(state, state.params, batch, False)
+  mask = batch.get('mask')
+  if mask is None:
+    mask = jnp.ones(batch['label'].shape, bool)
+  per_example = losses.per_example_loss(logits, batch['label'], **loss_kwargs)
+  return dict(
+      loss_sum=jnp.sum(jnp.where(mask, per_example, 0.0)),
+      count=jnp.sum(mask.astype(jnp.int32)),
+      confusion=metrics_lib.confusion_matrix(
+          batch['label'], jnp.argmax(logits, -1), num_classes, mask))
+
+
+def update_plateau(state: TrainState, val_loss: jax.Array,
+                   train_config) -> TrainState:
+  """Feeds one epoch's validation loss to the reduce-on-plateau state."""
+  _, plateau = plateau_transform(train_config).update(
+      updates=(), state=state.plateau, value=val_loss)
+  return state.replace(plateau=plateau)
+
+
+class Steps:
+  """The jit-compiled step functions of one run (compiled once each)."""
+
+  def __init__(self, config, mesh):
+    repl = mesh_lib.replicated(mesh)
+    data = mesh_lib.data_sharding(mesh)
+    loss_kwargs = losses.loss_weights(config.train)
+    self.train = jax.jit(
+        functools.partial(train_step, loss_kwargs=loss_kwargs),
+        in_shardings=(repl, data, repl), out_shardings=(repl, repl),
+        donate_argnums=0)
+    self.eval = jax.jit(
+        functools.partial(eval_step, loss_kwargs=loss_kwargs,
+                          num_classes=len(config.dataset.classes)),
+        in_shardings=(repl, data), out_shardings=repl)
+    self.plateau = jax.jit(
+        functools.partial(update_plateau, train_config=config.train),
+        in_shardings=(repl, repl), out_shardings=repl, donate_argnums=0)
+    self.step_key = jax.jit(
+        lambda key_data, step: jax.random.fold_in(
+            jax.random.wrap_key_data(key_data), step),
+        out_shardings=repl)
+
+
+def evaluate_batches(steps: Steps, state: TrainState,
+                     batches: Iterable[dict]) -> tuple[float, np.ndarray]:
+  """(mean loss, confusion matrix) over eval batches (padding masked)."""
+  total = None
+  for batch in batches:
+    out = steps.eval(state, batch)
+    total = out if total is None else jax.tree.map(jnp.add, total, out)
+  if total is None:
+    raise ValueError('The evaluation split yielded no batches.')
+  total = jax.device_get(total)
+  count = int(total['count'])
+  if count == 0:
+    raise ValueError('The evaluation split has no (unmasked) examples.')
+  return float(total['loss_sum']) / count, np.asarray(total['confusion'])
+
+
+# ------------------------------------------------------------------ edges --
+
+
+def _pipeline():
+  import input_pipeline  # pylint: disable=g-import-not-at-top
+  return input_pipeline
+
+
+class _DropOrbaxInfo:
+  """absl-logging filter: orbax logs every save and restore at INFO."""
+
+  def filter(self, record):
+    return record.levelno >= 30 or '/orbax/' not in record.pathname
+
+
+def _quiet_orbax():
+  absl_logger = logging.get_absl_logger()
+  if not any(isinstance(f, _DropOrbaxInfo) for f in absl_logger.filters):
+    absl_logger.addFilter(_DropOrbaxInfo())
+
+
+def _writer(workdir):
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  return metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0, asynchronous=False)
+
+
+def _check_finite(step: int, out: dict, ckpts, workdir: str):
+  """Stops training on a non-finite loss or gradient norm."""
+  for name in ('loss', 'grad_norm'):
+    value = float(out[name])
+    if not math.isfinite(value):
+      ckpts.wait()
+      last = ckpts.latest_step()
+      raise FloatingPointError(
+          f'Non-finite {name} ({value}) at training step {step}: training '
+          f'stopped. The last good checkpoint is step {last} in '
+          f'{os.path.join(workdir, "checkpoints", "latest")} (nothing was '
+          f'saved after the failure). Lower train.learning_rate or check the '
+          f'inputs.')
+
+
+def plot_confusion_matrix(cm, class_names, path: str, title: str = ''):
+  """Saves a confusion-matrix heat map with counts, like the paper's Fig. 4."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  cm = np.asarray(cm)
+  fig, ax = plt.subplots(figsize=(1.2 * len(class_names) + 2,
+                                  1.2 * len(class_names) + 1.5))
+  im = ax.imshow(cm, cmap='Blues')
+  fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+  ticks = np.arange(len(class_names))
+  ax.set_xticks(ticks, class_names, rotation=45, ha='right')
+  ax.set_yticks(ticks, class_names)
+  ax.set_xlabel('Predicted label')
+  ax.set_ylabel('True label')
+  threshold = cm.max() / 2 if cm.size else 0
+  for i in range(cm.shape[0]):
+    for j in range(cm.shape[1]):
+      ax.text(j, i, str(cm[i, j]), ha='center', va='center',
+              color='white' if cm[i, j] > threshold else 'black')
+  ax.set_title(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def _write_eval_outputs(config, workdir, cm, step, split, writer=None):
+  summary = metrics_lib.summarize(cm, config.dataset.classes)
+  summary['checkpoint_step'] = int(step)
+  summary['split'] = split
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'eval_metrics.json'), 'w') as f:
+      json.dump(summary, f, indent=2)
+    plot_confusion_matrix(
+        cm, config.dataset.classes,
+        os.path.join(workdir, 'confusion_matrix.png'),
+        f'{split}: accuracy {summary["accuracy"]:.3f}, '
+        f'macro-F1 {summary["macro_f1"]:.3f}')
+    if writer is not None:
+      writer.write_scalars(int(step), {f'{split}/{k}': summary[k]
+                                       for k in METRIC_KEYS})
+      writer.flush()
+  logging.info('%s metrics at checkpoint step %d: accuracy %.4f, macro-F1 '
+               '%.4f, kappa %.4f, confusion %s', split, step,
+               summary['accuracy'], summary['macro_f1'],
+               summary['cohen_kappa'], summary['confusion_matrix'])
+  return summary
+
+
+def _fmt_time(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f'{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
+
+
+def _abstract_state(config, model, mesh):
+  """(jitted fresh-state factory, abstract checkpoint tree on the mesh)."""
+  repl = mesh_lib.replicated(mesh)
+  init = jax.jit(lambda: create_train_state(config, model),
+                 out_shardings=repl)
+  abstract = checkpointing.abstract_with_sharding(
+      jax.eval_shape(lambda: checkpoint_tree(create_train_state(config,
+                                                                model))),
+      repl)
+  return init, abstract
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       *, data=None) -> dict:
+  """Trains (resuming from `workdir` if it holds a checkpoint), then
+  evaluates the best state on the test split. Returns the test metrics,
+  also written to `<workdir>/eval_metrics.json`.
+
+  `data` is the input pipeline module (default `input_pipeline`); tests may
+  pass an object with the same `train_batches`, `eval_batches` and
+  `num_examples`.
+  """
+  from parallelnet import models  # pylint: disable=g-import-not-at-top
+  data = data or _pipeline()
+  _quiet_orbax()
+  tc = config.train
+  mesh = mesh_lib.make_mesh()
+  mesh_lib.check_batch_size(tc.batch_size, mesh)
+  mesh_lib.check_batch_size(tc.eval_batch_size, mesh, 'train.eval_batch_size')
+  model = models.get_model(config)
+  steps = Steps(config, mesh)
+  init, abstract = _abstract_state(config, model, mesh)
+  state = init()
+  ckpts = checkpointing.Checkpoints(workdir, config)
+  writer = _writer(workdir)
+
+  steps_per_epoch = data.num_examples(config, 'train') // tc.batch_size
+  if tc.max_steps_per_epoch > 0:
+    steps_per_epoch = min(steps_per_epoch, tc.max_steps_per_epoch)
+  if steps_per_epoch < 1:
+    raise ValueError(
+        f'The train split has {data.num_examples(config, "train")} examples, '
+        f'fewer than one batch of train.batch_size={tc.batch_size}.')
+
+  stopper = early_stopping.EarlyStopping(
+      min_delta=0.0, patience=tc.early_stopping_patience)
+  epoch, position, loss_sum, acc_sum = 0, 0, 0.0, 0.0
+  tree, meta = ckpts.restore('latest', abstract)
+  if tree is not None:
+    state = state_from_tree(state, tree)
+    epoch, position = meta['epoch'], meta['position']
+    loss_sum, acc_sum = meta['train_loss_sum'], meta['train_accuracy_sum']
+    stopper = stopper.replace(**meta['early_stopping'])
+    logging.info('Resuming at epoch %d, step %d of the epoch (global step '
+                 '%d).', epoch, position, int(state.step))
+
+  def meta_now():
+    return dict(epoch=epoch, position=position, train_loss_sum=loss_sum,
+                train_accuracy_sum=acc_sum,
+                early_stopping=dict(best_metric=stopper.best_metric,
+                                    patience_count=stopper.patience_count,
+                                    should_stop=bool(stopper.should_stop)))
+
+  total_steps = steps_per_epoch * tc.num_epochs
+  step = int(state.step)  # Tracked on the host from here on.
+  t0, step0 = time.time(), step
+  while epoch < tc.num_epochs and not stopper.should_stop:
+    batches = data.train_batches(config, mesh, epoch=epoch,
+                                 start_step=position)
+    # The metrics of step k are read after step k + 1 is dispatched, so the
+    # host never waits for a step before queueing the next one.
+    pending = []
+
+    def consume():
+      nonlocal loss_sum, acc_sum
+      for s, out in pending:
+        _check_finite(s, out, ckpts, workdir)
+        loss_sum += float(out['loss'])
+        acc_sum += float(out['accuracy'])
+      pending.clear()
+
+    for batch in batches:
+      if position >= steps_per_epoch:
+        break
+      state, out = steps.train(state, batch, steps.step_key(state.rng, step))
+      consume()
+      pending.append((step, out))
+      step, position = step + 1, position + 1
+      if tc.log_every_steps > 0 and step % tc.log_every_steps == 0:
+        rate = (step - step0) / max(time.time() - t0, 1e-9)
+        eta = (total_steps - step) / max(rate, 1e-9)
+        logging.info('epoch %d step %d/%d  loss %.4f  %.2f steps/s  ETA %s '
+                     '(if all %d epochs run)', epoch + 1, position,
+                     steps_per_epoch, float(out['loss']), rate,
+                     _fmt_time(eta), tc.num_epochs)
+        writer.write_scalars(step, {'train/loss': out['loss']})
+      if (tc.checkpoint_every_steps > 0 and position < steps_per_epoch
+          and step % tc.checkpoint_every_steps == 0):
+        consume()
+        ckpts.save('latest', step, checkpoint_tree(state), meta_now())
+    consume()
+    if position < steps_per_epoch:
+      raise ValueError(
+          f'Epoch {epoch} yielded {position} training batches; expected '
+          f'{steps_per_epoch} (num_examples // batch_size).')
+
+    # Epoch end: validate, step the plateau and early stopping, checkpoint.
+    val_loss, cm = evaluate_batches(
+        steps, state, data.eval_batches(config, mesh, split='validation'))
+    val = metrics_lib.summarize(cm, config.dataset.classes)
+    state = steps.plateau(state, jnp.float32(val_loss))
+    stopper = stopper.update(val_loss)
+    scalars = {'train/loss': loss_sum / position,
+               'train/accuracy': acc_sum / position,
+               'val/loss': val_loss,
+               'lr': tc.learning_rate * float(state.plateau.scale),
+               **{f'val/{k}': val[k] for k in METRIC_KEYS}}
+    writer.write_scalars(step, scalars)
+    writer.flush()
+    logging.info('epoch %d/%d done: %s; val confusion %s%s', epoch + 1,
+                 tc.num_epochs,
+                 ', '.join(f'{k} {v:.4f}' for k, v in scalars.items()),
+                 val['confusion_matrix'],
+                 ' (best so far)' if stopper.has_improved else '')
+    epoch, position, loss_sum, acc_sum = epoch + 1, 0, 0.0, 0.0
+    tree = checkpoint_tree(state)
+    if stopper.has_improved:
+      ckpts.save('best', step, tree, meta_now())
+    ckpts.save('latest', step, tree, meta_now())
+    if stopper.should_stop:
+      logging.info('Early stopping after epoch %d: no validation-loss gain '
+                   'for %d epochs.', epoch, tc.early_stopping_patience)
+
+  ckpts.wait()
+  # Evaluate the best state (Keras' restore_best_weights) on the test split.
+  tree, _ = ckpts.restore('best', abstract)
+  if tree is None:
+    raise RuntimeError(f'No best checkpoint in {workdir}: did any epoch run?')
+  state = state_from_tree(state, tree)
+  _, cm = evaluate_batches(steps, state,
+                           data.eval_batches(config, mesh, split='test'))
+  summary = _write_eval_outputs(config, workdir, cm, int(state.step), 'test',
+                                writer)
+  ckpts.close()
+  writer.close()
+  return summary
+
+
+def evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+             which: str = 'best', split: str = 'test', data=None) -> dict:
+  """Evaluates the `which` checkpoint of `workdir` on `split`; writes
+  eval_metrics.json and confusion_matrix.png there and returns the metrics."""
+  data = data or _pipeline()
+  model, variables, step = checkpointing.restore_for_inference(
+      config, workdir, which)
+  mesh = mesh_lib.make_mesh()
+  mesh_lib.check_batch_size(config.train.eval_batch_size, mesh,
+                            'train.eval_batch_size')
+  steps = Steps(config, mesh)
+  state = TrainState.create(apply_fn=model.apply, params=variables['params'],
+                            tx=optax.identity(),
+                            batch_stats=variables['batch_stats'])
+  state = jax.device_put(state, mesh_lib.replicated(mesh))
+  _, cm = evaluate_batches(steps, state,
+                           data.eval_batches(config, mesh, split=split))
+  return _write_eval_outputs(config, workdir, cm, step, split)
+
+
+def cross_validate(config: ml_collections.ConfigDict, workdir: str, *,
+                   data=None) -> dict:
+  """k-fold cross-validation: trains fold k in `<workdir>/fold_k` for k <
+  dataset.num_folds, then writes mean ± std (population std over folds) of
+  each metric to `<workdir>/cv_metrics.json`."""
+  k = config.dataset.num_folds
+  if k < 2:
+    raise ValueError(f'config.dataset.num_folds={k}; cross-validation needs '
+                     'at least 2 folds.')
+  folds = []
+  for fold in range(k):
+    cfg = copy.deepcopy(config)
+    with cfg.unlocked():
+      cfg.dataset.fold = fold
+    logging.info('Cross-validation: fold %d of %d.', fold + 1, k)
+    folds.append(train_and_evaluate(cfg, os.path.join(workdir, f'fold_{fold}'),
+                                    data=data))
+  result = {'num_folds': k, 'folds': [
+      {m: f[m] for m in METRIC_KEYS + ('num_examples', 'checkpoint_step')}
+      for f in folds]}
+  for m in METRIC_KEYS:
+    values = np.array([f[m] for f in folds], np.float64)
+    result[m] = {'mean': float(values.mean()), 'std': float(values.std())}
+    logging.info('CV %s: %.4f ± %.4f', m, values.mean(), values.std())
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'cv_metrics.json'), 'w') as f:
+      json.dump(result, f, indent=2)
+  return result

@@ -1,0 +1,96 @@
+"""Helpers for the training tests: an in-memory stand-in for input_pipeline.
+
+`ArrayData` has the same `train_batches` / `eval_batches` / `num_examples`
+contract as input_pipeline (global jax.Arrays sharded on the mesh's data
+axis, epoch order a pure function of (seed, epoch), eval batches padded with
+mask=False), over small random arrays whose label is readable from the image,
+so a tiny model can learn it.
+"""
+
+import jax
+import numpy as np
+
+from parallelnet import mesh as mesh_lib
+
+
+def tiny_config(num_classes=4):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from configs import parallelnet  # pylint: disable=g-import-not-at-top
+  c = parallelnet.get_config('runlocal')
+  c.input.image_size = 32  # VGG's five pools need at least 32 px.
+  c.input.num_frames = 32
+  c.input.n_mels = 32
+  c.model.width = 1 / 32
+  c.model.feature_dim = 8
+  c.model.head_dim = 8
+  c.model.speech_backbone = 'vgg16'
+  c.model.image_backbone = 'vgg16'
+  c.train.batch_size = 8
+  c.train.eval_batch_size = 8
+  c.train.learning_rate = 3e-3
+  c.train.num_epochs = 3
+  c.train.max_steps_per_epoch = -1
+  c.train.log_every_steps = 2
+  c.dataset.classes = c.dataset.classes[:num_classes]
+  assert isinstance(c, ml_collections.ConfigDict)
+  return c
+
+
+class ArrayData:
+  """In-memory splits: {'train': n, 'validation': n, 'test': n} examples."""
+
+  def __init__(self, config, sizes=(32, 12, 12), seed=0, nan_at=None):
+    rng = np.random.default_rng(seed)
+    s, t, f = (config.input.image_size, config.input.num_frames,
+               config.input.n_mels)
+    c = len(config.dataset.classes)
+    self.splits = {}
+    for name, n in zip(('train', 'validation', 'test'), sizes):
+      label = rng.integers(0, c, size=n).astype(np.int32)
+      image = rng.random((n, s, s, 3), np.float32) * 0.5
+      image[..., 0] += label[:, None, None] / c  # The class is in red.
+      spec = rng.random((n, t, f, 1), np.float32)
+      spec[:, :, :, 0] += (label[:, None, None] % 2) * 0.3
+      self.splits[name] = dict(image=image, spectrogram=spec, label=label)
+    self.nan_at = nan_at  # (epoch, batch index): a planted NaN image.
+
+  def num_examples(self, config, split):
+    return len(self.splits[split]['label'])
+
+  def _global(self, mesh, batch):
+    sharding = mesh_lib.data_sharding(mesh)
+    n = jax.process_count()
+    i = jax.process_index()
+    out = {}
+    for k, v in batch.items():
+      per = v.shape[0] // n
+      out[k] = jax.make_array_from_process_local_data(
+          sharding, v[i * per:(i + 1) * per], v.shape)
+    return out
+
+  def train_batches(self, config, mesh, *, epoch, start_step=0):
+    split = self.splits['train']
+    bs = config.train.batch_size
+    order = np.random.default_rng([config.seed, epoch]).permutation(
+        len(split['label']))
+    for b in range(start_step, len(order) // bs):
+      idx = order[b * bs:(b + 1) * bs]
+      batch = {k: v[idx] for k, v in split.items()}
+      if self.nan_at == (epoch, b):
+        batch['image'] = batch['image'].copy()
+        batch['image'][0, 0, 0, 0] = np.nan
+      yield self._global(mesh, batch)
+
+  def eval_batches(self, config, mesh, split='validation'):
+    data = self.splits[split]
+    bs = config.train.eval_batch_size
+    n = len(data['label'])
+    for start in range(0, n, bs):
+      batch = {k: v[start:start + bs] for k, v in data.items()}
+      m = len(batch['label'])
+      mask = np.arange(bs) < m
+      batch = {k: np.concatenate([v, np.zeros((bs - m,) + v.shape[1:],
+                                              v.dtype)])
+               for k, v in batch.items()}
+      batch['mask'] = mask
+      yield self._global(mesh, batch)
