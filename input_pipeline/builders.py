@@ -1,0 +1,339 @@
+"""TFDS builders: iitr_sier, b_t4sa and the synthetic_sier demo corpus.
+
+All three read the manifest layout of manifest.py and share one build path:
+read + check the manifest, decode every file (in worker processes), fail once
+listing every bad file (strict) or skip them into skipped.csv (skip_bad),
+assign deterministic stratified splits, then write each example once into its
+split "cell" (manifest.cell_name); pipeline.split_names joins cells into
+train / validation / test and the cross-validation folds.
+
+The input settings are part of the builder config: its name spells them
+(e.g. `sr16000_fft1024_hop512_mel128_t128_img128_k5_val0p1_test0p3`), so a
+different setting builds a different dataset, and they are recorded in
+`info.metadata`, which `check_metadata` compares with the config at load time.
+
+Building from the command line (`tfds build`), e.g. the demo corpus at the
+paper's settings and IIT-R SIER at the runlocal settings:
+
+  tfds build synthetic_sier --imports=input_pipeline.builders --config=paper
+  tfds build iitr_sier --imports=input_pipeline.builders --config=runlocal \
+      --manual_dir=/path/to/folder_with_manifest
+
+Any other setting is built from Python: `input_pipeline.get_builder(config)`.
+"""
+
+import dataclasses
+import hashlib
+import logging
+import multiprocessing
+import os
+import warnings
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from input_pipeline import audio as audio_lib
+from input_pipeline import image as image_lib
+from input_pipeline import manifest as manifest_lib
+from input_pipeline import synthetic
+
+EMOTIONS = ('anger', 'happy', 'hate', 'sad')
+SENTIMENTS = ('negative', 'neutral', 'positive')
+# Settings recorded in the metadata and checked against config at load time.
+SETTING_KEYS = ('sample_rate', 'n_fft', 'hop_length', 'n_mels', 'num_frames',
+                'duration_s', 'image_size', 'classes', 'test_fraction',
+                'val_fraction', 'num_folds', 'synthetic_size', 'synthetic_seed')
+
+MANIFEST_LAYOUT = """
+Put every file under one folder with a `manifest.csv` whose header is
+`id,image,audio,label` plus optional `split` (train|validation|test), `text`
+and any other columns. `image` and `audio` are paths relative to the folder
+(they may not leave it): JPEG/PNG images (RGB, RGBA or grayscale) and
+WAV/FLAC/OGG audio (any rate, mono or stereo; MP3 if a decoder is installed).
+`label` is one of: {classes}. Point `config.dataset.manual_dir` (or
+`tfds build --manual_dir`) at the folder.
+"""
+
+
+@dataclasses.dataclass(eq=False)
+class SierConfig(tfds.core.BuilderConfig):
+  """Input settings that determine the built arrays."""
+  sample_rate: int = 16000
+  n_fft: int = 1024
+  hop_length: int = 512
+  n_mels: int = 128
+  num_frames: int = 128
+  duration_s: float = 127 * 512 / 16000
+  image_size: int = 128
+  classes: tuple = EMOTIONS
+  test_fraction: float = 0.3
+  val_fraction: float = 0.1
+  num_folds: int = 5
+  synthetic_size: int = 0  # synthetic_sier only.
+  synthetic_seed: int = 0  # synthetic_sier only.
+
+  def settings(self):
+    return {k: (list(getattr(self, k)) if k == 'classes' else getattr(self, k))
+            for k in SETTING_KEYS}
+
+
+def _num(x):
+  return str(x).replace('.', 'p').replace('-', 'm')
+
+
+def settings_name(s, default_classes):
+  """Builder config name that spells the settings (valid TFDS name)."""
+  name = (f'sr{s["sample_rate"]}_fft{s["n_fft"]}_hop{s["hop_length"]}_'
+          f'mel{s["n_mels"]}_t{s["num_frames"]}_img{s["image_size"]}_'
+          f'k{s["num_folds"]}_val{_num(s["val_fraction"])}_'
+          f'test{_num(s["test_fraction"])}')
+  if tuple(s['classes']) != tuple(default_classes):
+    digest = hashlib.sha1(','.join(s['classes']).encode()).hexdigest()[:8]
+    name += f'_cls{digest}'
+  if s['synthetic_size']:
+    name += f'_n{s["synthetic_size"]}_seed{s["synthetic_seed"]}'
+  return name
+
+
+def settings_from_config(config):
+  """The SETTING_KEYS values that `config` asks for."""
+  audio_lib.check_duration(config.input)
+  synth = config.dataset.name == 'synthetic_sier'
+  return dict(
+      sample_rate=int(config.input.sample_rate), n_fft=int(config.input.n_fft),
+      hop_length=int(config.input.hop_length), n_mels=int(config.input.n_mels),
+      num_frames=int(config.input.num_frames),
+      duration_s=float(config.input.duration_s),
+      image_size=int(config.input.image_size),
+      classes=list(config.dataset.classes),
+      test_fraction=float(config.dataset.test_fraction),
+      val_fraction=float(config.dataset.val_fraction),
+      num_folds=int(config.dataset.num_folds),
+      synthetic_size=int(config.dataset.synthetic_size) if synth else 0,
+      synthetic_seed=int(config.dataset.get('synthetic_seed', 0)) if synth else 0)
+
+
+def make_builder_config(settings, default_classes):
+  s = dict(settings)
+  s['classes'] = tuple(s['classes'])
+  return SierConfig(name=settings_name(s, default_classes),
+                    description='Input settings: ' + ', '.join(
+                        f'{k}={v}' for k, v in sorted(s.items())), **s)
+
+
+def check_metadata(builder, settings):
+  """Raises if the built dataset was made with other settings than asked."""
+  stored = dict(builder.info.metadata or {})
+  diffs = []
+  for k, v in settings.items():
+    got = stored.get(k)
+    if isinstance(v, float) and isinstance(got, (int, float)):
+      same = abs(got - v) < 1e-9
+    else:
+      same = got == v
+    if not same:
+      diffs.append(f'{k}: built with {got!r}, config has {v!r}')
+  if diffs:
+    raise ValueError(f'Dataset at {builder.data_dir} does not match the '
+                     'config:\n  ' + '\n  '.join(diffs) +
+                     '\nDelete it or change data_dir to rebuild.')
+
+
+def _paper_and_runlocal(classes, synthetic_size=0):
+  paper = dict(sample_rate=16000, n_fft=1024, hop_length=512, n_mels=128,
+               num_frames=128, duration_s=127 * 512 / 16000, image_size=128,
+               classes=classes, test_fraction=0.3, val_fraction=0.1,
+               num_folds=5, synthetic_size=synthetic_size, synthetic_seed=0)
+  runlocal = dict(paper, sample_rate=8000, n_fft=512, hop_length=256,
+                  n_mels=32, num_frames=32, duration_s=31 * 256 / 8000,
+                  image_size=32, synthetic_size=min(synthetic_size, 64))
+  out = []
+  for name, s in (('paper', paper), ('runlocal', runlocal)):
+    c = make_builder_config(s, classes)
+    out.append(dataclasses.replace(c, name=name))
+  return out
+
+
+class _InputSettings:
+  """The config.input attributes that audio.py reads, from a settings dict."""
+
+  def __init__(self, settings):
+    for k in ('sample_rate', 'n_fft', 'hop_length', 'n_mels', 'num_frames',
+              'duration_s'):
+      setattr(self, k, settings[k])
+
+
+def _decode_row(row, settings):
+  """Decodes one manifest row; returns (example_dict, None) or (None, reason)."""
+  ic = _InputSettings(settings)
+  reasons = []
+  try:
+    img = image_lib.load_image(row['image'], settings['image_size'])
+    h, w = image_lib.image_size_of(row['image'])
+  except image_lib.ImageError as e:
+    reasons.append(f'image: {e}')
+  try:
+    spec, _ = audio_lib.load_spectrogram(row['audio'], ic)
+  except audio_lib.AudioError as e:
+    reasons.append(f'audio: {e}')
+  if reasons:
+    return None, '; '.join(reasons)
+  box = np.asarray(row['image_cue_box'], np.float32)
+  if box[0] >= 0:  # Stored-image pixels -> model-input pixels.
+    s = settings['image_size']
+    box = box * np.array([s / h, s / w, s / h, s / w], np.float32)
+  return dict(id=row['id'], image=img, spectrogram=spec.astype(np.float16),
+              label=row['label'], audio_path=row['audio'],
+              image_cue_box=box,
+              speech_cue_span=np.asarray(row['speech_cue_span'], np.float32),
+              fold=row.get('fold', 0), part=row.get('part', '')), None
+
+
+def _decode_star(args):
+  return _decode_row(*args)
+
+
+def decode_rows(rows, settings, workers=None):
+  """Decodes all rows (in a forked process pool when there are many).
+
+  Workers only run numpy/librosa/PIL code, never TF or JAX, which is what
+  makes forking a process that has loaded them safe enough here.
+  """
+  workers = workers or min(os.cpu_count() or 1, 8)
+  args = [(r, settings) for r in rows]
+  if workers > 1 and len(rows) >= 256:
+    _warm_up(settings)  # Load librosa's lazy modules once, before forking.
+    with warnings.catch_warnings():
+      warnings.filterwarnings('ignore', message='.*fork.*')
+      with multiprocessing.get_context('fork').Pool(workers) as pool:
+        return pool.map(_decode_star, args, chunksize=32)
+  return [_decode_row(*a) for a in args]
+
+
+def _warm_up(settings):
+  ic = _InputSettings(settings)
+  audio_lib.log_mel(np.random.default_rng(0).standard_normal(
+      audio_lib.num_samples(ic)).astype(np.float32), ic)
+  audio_lib.librosa.resample(np.zeros(1000, np.float32), orig_sr=44100,
+                             target_sr=ic.sample_rate, res_type='soxr_hq')
+
+
+class _SierBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Shared build logic; subclasses name the dataset and its classes."""
+
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  CLASSES = EMOTIONS
+
+  def __init__(self, *, skip_bad=False, **kwargs):
+    self._skip_bad = skip_bad
+    super().__init__(**kwargs)
+
+  def _info(self):
+    c = self.builder_config
+    return self.dataset_info_from_configs(
+        features=tfds.features.FeaturesDict({
+            'id': tfds.features.Text(),
+            'image': tfds.features.Tensor(
+                shape=(c.image_size, c.image_size, 3), dtype=np.uint8),
+            # (time, frequency, 1) log-mel in [0, 1]; float16 halves storage.
+            'spectrogram': tfds.features.Tensor(
+                shape=(c.num_frames, c.n_mels, 1), dtype=np.float16),
+            'label': tfds.features.ClassLabel(names=list(c.classes)),
+            'audio_path': tfds.features.Text(),
+            # y0 x0 y1 x1 in model-input pixels; -1 when absent.
+            'image_cue_box': tfds.features.Tensor(shape=(4,), dtype=np.float32),
+            # t0 t1 in seconds of the padded/cropped clip; -1 when absent.
+            'speech_cue_span': tfds.features.Tensor(shape=(2,),
+                                                    dtype=np.float32),
+            'fold': tfds.features.Scalar(dtype=np.int32),
+            'part': tfds.features.Text(),
+        }),
+        supervised_keys=None,
+        metadata=tfds.core.MetadataDict(c.settings()),
+    )
+
+  def _source_folder(self, dl_manager):
+    return dl_manager.manual_dir
+
+  def _split_generators(self, dl_manager):
+    c = self.builder_config
+    folder = os.fspath(self._source_folder(dl_manager))
+    rows, bad = manifest_lib.read_manifest(folder, c.classes)
+    decoded = decode_rows(rows, c.settings())
+    examples = []
+    for row, (ex, reason) in zip(rows, decoded):
+      if reason:
+        bad.append((row['id'], f"{row['image']};{row['audio']}", reason))
+      else:
+        examples.append((row, ex))
+    if bad and not self._skip_bad:
+      # Raised before any example is written: TFDS leaves no finished dataset.
+      raise manifest_lib.BadInputError(bad, where=folder)
+    if bad:
+      path = os.path.join(os.fspath(self.data_dir), 'skipped.csv')
+      manifest_lib.write_skipped(path, bad)
+      logging.warning('Skipped %d bad input(s) of %s; reasons in %s',
+                      len(bad), folder, path)
+    if not examples:
+      raise ValueError(f'No usable examples in {folder}.')
+    kept = manifest_lib.assign_splits(
+        [r for r, _ in examples], test_fraction=c.test_fraction,
+        val_fraction=c.val_fraction, num_folds=c.num_folds)
+    cells = {}
+    for row, (_, ex) in zip(kept, examples):
+      ex['fold'], ex['part'] = row['fold'], row['part']
+      cells.setdefault(
+          manifest_lib.cell_name(row['part'], row['fold'], row['fold_val']),
+          []).append(ex)
+    return {name: self._generate_examples(exs) for name, exs in sorted(cells.items())}
+
+  def _generate_examples(self, examples):
+    for ex in examples:
+      yield ex['id'], ex
+
+
+class IitrSier(_SierBuilder):
+  """IIT-R SIER: speech + image emotion pairs (anger, happy, hate, sad)."""
+
+  name = 'iitr_sier'
+  CLASSES = EMOTIONS
+  BUILDER_CONFIGS = _paper_and_runlocal(EMOTIONS)
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      'IIT-R SIER is distributed by its authors on request: fill in the '
+      'access form linked from the paper (Malik et al., "ParallelNet", IIT '
+      'Roorkee) and download the archive. Then arrange it as a manifest '
+      'folder:' + MANIFEST_LAYOUT.format(classes=', '.join(EMOTIONS)))
+
+
+class BT4sa(_SierBuilder):
+  """B-T4SA-style speech + image pairs with three sentiment classes."""
+
+  name = 'b_t4sa'
+  CLASSES = SENTIMENTS
+  BUILDER_CONFIGS = _paper_and_runlocal(SENTIMENTS)
+  MANUAL_DOWNLOAD_INSTRUCTIONS = (
+      'B-T4SA images and tweets come from the T4SA project (request access '
+      'from its authors); speech is made by TTS of the tweet text (SPEC §6). '
+      'Arrange the result as a manifest folder:' +
+      MANIFEST_LAYOUT.format(classes=', '.join(SENTIMENTS)))
+
+
+class SyntheticSier(_SierBuilder):
+  """The demo corpus (synthetic.py), generated then built like real data."""
+
+  name = 'synthetic_sier'
+  CLASSES = EMOTIONS
+  BUILDER_CONFIGS = _paper_and_runlocal(EMOTIONS, synthetic_size=2000)
+
+  def _source_folder(self, dl_manager):
+    c = self.builder_config
+    folder = os.path.join(os.fspath(dl_manager.download_dir),
+                          f'synthetic_sier_source_{c.name}')
+    return synthetic.generate_corpus(
+        folder, num_examples=c.synthetic_size, seed=c.synthetic_seed,
+        classes=c.classes, image_size=c.image_size,
+        sample_rate=c.sample_rate, duration_s=c.duration_s)
+
+
+BUILDERS = {b.name: b for b in (IitrSier, BT4sa, SyntheticSier)}

@@ -1,0 +1,283 @@
+"""tf.data pipelines that turn the built TFDS data into global jax.Arrays.
+
+Batch dicts (all global `jax.Array`s sharded on the mesh's 'data' axis):
+  train_batches: image (B, S, S, 3) float32 scaled per config.input.image_scaling,
+                 spectrogram (B, T, F, 1) float32 in [0, 1], label (B,) int32.
+  eval_batches:  the same plus mask (B,) bool, False on padding.
+Each process reads its own shard (tfds.split_for_jax_process) and feeds
+global_batch // process_count examples per step.
+"""
+
+import functools
+import math
+import os
+
+import tensorflow as tf
+
+# TF only feeds data here: keep it off the accelerators that JAX owns.
+tf.config.set_visible_devices([], 'GPU')
+
+import jax  # pylint: disable=g-import-not-at-top
+from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+from input_pipeline import audio as audio_lib  # pylint: disable=g-import-not-at-top
+from input_pipeline import builders  # pylint: disable=g-import-not-at-top
+from input_pipeline import image as image_lib  # pylint: disable=g-import-not-at-top
+
+MODEL_KEYS = ('image', 'spectrogram', 'label')
+
+
+@functools.lru_cache(maxsize=16)
+def _builder(name, settings_items, data_dir, manual_dir, skip_bad, build):
+  settings = dict(settings_items)
+  settings['classes'] = list(settings['classes'])
+  cls = builders.BUILDERS[name]
+  b = cls(config=builders.make_builder_config(settings, cls.CLASSES),
+          data_dir=data_dir, skip_bad=skip_bad)
+  if build and not b.is_prepared():
+    if jax.process_count() > 1 and jax.process_index() != 0:
+      pass  # Process 0 builds into the shared data_dir; the others wait.
+    else:
+      b.download_and_prepare(download_config=tfds.download.DownloadConfig(
+          manual_dir=manual_dir or None))
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices(f'built {b.info.full_name}')
+      b = cls(config=b.builder_config, data_dir=data_dir, skip_bad=skip_bad)
+  builders.check_metadata(b, settings)
+  return b
+
+
+def get_builder(config, *, build=True):
+  """The TFDS builder for config.dataset.name at config's settings, built.
+
+  Building happens once per setting (a different setting is a different
+  builder config, hence a different dataset directory).
+  """
+  name = config.dataset.name
+  if name not in builders.BUILDERS:
+    raise ValueError(f'Unknown config.dataset.name {name!r}; known: '
+                     f'{", ".join(builders.BUILDERS)}.')
+  settings = builders.settings_from_config(config)
+  settings['classes'] = tuple(settings['classes'])
+  manual_dir = os.path.expanduser(config.dataset.manual_dir or '')
+  return _builder(name, tuple(sorted(settings.items())),
+                  os.path.expanduser(config.dataset.data_dir), manual_dir,
+                  bool(config.dataset.skip_bad), build)
+
+
+def _cells(builder):
+  """{cell name: (part, fold, fold_val)} of the built dataset."""
+  out = {}
+  for name in builder.info.splits.keys():
+    part, rest = name.rsplit('_f', 1)
+    out[name] = (part, int(rest[:-1]), rest[-1] == 'v')
+  return out
+
+
+def split_names(config, builder=None):
+  """TFDS split strings for train / validation / test.
+
+  config.dataset.fold == -1: the manifest split or the 70/30 split, with
+  validation carved from train. fold == k: fold k is the test set, the
+  other folds (less their validation share) train, and their validation
+  shares validate. When val_fraction == 0 (and the manifest has no
+  validation rows), validation is the test split.
+  """
+  builder = builder or get_builder(config)
+  cells = _cells(builder)
+  fold = int(config.dataset.fold)
+  if fold >= int(config.dataset.num_folds):
+    raise ValueError(f'config.dataset.fold={fold} but num_folds='
+                     f'{config.dataset.num_folds}.')
+  if fold < 0:
+    pick = {s: [c for c, (p, _, _) in cells.items() if p == s]
+            for s in ('train', 'validation', 'test')}
+  else:
+    pick = dict(
+        train=[c for c, (_, k, v) in cells.items() if k != fold and not v],
+        validation=[c for c, (_, k, v) in cells.items() if k != fold and v],
+        test=[c for c, (_, k, _) in cells.items() if k == fold])
+  if not pick['validation']:
+    pick['validation'] = pick['test']
+  for s in ('train', 'test'):
+    if not pick[s]:
+      raise ValueError(f'The {s} split of {builder.info.full_name} is empty.')
+  return {s: '+'.join(sorted(c)) for s, c in pick.items()}
+
+
+def _resolve_split(config, builder, split):
+  names = split_names(config, builder)
+  return names.get(split, split)
+
+
+def process_split(split, process_index, process_count):
+  """This process's share of `split`: disjoint, sizes differ by at most one."""
+  return tfds.split_for_jax_process(split, process_index=process_index,
+                                    process_count=process_count)
+
+
+def num_examples(config, split):
+  """Examples in 'train' | 'validation' | 'test' (or any TFDS split string)."""
+  b = get_builder(config)
+  return b.info.splits[_resolve_split(config, b, split)].num_examples
+
+
+def steps_per_epoch(config):
+  """Training steps per epoch: full global batches, capped by
+  config.train.max_steps_per_epoch when it is positive."""
+  steps = num_examples(config, 'train') // int(config.train.batch_size)
+  cap = int(config.train.get('max_steps_per_epoch', -1))
+  return min(steps, cap) if cap > 0 else steps
+
+
+def epoch_seed(seed, epoch):
+  """A 31-bit shuffle seed that is a pure function of (seed, epoch)."""
+  return int(np.random.SeedSequence([int(seed), int(epoch)]).generate_state(1)[0]
+             & 0x7FFFFFFF)
+
+
+def _read(builder, split):
+  read_config = tfds.ReadConfig(try_autocache=False)
+  ds = builder.as_dataset(split=split, shuffle_files=False,
+                          read_config=read_config)
+  options = tf.data.Options()
+  options.deterministic = True
+  return ds.with_options(options)
+
+
+def _to_model_inputs(scaling):
+  def fn(ex):
+    return dict(
+        image=image_lib.scale_float(tf.cast(ex['image'], tf.float32), scaling),
+        spectrogram=tf.cast(ex['spectrogram'], tf.float32),
+        label=tf.cast(ex['label'], tf.int32))
+  return fn
+
+
+def _local_batch_size(global_batch, process_count):
+  if global_batch % process_count:
+    raise ValueError(f'Global batch {global_batch} is not divisible by the '
+                     f'{process_count} processes.')
+  return global_batch // process_count
+
+
+def train_dataset(config, *, epoch, start_step=0, process_index=None,
+                  process_count=None):
+  """This process's tf.data.Dataset of local training batches (numpy-able)."""
+  pi = jax.process_index() if process_index is None else process_index
+  pc = jax.process_count() if process_count is None else process_count
+  b = get_builder(config)
+  split = process_split(split_names(config, b)['train'], pi, pc)
+  local_bs = _local_batch_size(int(config.train.batch_size), pc)
+  steps = steps_per_epoch(config)
+  ds = _read(b, split)
+  ds = ds.map(lambda ex: {k: ex[k] for k in MODEL_KEYS})
+  ds = ds.shuffle(int(config.dataset.shuffle_buffer),
+                  seed=epoch_seed(config.seed, epoch),
+                  reshuffle_each_iteration=False)
+  ds = ds.map(_to_model_inputs(config.input.image_scaling),
+              num_parallel_calls=tf.data.AUTOTUNE)
+  # Every shard holds >= total // pc examples, so each process has `steps`
+  # full local batches and all processes step together.
+  ds = ds.batch(local_bs, drop_remainder=True).take(steps).skip(start_step)
+  return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _globalize(mesh, local_batch):
+  sharding = NamedSharding(mesh, P('data'))
+  return {k: jax.make_array_from_process_local_data(sharding, v)
+          for k, v in local_batch.items()}
+
+
+def train_batches(config, mesh, *, epoch, start_step=0):
+  """Iterator of global training batches; order = f(config.seed, epoch).
+
+  Yields steps_per_epoch(config) - start_step batches of
+  image/spectrogram/label; start_step skips the batches a resumed run has
+  already seen this epoch.
+  """
+  ds = train_dataset(config, epoch=epoch, start_step=start_step)
+  for local in ds.as_numpy_iterator():
+    yield _globalize(mesh, local)
+
+
+def eval_dataset(config, split='validation', *, process_index=None,
+                 process_count=None):
+  """This process's local eval batches; every process yields the same
+  number of batches, padded at the end with mask=False."""
+  pi = jax.process_index() if process_index is None else process_index
+  pc = jax.process_count() if process_count is None else process_count
+  b = get_builder(config)
+  full = _resolve_split(config, b, split)
+  local_bs = _local_batch_size(int(config.train.eval_batch_size), pc)
+  sizes = [b.info.splits[process_split(full, i, pc)].num_examples
+           for i in range(pc)]
+  num_batches = math.ceil(max(sizes) / local_bs)
+  ds = _read(b, process_split(full, pi, pc))
+  ds = ds.map(_to_model_inputs(config.input.image_scaling),
+              num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.map(lambda ex: dict(ex, mask=tf.constant(True)))
+  pad = tf.data.Dataset.from_tensors(
+      {k: tf.zeros(s.shape, s.dtype) for k, s in ds.element_spec.items()}
+  ).repeat()
+  ds = ds.concatenate(pad).take(num_batches * local_bs)
+  return ds.batch(local_bs, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def eval_batches(config, mesh, split='validation'):
+  """Iterator of global eval batches covering `split` exactly once, plus
+  `mask` (bool, False on padding: weight metrics by it)."""
+  for local in eval_dataset(config, split).as_numpy_iterator():
+    yield _globalize(mesh, local)
+
+
+def load_examples(config, split='test', n=None):
+  """The first n examples of `split` (stored order) as numpy arrays.
+
+  Keys: id (str), image (model-scaled float32), image_raw (uint8),
+  spectrogram (float32), label (int32), waveform (float32, re-decoded from
+  audio_path with the same pad/crop), audio_path, image_cue_box (y0 x0 y1 x1
+  model-input pixels, -1 if absent), speech_cue_span (t0 t1 s, -1 if absent).
+  """
+  b = get_builder(config)
+  ds = _read(b, _resolve_split(config, b, split))
+  if n is not None and n > 0:
+    ds = ds.take(n)
+  exs = list(ds.as_numpy_iterator())
+  if not exs:
+    raise ValueError(f'No examples in split {split!r}.')
+  out = {k: np.stack([e[k] for e in exs]) for k in exs[0]}
+  out['id'] = np.array([e['id'].decode() for e in exs])
+  out['audio_path'] = np.array([e['audio_path'].decode() for e in exs])
+  out['image_raw'] = out['image']
+  out['image'] = image_lib.scale_image(out['image_raw'],
+                                       config.input.image_scaling)
+  out['spectrogram'] = out['spectrogram'].astype(np.float32)
+  out['label'] = out['label'].astype(np.int32)
+  out['waveform'] = np.stack([audio_lib.load_waveform(p, config.input)
+                              for p in out['audio_path']])
+  del out['part']
+  return out
+
+
+def preprocess_pair(config, image_path, audio_path):
+  """One user pair through the dataset's preprocessing (unbatched numpy).
+
+  Returns image (model-scaled), image_raw (uint8), spectrogram (T, F, 1),
+  waveform. Errors name the file and the reason.
+  """
+  try:
+    raw = image_lib.load_image(image_path, int(config.input.image_size))
+  except image_lib.ImageError as e:
+    raise ValueError(f'{image_path}: {e}') from e
+  try:
+    spec, wav = audio_lib.load_spectrogram(audio_path, config.input)
+  except audio_lib.AudioError as e:
+    raise ValueError(f'{audio_path}: {e}') from e
+  # float16 round trip: the same values the built dataset stores.
+  spec = spec.astype(np.float16).astype(np.float32)
+  return dict(image=image_lib.scale_image(raw, config.input.image_scaling),
+              image_raw=raw, spectrogram=spec, waveform=wav)
