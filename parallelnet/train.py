@@ -123,7 +123,7 @@ def train_step(state: TrainState, batch: dict, rng: jax.Array, *,
       step=state.step + 1, params=optax.apply_updates(state.params, updates),
       opt_state=opt_state, batch_stats=batch_stats)
   correct = (jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32)
-  return new_state, dict(loss=loss, grad_norm=optax.global_norm(grads),
+  return new_state, dict(loss=loss, grad_norm=optax.tree.norm(grads),
                          accuracy=losses.masked_mean(correct, mask))
 
 

@@ -77,8 +77,9 @@ class ArrayData:
       idx = order[b * bs:(b + 1) * bs]
       batch = {k: v[idx] for k, v in split.items()}
       if self.nan_at == (epoch, b):
-        batch['image'] = batch['image'].copy()
-        batch['image'][0, 0, 0, 0] = np.nan
+        for k in ('image', 'spectrogram'):
+          batch[k] = batch[k].copy()
+          batch[k][0, 0, 0, 0] = np.nan
       yield self._global(mesh, batch)
 
   def eval_batches(self, config, mesh, split='validation'):
