@@ -29,9 +29,40 @@ def random_inputs(config, key, batch=2):
   return image, spectrogram
 
 
-def build(config, seed=0):
+def quick_variables(init_fn, seed=0):
+  """Variables shaped like `init_fn(key)`'s, filled from numpy.
+
+  Compiling a random initialiser costs far more than the tests that use it
+  (one threefry per leaf); the real initialisers are exercised by `proposed`.
+  He-scaled normal kernels, small biases, BatchNorm scale near 1, running
+  statistics (0, 1).
+  """
+  rng = np.random.default_rng(seed)
+
+  def fill(path, s):
+    name = jax.tree_util.keystr(path[-1:])
+    if name == "['var']":
+      return jnp.ones(s.shape, s.dtype)
+    if name == "['mean']":
+      return jnp.zeros(s.shape, s.dtype)
+    if len(s.shape) > 1:
+      std = np.sqrt(2.0 / np.prod(s.shape[:-1]))
+    else:
+      std = 0.1
+    x = rng.normal(0.0, std, s.shape) + (name == "['scale']")
+    return jnp.asarray(x, s.dtype)
+
+  shapes = jax.eval_shape(init_fn, jax.random.key(seed))
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def build(config, seed=0, real_init=False):
   model = models.get_model(config)
-  variables = models.init_variables(model, config, jax.random.key(seed))
+  if real_init:
+    variables = models.init_variables(model, config, jax.random.key(seed))
+  else:
+    variables = quick_variables(
+        lambda k: models.init_variables(model, config, k), seed)
   apply = jax.jit(lambda v, i, s: model.apply(v, i, s, train=False))
   return model, variables, apply
 
@@ -40,7 +71,7 @@ def build(config, seed=0):
 def proposed():
   """The proposed model ('after' crossing) at tiny size, and one eval pass."""
   config = tiny_config()
-  model, variables, apply = build(config)
+  model, variables, apply = build(config, real_init=True)
   image, spectrogram = random_inputs(config, jax.random.key(1))
   logits, inter = apply(variables, image, spectrogram)
   return dict(config=config, model=model, variables=variables, apply=apply,
@@ -253,14 +284,15 @@ def test_bad_config_and_inputs_raise():
 # --- VGG trunks vs Keras Applications ------------------------------------------
 
 
-def flax_layer_sequence(module, input_shape):
+def flax_layer_sequence(module, input_shape, with_stats=False):
   """(name, kind, kernel shape, output shape) of each layer, in call order."""
   calls = []
 
   def record(next_fun, args, kwargs, context):
     out = next_fun(*args, **kwargs)
     if context.method_name == '__call__' and context.module is not module:
-      if isinstance(context.module, (nn.Conv, vgg.MaxPool)):
+      if isinstance(context.module, (nn.Conv, nn.BatchNorm, nn.Dropout,
+                                     vgg.MaxPool)):
         calls.append((context.module.name, type(context.module).__name__,
                       tuple(out.shape)))
     return out
@@ -269,8 +301,10 @@ def flax_layer_sequence(module, input_shape):
     with nn.intercept_methods(record):
       return module.init(key, jnp.zeros(input_shape))
 
-  params = jax.eval_shape(init, jax.random.key(0))['params']
-  return calls, params
+  variables = jax.eval_shape(init, jax.random.key(0))
+  if with_stats:
+    return calls, variables['params'], variables.get('batch_stats', {})
+  return calls, variables['params']
 
 
 @pytest.mark.parametrize('name', ['vgg16', 'vgg19'])
@@ -309,6 +343,72 @@ def test_width_multiplier_scales_channels():
   _, params = flax_layer_sequence(models.get_backbone('vgg16', 1 / 1000),
                                   (1, 32, 32, 3))
   assert params['block1_conv1']['kernel'].shape == (3, 3, 3, 1)
+
+
+def test_efficientnet_b0_matches_keras_applications():
+  keras = pytest.importorskip('keras')
+  ref = keras.applications.EfficientNetB0(
+      weights=None, include_top=False, input_shape=(32, 32, 3))
+  # Keras' input Rescaling/Normalization are not part of our trunk (see
+  # efficientnet.py); every other layer with weights, and the stochastic-depth
+  # dropouts, must match in name, order, kind and shape.
+  kinds = {keras.layers.Conv2D: 'Conv', keras.layers.DepthwiseConv2D: 'Conv',
+           keras.layers.BatchNormalization: 'BatchNorm',
+           keras.layers.Dropout: 'Dropout'}
+  ref_layers = [l for l in ref.layers if type(l) in kinds]
+  ours, params, stats = flax_layer_sequence(
+      models.get_backbone('efficientnet_b0'), (1, 32, 32, 3), with_stats=True)
+  assert [n for n, _, _ in ours] == [l.name for l in ref_layers]
+  for (name, kind, out_shape), layer in zip(ours, ref_layers):
+    assert kind == kinds[type(layer)], name
+    assert tuple(layer.output.shape[1:]) == out_shape[1:], name
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+      k = tuple(layer.kernel.shape)  # (k, k, C, 1) -> Flax (k, k, 1, C).
+      assert params[name]['kernel'].shape == k[:2] + k[3:] + k[2:3], name
+    elif isinstance(layer, keras.layers.Conv2D):
+      assert params[name]['kernel'].shape == tuple(layer.kernel.shape), name
+      assert ('bias' in params[name]) == layer.use_bias, name
+    elif isinstance(layer, keras.layers.Dropout):
+      assert tuple(layer.noise_shape[1:]) == (1, 1, 1)
+  trainable = sum(int(np.prod(w.shape)) for w in ref.trainable_weights)
+  assert models.count_params(params) == trainable == 4_007_548
+  bn_stats = sum(int(np.prod(w.shape)) for l in ref_layers
+                 if isinstance(l, keras.layers.BatchNormalization)
+                 for w in l.non_trainable_weights)
+  assert models.count_params(stats) == bn_stats
+
+
+def test_efficientnet_b0_tiny_train_and_eval():
+  net = models.get_backbone('efficientnet_b0', 1 / 8, jnp.float32)
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  variables = quick_variables(lambda k: net.init(k, x[:1]))
+
+  @jax.jit  # One compilation for both modes.
+  def run(v):
+    train = lambda key: net.apply(v, x, train=True, rngs={'dropout': key},
+                                  mutable=['batch_stats'])
+    (y1, updates), (y2, _) = train(jax.random.key(2)), train(jax.random.key(3))
+    return y1, y2, updates, net.apply(v, x, train=False)
+
+  y1, y2, updates, y_eval = run(variables)
+  assert y1.shape == (2, 1, 1, 160)  # 1280 / 8 channels after five stride-2s.
+  assert not np.array_equal(y1, y2)  # Stochastic depth is on in training.
+  assert y_eval.shape == y1.shape and np.all(np.isfinite(y_eval))
+  assert not np.array_equal(
+      updates['batch_stats']['top_bn']['mean'],
+      variables['batch_stats']['top_bn']['mean'])
+
+
+def test_baseline_configs_use_efficientnet():
+  for variant, crossing in (('baseline1', 'both'), ('baseline2', 'before'),
+                            ('baseline3', 'after')):
+    config = config_lib.get_config(variant)
+    assert config.model.crossing == crossing
+    counts = models.count_by_branch(summary.variable_shapes(config)['params'])
+    # B0 trunk (4,007,548), BatchNorm(1280), Dense(4*4*1280 -> 512).
+    assert counts['N2_s'] == counts['N2_i'] == (
+        4_007_548 + 2 * 1280 + 4 * 4 * 1280 * 512 + 512)
+    assert ('P_is' in counts) == (crossing != 'after')
 
 
 # --- jit, vmap, training mode, dtypes ---------------------------------------------

@@ -1,7 +1,9 @@
 """Backbone registry: the pretrained-able trunk M inside each N2 branch.
 
-A backbone maps images `(batch, H, W, 3)` to a feature map `(batch, h, w, c)`
-(no classifier, no global pooling: N2 adds BatchNorm, Flatten, Dense itself).
+A backbone is called as `backbone(x, train)` and maps images `(batch, H, W, 3)`
+to a feature map `(batch, h, w, c)` (no classifier, no global pooling: N2 adds
+BatchNorm, Flatten, Dense itself). `train` switches its BatchNorm to batch
+statistics and enables its dropout (rng stream 'dropout'), if it has any.
 Register new trunks in `_REGISTRY` under the name the config uses.
 """
 
@@ -10,6 +12,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
+from parallelnet.models import efficientnet
 from parallelnet.models import vgg
 
 # name -> factory(width, dtype, name) -> nn.Module (name: the Flax module's).
@@ -53,3 +56,9 @@ def _vgg16(width, dtype, **kw):
 @register('vgg19')
 def _vgg19(width, dtype, **kw):
   return vgg.VGG(blocks=vgg.VGG19_BLOCKS, width=width, dtype=dtype, **kw)
+
+
+@register('efficientnet_b0')
+def _efficientnet_b0(width, dtype, **kw):
+  return efficientnet.EfficientNet(stages=efficientnet.B0_STAGES, width=width,
+                                   dtype=dtype, **kw)

@@ -52,18 +52,12 @@ import jax.numpy as jnp
 
 from parallelnet.models import backbones
 from parallelnet.models import vgg
+from parallelnet.models.common import batch_norm
 
 MODALITIES = ('both', 'speech', 'image')
 CROSSINGS = ('after', 'before', 'both')
 
 KERNEL_INIT = vgg.KERNEL_INIT
-
-
-def batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
-  """BatchNorm with Keras defaults (momentum 0.99, epsilon 1e-3)."""
-  return nn.BatchNorm(use_running_average=not train, momentum=0.99,
-                      epsilon=1e-3, dtype=dtype, param_dtype=jnp.float32,
-                      name=name)
 
 
 def dense(features: int, dtype: Any, name: str) -> nn.Dense:
@@ -103,7 +97,7 @@ class BackboneBranch(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool):
     x = backbones.get_backbone(self.backbone, self.width, self.dtype,
-                               module_name='backbone')(x)
+                               module_name='backbone')(x, train)
     x = batch_norm(train, self.dtype, 'bn')(x)
     x = x.reshape(x.shape[0], -1)
     return dense(self.feature_dim, self.dtype, 'dense')(x)

@@ -13,6 +13,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from parallelnet.models.common import scaled
+
 # Keras initialises Conv2D/Dense kernels with glorot_uniform and biases with
 # zeros; we do the same so that training from scratch matches the paper's setup.
 KERNEL_INIT = nn.initializers.xavier_uniform()
@@ -20,11 +22,6 @@ KERNEL_INIT = nn.initializers.xavier_uniform()
 # (filters, number of convs) per block, as in Keras Applications.
 VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 VGG19_BLOCKS = ((64, 2), (128, 2), (256, 4), (512, 4), (512, 4))
-
-
-def scaled(channels: int, width: float) -> int:
-  """A channel count times the width multiplier, at least 1."""
-  return max(1, int(round(channels * width)))
 
 
 class MaxPool(nn.Module):
@@ -61,7 +58,8 @@ class VGG(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, train: bool = False):
+    del train  # No BatchNorm or dropout in VGG; the backbone interface has it.
     x = jnp.asarray(x, self.dtype)
     for b, (filters, convs) in enumerate(self.blocks, start=1):
       for i in range(1, convs + 1):
