@@ -30,6 +30,7 @@ import os
 import warnings
 
 import numpy as np
+import threadpoolctl
 import tensorflow_datasets as tfds
 
 from input_pipeline import audio as audio_lib
@@ -201,13 +202,18 @@ def decode_rows(rows, settings, workers=None):
   """
   workers = workers or min(os.cpu_count() or 1, 8)
   args = [(r, settings) for r in rows]
-  if workers > 1 and len(rows) >= 256:
-    _warm_up(settings)  # Load librosa's lazy modules once, before forking.
-    with warnings.catch_warnings():
-      warnings.filterwarnings('ignore', message='.*fork.*')
-      with multiprocessing.get_context('fork').Pool(workers) as pool:
-        return pool.map(_decode_star, args, chunksize=32)
-  return [_decode_row(*a) for a in args]
+  # One BLAS thread per process: the mel matmul is tiny, and OpenBLAS
+  # threads on a busy machine make it 10-20x slower.
+  with threadpoolctl.threadpool_limits(1):
+    if workers > 1 and len(rows) >= 256:
+      _warm_up(settings)  # Load librosa's lazy modules once, before forking.
+      with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='.*fork.*')
+        with multiprocessing.get_context('fork').Pool(
+            workers, initializer=threadpoolctl.threadpool_limits,
+            initargs=(1,)) as pool:
+          return pool.map(_decode_star, args, chunksize=32)
+    return [_decode_row(*a) for a in args]
 
 
 def _warm_up(settings):

@@ -9,6 +9,7 @@ global_batch // process_count examples per step.
 """
 
 import functools
+import logging
 import math
 import os
 
@@ -101,6 +102,10 @@ def split_names(config, builder=None):
         validation=[c for c, (_, k, v) in cells.items() if k != fold and v],
         test=[c for c, (_, k, _) in cells.items() if k == fold])
   if not pick['validation']:
+    if float(config.dataset.val_fraction) > 0:
+      logging.warning('No validation examples in %s (val_fraction=%s is too '
+                      'small for this dataset); validating on the test split.',
+                      builder.info.full_name, config.dataset.val_fraction)
     pick['validation'] = pick['test']
   for s in ('train', 'test'):
     if not pick[s]:
@@ -113,10 +118,30 @@ def _resolve_split(config, builder, split):
   return names.get(split, split)
 
 
-def process_split(split, process_index, process_count):
-  """This process's share of `split`: disjoint, sizes differ by at most one."""
-  return tfds.split_for_jax_process(split, process_index=process_index,
-                                    process_count=process_count)
+def process_split(builder, split, process_index, process_count):
+  """This process's share of `split` ('a+b+...' of stored splits).
+
+  Contiguous, disjoint ranges of the concatenated split whose sizes differ by
+  at most one. (tfds.split_for_jax_process divides each joined part
+  separately, which gives process 0 every part's remainder: with our many
+  small cells that unbalances the shards badly.)
+  """
+  parts = split.split('+')
+  sizes = [builder.info.splits[p].num_examples for p in parts]
+  total = sum(sizes)
+  if total < process_count:
+    raise ValueError(f'Split {split!r} has {total} examples, fewer than the '
+                     f'{process_count} processes.')
+  base, extra = divmod(total, process_count)
+  start = process_index * base + min(process_index, extra)
+  end = start + base + (process_index < extra)
+  pieces, offset = [], 0
+  for part, n in zip(parts, sizes):
+    a, b = max(start, offset) - offset, min(end, offset + n) - offset
+    if a < b:
+      pieces.append(f'{part}[{a}:{b}]')
+    offset += n
+  return '+'.join(pieces)
 
 
 def num_examples(config, split):
@@ -170,7 +195,7 @@ def train_dataset(config, *, epoch, start_step=0, process_index=None,
   pi = jax.process_index() if process_index is None else process_index
   pc = jax.process_count() if process_count is None else process_count
   b = get_builder(config)
-  split = process_split(split_names(config, b)['train'], pi, pc)
+  split = process_split(b, split_names(config, b)['train'], pi, pc)
   local_bs = _local_batch_size(int(config.train.batch_size), pc)
   steps = steps_per_epoch(config)
   ds = _read(b, split)
@@ -213,10 +238,10 @@ def eval_dataset(config, split='validation', *, process_index=None,
   b = get_builder(config)
   full = _resolve_split(config, b, split)
   local_bs = _local_batch_size(int(config.train.eval_batch_size), pc)
-  sizes = [b.info.splits[process_split(full, i, pc)].num_examples
+  sizes = [b.info.splits[process_split(b, full, i, pc)].num_examples
            for i in range(pc)]
   num_batches = math.ceil(max(sizes) / local_bs)
-  ds = _read(b, process_split(full, pi, pc))
+  ds = _read(b, process_split(b, full, pi, pc))
   ds = ds.map(_to_model_inputs(config.input.image_scaling),
               num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.map(lambda ex: dict(ex, mask=tf.constant(True)))

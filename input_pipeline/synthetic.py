@@ -32,6 +32,7 @@ glottal source with a pitch contour, per-syllable vowel formants (three
 resonators) and a syllable envelope with pauses.
 """
 
+import colorsys
 import csv
 import functools
 import json
@@ -43,6 +44,7 @@ import numpy as np
 from PIL import Image
 import scipy.signal
 import soundfile as sf
+import threadpoolctl
 
 CLASS_MIX = {'happy': 0.531, 'anger': 0.246, 'sad': 0.168, 'hate': 0.054}
 IMAGE_CUE = {'happy': 1, 'anger': 1, 'sad': 0, 'hate': 0}  # 1 = warm colour.
@@ -81,26 +83,14 @@ def ceilings(cue_noise=0.03):
 # --- Image -------------------------------------------------------------------
 
 
-def _hsv_to_rgb(h, s, v):
-  """Vectorised HSV -> RGB in [0, 1] (h in [0, 1))."""
-  i = np.floor(h * 6).astype(int) % 6
-  f = h * 6 - np.floor(h * 6)
-  p, q, t = v * (1 - s), v * (1 - f * s), v * (1 - (1 - f) * s)
-  choices = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)]
-  r = np.choose(i, [c[0] * np.ones_like(h) for c in choices])
-  g = np.choose(i, [c[1] * np.ones_like(h) for c in choices])
-  b = np.choose(i, [c[2] * np.ones_like(h) for c in choices])
-  return np.stack([r, g, b], -1)
-
-
 def make_image(rng, size, warm):
   """(size, size, 3) uint8 image and the cue disc's box (y0, x0, y1, x1)."""
-  yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) / size
+  yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
   # Background: a low-saturation colour with a soft gradient and grain.
   base = rng.uniform(0.35, 0.65, 3)
   grad = rng.uniform(-0.15, 0.15, 2)
   img = base + (grad[0] * yy + grad[1] * xx)[..., None]
-  img = img + rng.normal(0, 0.04, (size, size, 3))
+  img = img + 0.04 * rng.standard_normal((size, size, 3), np.float32)
   # Distractors: green / grey / white shapes with their own texture.
   palette = np.array([[0.2, 0.65, 0.25], [0.5, 0.5, 0.5], [0.92, 0.92, 0.88],
                       [0.1, 0.45, 0.15], [0.25, 0.25, 0.25]])
@@ -126,8 +116,9 @@ def make_image(rng, size, warm):
   theta = rng.uniform(0, np.pi)
   stripes = 0.5 + 0.5 * np.sin(
       (np.cos(theta) * yy + np.sin(theta) * xx) * 2 * np.pi * rng.uniform(6, 10))
-  disc_rgb = _hsv_to_rgb(np.full_like(yy, hue), np.full_like(yy, 0.85),
-                         0.6 + 0.4 * stripes)
+  # HSV with fixed hue and saturation: RGB scales linearly with the value.
+  disc_rgb = (0.6 + 0.4 * stripes)[..., None] * np.array(
+      colorsys.hsv_to_rgb(hue, 0.85, 1.0), np.float32)
   m = np.hypot(yy - cy, xx - cx) < r
   img = np.where(m[..., None], disc_rgb, img)
   ys, xs = np.nonzero(m)
@@ -163,8 +154,8 @@ def make_speech(rng, sample_rate, duration_s, high):
   span = CUE_SPAN_FRACTION * duration_s
   t0 = rng.uniform(0, duration_s - span)
   t1 = t0 + span
-  f0 = np.zeros(n)
-  env = np.zeros(n)
+  f0 = np.zeros(n, np.float32)
+  env = np.zeros(n, np.float32)
   segments = []  # (start, end, vowel index)
   regions = [(0.0, t0, 'neutral'), (t0, t1, 'cue'), (t1, duration_s, 'neutral')]
   for a, b, kind in regions:
@@ -189,10 +180,10 @@ def make_speech(rng, sample_rate, duration_s, high):
       env[s:e] = w * rng.uniform(0.8, 1.0)
       segments.append((s, e, rng.integers(len(VOWELS))))
   # Glottal source: sawtooth with continuous phase, slight jitter.
-  f0_j = np.where(f0 > 0, f0 * (1 + 0.01 * rng.standard_normal(n)), 0)
+  f0_j = f0 * (1 + 0.01 * rng.standard_normal(n, np.float32))  # jitter
   phase = np.cumsum(f0_j / sr)
   source = (2 * (phase % 1.0) - 1) * env
-  out = np.zeros(n)
+  out = np.zeros(n, np.float32)
   for s, e, v in segments:
     seg = source[s:e]
     y = 0
@@ -202,7 +193,7 @@ def make_speech(rng, sample_rate, duration_s, high):
         b_, a_ = _resonator(f, bw, sr)
         y = y + scipy.signal.lfilter(b_, a_, seg) * (1.0, 0.6, 0.3)[k]
     out[s:e] = y
-  out = out + 0.002 * rng.standard_normal(n)  # Room noise floor.
+  out = out + 0.002 * rng.standard_normal(n, np.float32)  # Noise floor.
   out = 0.7 * out / (np.abs(out).max() + 1e-9)
   return out.astype(np.float32), (round(t0, 4), round(t1, 4))
 
@@ -265,13 +256,16 @@ def generate_corpus(folder, *, num_examples, seed, classes, image_size,
   args = [dict(i=i, label=str(labels[i]), image_cue=image_cue[i],
                speech_cue=speech_cue[i]) for i in range(num_examples)]
   workers = workers or min(os.cpu_count() or 1, 8)
-  if workers > 1 and num_examples >= 256:
-    with warnings.catch_warnings():  # Workers run numpy/PIL only: fork is ok.
-      warnings.filterwarnings('ignore', message='.*fork.*')
-      with multiprocessing.get_context('fork').Pool(workers) as pool:
-        rows = pool.map(_call, [(fn, a) for a in args], chunksize=32)
-  else:
-    rows = [fn(**a) for a in args]
+  with threadpoolctl.threadpool_limits(1):  # Small arrays: no BLAS threads.
+    if workers > 1 and num_examples >= 256:
+      with warnings.catch_warnings():  # Workers run numpy/PIL only: fork ok.
+        warnings.filterwarnings('ignore', message='.*fork.*')
+        with multiprocessing.get_context('fork').Pool(
+            workers, initializer=threadpoolctl.threadpool_limits,
+            initargs=(1,)) as pool:
+          rows = pool.map(_call, [(fn, a) for a in args], chunksize=32)
+    else:
+      rows = [fn(**a) for a in args]
   with open(os.path.join(folder, 'manifest.csv'), 'w', newline='') as f:
     w = csv.DictWriter(f, fieldnames=list(rows[0]))
     w.writeheader()

@@ -19,6 +19,12 @@ from input_pipeline import manifest as manifest_lib
 CLASSES = parallelnet.EMOTIONS
 
 
+@pytest.fixture(autouse=True, scope='module')
+def _quiet_tfds():
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  tfds.display_progress_bar(False)
+
+
 def _config(tmp, name='iitr_sier', manual_dir='', size=40, skip_bad=False):
   c = parallelnet.get_config('runlocal')
   c.dataset.name = name
@@ -163,3 +169,262 @@ def test_manifest_split_column_wins(tmp_path):
     else:
       assert r['part'] in ('train', 'validation')
   assert sum(r['part'] == 'validation' for r in out) >= 2
+
+
+# --- Builds: unusual files accepted, bad files reported ------------------------
+
+
+def _good_folder(folder, n=24, unusual=True):
+  """A manifest folder with n valid pairs, the first few in unusual formats."""
+  os.makedirs(folder / 'img', exist_ok=True)
+  os.makedirs(folder / 'wav', exist_ok=True)
+  rows = []
+  for i in range(n):
+    img, aud = f'img/{i}.png', f'wav/{i}.wav'
+    mode, size, sr, ch, subtype = 'RGB', (32, 32), 8000, 1, 'PCM_16'
+    if unusual and i == 0:
+      mode, aud, sr, ch = 'RGBA', f'wav/{i}.flac', 44100, 2
+    if unusual and i == 1:
+      mode, size, subtype = 'L', (37, 53), 'PCM_U8'  # grayscale, 8-bit WAV
+    if unusual and i == 2:
+      img, aud, mode = f'img/{i}.jpg', f'wav/{i}.ogg', 'RGB'
+    if unusual and i == 3:
+      mode, sr, ch = 'P', 22050, 2
+    _image(folder / img, mode, size)
+    sf.write(str(folder / aud), _tone(sr, 0.5 + 0.1 * (i % 5), 200 + 20 * i, ch),
+             sr, **({'subtype': subtype} if aud.endswith('.wav') else {}))
+    rows.append([f'ex{i}', img, aud, CLASSES[i % 4]])
+  return rows
+
+
+def _bad_folder(folder):
+  """Valid rows plus one row per bad-input case; returns (rows, {id: reason})."""
+  rows = _good_folder(folder, n=16, unusual=False)
+  d = folder / 'bad'
+  os.makedirs(d, exist_ok=True)
+  img_ok = 'img/0.png'
+  (d / 'corrupt.wav').write_bytes(b'RIFF\x00\x01garbage' * 50)
+  (d / 'empty.wav').write_bytes(b'')
+  sf.write(str(d / 'full.wav'), _tone(8000, 1.0), 8000, subtype='PCM_16')
+  data = (d / 'full.wav').read_bytes()
+  (d / 'trunc.wav').write_bytes(data[:len(data) // 2])
+  nan = _tone(8000, 0.5)
+  nan[100] = np.nan
+  sf.write(str(d / 'nan.wav'), nan, 8000, subtype='FLOAT')
+  (d / 'junk.png').write_bytes(b'\x89PNGnot really' * 40)
+  _image(d / 'big.png', 'RGB', (64, 64))
+  png = (d / 'big.png').read_bytes()
+  (d / 'trunc.png').write_bytes(png[:len(png) // 2])
+  wav_ok = 'wav/0.wav'
+  bad = {
+      'b_corrupt': ([img_ok, 'bad/corrupt.wav', 'sad'], 'corrupt audio'),
+      'b_empty': ([img_ok, 'bad/empty.wav', 'sad'], 'zero-length'),
+      'b_trunc_audio': ([img_ok, 'bad/trunc.wav', 'sad'], 'truncated audio'),
+      'b_nan': ([img_ok, 'bad/nan.wav', 'sad'], 'non-finite'),
+      'b_junk_img': (['bad/junk.png', wav_ok, 'sad'], 'undecodable image'),
+      'b_trunc_img': (['bad/trunc.png', wav_ok, 'sad'], 'truncated image'),
+      'b_missing': (['bad/nope.png', wav_ok, 'sad'], 'missing file'),
+      'b_label': ([img_ok, wav_ok, 'bored'], 'unknown label'),
+      'ex3': ([img_ok, wav_ok, 'sad'], 'duplicate id'),
+      'b_escape': ([img_ok, '../outside.wav', 'sad'], 'leaves the dataset'),
+  }
+  (folder.parent / 'outside.wav').write_bytes(data)
+  rows += [[k, *v[0]] for k, v in bad.items()]
+  return rows, {k: v[1] for k, v in bad.items()}
+
+
+def test_unusual_files_are_converted_not_rejected(tmp_path):
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / 'data'
+  _write_manifest(folder if folder.mkdir() is None else folder,
+                  _good_folder(folder))
+  c = _config(tmp_path, manual_dir=folder)
+  assert sum(pipeline.num_examples(c, s) for s in ('train', 'test')) == 24
+  ex = pipeline.load_examples(c, 'train', None)
+  assert ex['image_raw'].shape[1:] == (32, 32, 3)
+  assert ex['spectrogram'].shape[1:] == (32, 32, 1)
+  assert np.all(ex['image_cue_box'] == -1) and np.all(ex['speech_cue_span'] == -1)
+
+
+def test_strict_build_lists_every_bad_file_and_writes_nothing(tmp_path):
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / 'data'
+  folder.mkdir()
+  rows, reasons = _bad_folder(folder)
+  _write_manifest(folder, rows)
+  c = _config(tmp_path, manual_dir=folder)
+  with pytest.raises(manifest_lib.BadInputError) as err:
+    pipeline.get_builder(c)
+  msg = str(err.value)
+  for rid, reason in reasons.items():
+    line = [l for l in msg.splitlines() if f"id='{rid}'" in l]
+    assert line and reason in line[-1], (rid, reason, msg)
+  assert f'{len(reasons)} bad input(s)' in msg
+  assert len(err.value.bad) == len(reasons)
+  # No finished dataset: nothing TFDS would load as prepared.
+  built = list((tmp_path / 'tfds').rglob('dataset_info.json'))
+  assert not built
+  assert not list((tmp_path / 'tfds').rglob('*.tfrecord*')) or all(
+      'incomplete' in str(p) for p in (tmp_path / 'tfds').rglob('*.tfrecord*'))
+
+
+def test_skip_bad_writes_skipped_csv(tmp_path):
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / 'data'
+  folder.mkdir()
+  rows, reasons = _bad_folder(folder)
+  _write_manifest(folder, rows)
+  c = _config(tmp_path, manual_dir=folder, skip_bad=True)
+  b = pipeline.get_builder(c)
+  with open(os.path.join(b.data_dir, 'skipped.csv')) as f:
+    skipped = {r['id']: r['reason'] for r in csv.DictReader(f)}
+  assert set(skipped) == set(reasons)
+  for rid, reason in reasons.items():
+    assert reason in skipped[rid]
+  total = sum(pipeline.num_examples(c, s) for s in ('train', 'test'))
+  assert total == 16  # The good rows, the first 'ex3' included.
+
+
+def test_message_lists_first_50_then_counts():
+  err = manifest_lib.BadInputError(
+      [(f'id{i}', f'f{i}', 'missing file') for i in range(60)])
+  assert "id='id49'" in str(err) and "id='id50'" not in str(err)
+  assert '... and 10 more.' in str(err)
+
+
+# --- Pipeline: shards, order, padding, metadata --------------------------------
+
+
+@pytest.fixture(scope='module')
+def synth(tmp_path_factory):
+  """A tiny synthetic_sier build (48 examples) shared by the tests below."""
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  tmp = tmp_path_factory.mktemp('synth')
+  c = _config(tmp, name='synthetic_sier', size=48)
+  c.dataset.val_fraction = 0.2
+  pipeline.get_builder(c)
+  return c
+
+
+def _ids(builder, split):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  ds = builder.as_dataset(split=split, shuffle_files=False)
+  return [ex['id'].decode() for ex in tfds.as_numpy(ds)]
+
+
+def test_two_processes_cover_each_example_once(synth):
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  b = pipeline.get_builder(synth)
+  names = pipeline.split_names(synth)
+  all_ids = []
+  for split in ('train', 'validation', 'test'):
+    ids = _ids(b, names[split])
+    shards = [_ids(b, pipeline.process_split(b, names[split], i, 2))
+              for i in range(2)]
+    assert sorted(shards[0] + shards[1]) == sorted(ids)
+    assert not set(shards[0]) & set(shards[1])
+    assert abs(len(shards[0]) - len(shards[1])) <= 1
+    all_ids += ids
+  assert len(all_ids) == len(set(all_ids)) == 48  # Splits are disjoint too.
+  # Training: each simulated process yields steps_per_epoch local batches.
+  c = synth.copy_and_resolve_references()
+  c.train.max_steps_per_epoch = -1
+  c.train.batch_size = 8
+  steps = pipeline.steps_per_epoch(c)
+  assert steps == pipeline.num_examples(c, 'train') // 8
+  for i in range(2):
+    batches = list(pipeline.train_dataset(
+        c, epoch=0, process_index=i, process_count=2).as_numpy_iterator())
+    assert len(batches) == steps
+    assert all(bt['image'].shape == (4, 32, 32, 3) for bt in batches)
+
+
+def test_eval_padding_is_masked_and_covers_split_once(synth):
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  c = synth.copy_and_resolve_references()
+  c.train.eval_batch_size = 8
+  n = pipeline.num_examples(c, 'test')
+  assert n % 8  # The test needs a ragged last batch.
+  labels = pipeline.load_examples(c, 'test', None)['label']
+  for pc in (1, 2):
+    got_labels, total = [], 0
+    for i in range(pc):
+      batches = list(pipeline.eval_dataset(
+          c, 'test', process_index=i, process_count=pc).as_numpy_iterator())
+      assert len(batches) == -(-n // 8)  # Every process: same batch count.
+      for bt in batches:
+        assert bt['image'].shape[0] == 8 // pc
+        got_labels += list(bt['label'][bt['mask']])
+        total += bt['mask'].size
+        assert not np.any(bt['spectrogram'][~bt['mask']])  # Padding is zeros.
+    assert len(got_labels) == n and total > n
+    assert sorted(got_labels) == sorted(labels.tolist())
+
+
+def test_global_batches_on_a_mesh(synth):
+  import jax  # pylint: disable=g-import-not-at-top
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  mesh = jax.make_mesh((jax.device_count(),), ('data',))
+  c = synth.copy_and_resolve_references()
+  first = list(pipeline.train_batches(c, mesh, epoch=3))
+  again = list(pipeline.train_batches(c, mesh, epoch=3))
+  other = list(pipeline.train_batches(c, mesh, epoch=4))
+  resumed = list(pipeline.train_batches(c, mesh, epoch=3, start_step=1))
+  assert len(first) == pipeline.steps_per_epoch(c) == 2
+  bt = first[0]
+  assert isinstance(bt['image'], jax.Array)
+  assert bt['image'].shape == (8, 32, 32, 3) and bt['image'].dtype == np.float32
+  assert bt['spectrogram'].shape == (8, 32, 32, 1)
+  assert bt['label'].dtype == np.int32
+  assert bt['image'].sharding.spec == jax.sharding.PartitionSpec('data')
+  for a, b in zip(first, again):  # Order: a pure function of (seed, epoch).
+    np.testing.assert_array_equal(a['spectrogram'], b['spectrogram'])
+  assert any(not np.array_equal(a['spectrogram'], b['spectrogram'])
+             for a, b in zip(first, other))
+  assert len(resumed) == 1
+  np.testing.assert_array_equal(resumed[0]['spectrogram'],
+                                first[1]['spectrogram'])
+  ev = list(pipeline.eval_batches(c, mesh, 'validation'))
+  assert sum(int(e['mask'].sum()) for e in ev) == pipeline.num_examples(
+      c, 'validation')
+
+
+def test_cv_folds_partition_the_data(synth):
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  b = pipeline.get_builder(synth)
+  tests = []
+  for k in range(synth.dataset.num_folds):
+    c = synth.copy_and_resolve_references()
+    c.dataset.fold = k
+    names = pipeline.split_names(c)
+    ids = {s: set(_ids(b, names[s])) for s in names}
+    assert not ids['train'] & ids['test'] and not ids['validation'] & ids['test']
+    assert not ids['train'] & ids['validation']
+    assert len(ids['train'] | ids['validation'] | ids['test']) == 48
+    tests.append(ids['test'])
+  assert sum(len(t) for t in tests) == 48 and len(set().union(*tests)) == 48
+
+
+def test_settings_mismatch_is_an_error(synth):
+  from input_pipeline import builders  # pylint: disable=g-import-not-at-top
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  b = pipeline.get_builder(synth)
+  settings = builders.settings_from_config(synth)
+  builders.check_metadata(b, settings)  # Matches.
+  settings['n_mels'] = 64
+  with pytest.raises(ValueError, match='n_mels: built with 32, config has 64'):
+    builders.check_metadata(b, settings)
+
+
+def test_preprocess_pair_matches_the_dataset(synth):
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  ex = pipeline.load_examples(synth, 'test', 2)
+  folder = os.path.dirname(os.path.dirname(ex['audio_path'][0]))
+  img_path = os.path.join(folder, 'images', ex['id'][0] + '.png')
+  out = pipeline.preprocess_pair(synth, img_path, ex['audio_path'][0])
+  np.testing.assert_array_equal(out['image_raw'], ex['image_raw'][0])
+  np.testing.assert_allclose(out['image'], ex['image'][0])
+  np.testing.assert_array_equal(out['spectrogram'], ex['spectrogram'][0])
+  np.testing.assert_allclose(out['waveform'], ex['waveform'][0])
+  with pytest.raises(ValueError, match='nope.wav: missing file'):
+    pipeline.preprocess_pair(synth, img_path, '/nope.wav')
