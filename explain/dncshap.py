@@ -51,6 +51,8 @@ CONTEXTS = ('absent', 'present', 'random')
 # --------------------------------------------------------------------------
 
 
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=('values', 'boxes'), meta_fields=())
 @dataclasses.dataclass(frozen=True)
 class Regions:
   """Leaf regions of one modality: their values and their boxes.
@@ -63,9 +65,17 @@ class Regions:
   boxes: np.ndarray  # (L, 4) int, shared by all examples.
 
 
+@functools.partial(
+    jax.tree_util.register_dataclass,
+    data_fields=('target', 'probability', 'baseline_probability',
+                 'modality_scores', 'image_map', 'speech_map', 'image_regions',
+                 'speech_regions', 'node_values'),
+    meta_fields=('num_evaluations', 'depth', 'mode', 'context'))
 @dataclasses.dataclass(frozen=True)
 class Explanation:
   """What `dncshap` / `dncshap_batch` return (leading (E,) axis for a batch).
+
+  A pytree (so `jax.device_get` / `jax.block_until_ready` work on it).
 
   Attributes:
     target: class explained (argmax of the unmasked prediction unless given).
