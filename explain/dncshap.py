@@ -26,7 +26,9 @@ Two modes:
   dnc: the paper's two-evaluations-per-node recursion, made exactly efficient
     (SPEC §7): 2**(D+1) masked inputs.
 
-All masked inputs of an explanation are built as one array of leaf masks and
+All masked inputs of an explanation are built as one array of leaf masks (in
+dnc mode too: its coalitions depend on the context coins only, never on model
+outputs, so every level goes into the same batched evaluation) and
 evaluated in jit-compiled chunks of `max_batch` (`jax.lax.map` over chunks,
 the last one padded with a repeat of an already-evaluated coalition so that
 one compiled shape serves every chunk). Nothing here imports the rest of the
@@ -399,7 +401,8 @@ def dncshap(fn: Callable, image, spectrogram, *, depth: int, mode: str = 'dnc',
       probabilities, traceable by JAX. For a large model pass
       `jax.tree_util.Partial(apply_probs, variables)`: its arrays then reach
       the compiled function as arguments instead of being baked in as
-      constants (much faster compilation). A plain closure works too.
+      constants (much faster compilation). A plain closure works too; it is
+      compiled once per distinct function object, so reuse the same one.
     image: (H, W, 3).
     spectrogram: (T, F, 1), time first.
     depth: halvings per modality (>= 1); each modality gets 2**depth leaves.

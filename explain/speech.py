@@ -7,6 +7,10 @@ rest as audio (which it then transcribes). Here (SPEC §5):
 1. `frame_importance`: the (T, F) speech map averaged over frequency.
 2. `keep_frames`: frames whose importance is strictly below the
    `keep_percentile`-th percentile (numpy's linear interpolation) are dropped.
+   Frame importance is constant across each leaf's time span (2**ceil(depth/2)
+   time bands), so ties are the rule: a band is dropped whole or kept whole.
+   At depth 4 (four bands of 25%) the lowest band goes; at depth 2 (two bands
+   of 50%) the percentile falls inside the lowest band and nothing is dropped.
 3. Frames map to samples of the original waveform. The spectrogram is a
    centred STFT (librosa's default), so frame t's window is centred on sample
    t * hop. We give frame t the hop-centred range
