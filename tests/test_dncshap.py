@@ -210,6 +210,30 @@ def test_dnc_differs_from_exact_below_the_modalities():
   assert np.abs(exact.node_values[-1] - dnc.node_values[-1]).max() > 1e-5
 
 
+def test_null_player_exact_respects_it_dnc_does_not():
+  """The docstring's caveat, on a pure interaction of image leaves 0 and 2.
+
+  Depth 2, image leaves 0, 1 (top half) and 2, 3 (bottom). v = m0 * m2, the
+  product of the two leaves' means. Leaf 1 has no effect: its Owen value is
+  0; dnc (absent context) gives the top half 1/2 of the interaction, sees
+  nothing inside it, and spreads that residual over leaves 0 and 1 by area.
+  """
+  image, speech = _inputs(seed=4)
+
+  def interaction(images, spectrograms):
+    v = images[:, :4, :4].mean((1, 2, 3)) * images[:, 4:, :4].mean((1, 2, 3))
+    return jnp.stack([v, 1 - v], axis=1)
+
+  exact = dncshap(interaction, image, speech, depth=2, mode='exact', target=0)
+  dnc = dncshap(interaction, image, speech, depth=2, mode='dnc', target=0)
+  p = float(exact.probability - exact.baseline_probability)
+  np.testing.assert_allclose(exact.image_regions.values, [p / 2, 0, p / 2, 0],
+                             atol=1e-6)
+  np.testing.assert_allclose(dnc.image_regions.values,
+                             [p / 4, p / 4, p / 4, p / 4], atol=1e-6)
+  np.testing.assert_allclose(dnc.speech_regions.values, 0, atol=1e-7)
+
+
 @pytest.mark.parametrize('mode,context', ALL_SETTINGS)
 def test_linear_model_gives_each_region_its_weighted_sum(mode, context):
   image_shape, speech_shape = (7, 9, 3), (5, 11, 1)
