@@ -87,7 +87,7 @@ def make_image(rng, size, warm):
   """(size, size, 3) uint8 image and the cue disc's box (y0, x0, y1, x1)."""
   yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
   # Background: a low-saturation colour with a soft gradient and grain.
-  base = rng.uniform(0.35, 0.65, 3)
+  base = rng.uniform(0.35, 0.65) + rng.uniform(-0.06, 0.06, 3)
   grad = rng.uniform(-0.15, 0.15, 2)
   img = base + (grad[0] * yy + grad[1] * xx)[..., None]
   img = img + 0.04 * rng.standard_normal((size, size, 3), np.float32)
