@@ -143,13 +143,17 @@ def num_evaluations(depth: int, mode: str) -> int:
   raise ValueError(f'Unknown mode {mode!r}; expected one of {MODES}.')
 
 
-@functools.lru_cache(maxsize=64)
 def region_boxes(shape: Tuple[int, int], depth: int) -> np.ndarray:
   """(2**depth, 4) half-open boxes (a0, b0, a1, b1) of the leaf regions.
 
   Halves `depth` times, axis 0 first then alternating; sizes n // 2 then
   n - n // 2. Leaves are in tree order (first half first at every split).
   """
+  return _region_boxes(tuple(int(n) for n in shape[:2]), int(depth))
+
+
+@functools.lru_cache(maxsize=64)
+def _region_boxes(shape, depth):
   boxes = [(0, 0, shape[0], shape[1])]
   for level in range(depth):
     axis = level % 2
@@ -162,7 +166,9 @@ def region_boxes(shape: Tuple[int, int], depth: int) -> np.ndarray:
         mid = b0 + (b1 - b0) // 2
         split += [(a0, b0, a1, mid), (a0, mid, a1, b1)]
     boxes = split
-  return np.asarray(boxes, dtype=np.int32)
+  boxes = np.asarray(boxes, dtype=np.int32)
+  boxes.flags.writeable = False  # Cached and shared: read-only.
+  return boxes
 
 
 @functools.lru_cache(maxsize=64)
@@ -171,6 +177,7 @@ def leaf_id_map(shape: Tuple[int, int], depth: int) -> np.ndarray:
   ids = np.full(shape, -1, dtype=np.int32)
   for leaf, (a0, b0, a1, b1) in enumerate(region_boxes(shape, depth)):
     ids[a0:a1, b0:b1] = leaf
+  ids.flags.writeable = False  # Cached and shared: read-only.
   return ids
 
 
