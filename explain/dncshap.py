@@ -231,7 +231,8 @@ def _exact_tables(d: int):
   def lookup(k, node, b, n):
     """Row of C_b u (node if n) for level-k nodes, vectorised over node, b."""
     row = np.full(np.broadcast(node, b).shape, n, dtype=np.int64)  # 0 or 1.
-    for j in range(1, k + 1):  # The deepest level whose bit differs from n wins.
+    # The deepest level whose bit differs from n wins.
+    for j in range(1, k + 1):
       bit = (b >> (j - 1)) & 1
       anc = node >> (k - j)
       m = anc if n else anc ^ 1
@@ -528,7 +529,8 @@ def _explain(fn, image, spectrogram, *, depth, mode, baseline, target,
 
   # Number of classes from fn's output shape (no computation).
   try:
-    out = jax.eval_shape(fn, jax.ShapeDtypeStruct((1,) + one_image, jnp.float32),
+    out = jax.eval_shape(fn,
+                         jax.ShapeDtypeStruct((1,) + one_image, jnp.float32),
                          jax.ShapeDtypeStruct((1,) + one_speech, jnp.float32))
   except Exception as e:  # Re-raised with context: the user's fn failed.
     raise ValueError(f'fn failed on a batch of shape images {(1,) + one_image}'
@@ -542,7 +544,8 @@ def _explain(fn, image, spectrogram, *, depth, mode, baseline, target,
   if target is not None:
     t = np.asarray(target)
     if not np.issubdtype(t.dtype, np.integer):
-      raise ValueError(f'target must be an integer class index; got {target!r}.')
+      raise ValueError(
+          f'target must be an integer class index; got {target!r}.')
     want = (image.shape[0],) if batched else ()
     if t.shape != want:
       raise ValueError(f'target must have shape {want}; got {t.shape}.')

@@ -31,6 +31,9 @@ from typing import Callable, Optional
 import numpy as np
 import soundfile as sf
 
+# transcriber(kept_waveform, sample_rate) -> text; none is bundled.
+Transcriber = Callable[[np.ndarray, int], str]
+
 
 @dataclasses.dataclass(frozen=True)
 class SpeechExplanation:
@@ -99,7 +102,7 @@ def keep_mask_samples(keep, hop_length: int, num_samples: int) -> np.ndarray:
 def explain_speech(speech_map, waveform, *, hop_length: int, sample_rate: int,
                    keep_percentile: float = 30.0,
                    wav_path: Optional[str] = None,
-                   transcriber: Optional[Callable[[np.ndarray, int], str]] = None
+                   transcriber: Optional[Transcriber] = None
                    ) -> SpeechExplanation:
   """Frame importance, the percentile cut, kept segments and kept audio.
 
