@@ -1,5 +1,7 @@
 """Tests of the ParallelNet model family (SPEC §2-3, paper Eq. 1-2)."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -9,6 +11,7 @@ import pytest
 from configs import parallelnet as config_lib
 from parallelnet import models
 from parallelnet import summary
+from parallelnet.models import common
 from parallelnet.models import parallelnet as parallelnet_lib
 from parallelnet.models import vgg
 
@@ -292,7 +295,7 @@ def flax_layer_sequence(module, input_shape, with_stats=False):
     out = next_fun(*args, **kwargs)
     if context.method_name == '__call__' and context.module is not module:
       if isinstance(context.module, (nn.Conv, nn.BatchNorm, nn.Dropout,
-                                     vgg.MaxPool)):
+                                     common.MaxPool)):
         calls.append((context.module.name, type(context.module).__name__,
                       tuple(out.shape)))
     return out
@@ -345,37 +348,98 @@ def test_width_multiplier_scales_channels():
   assert params['block1_conv1']['kernel'].shape == (3, 3, 3, 1)
 
 
-def test_efficientnet_b0_matches_keras_applications():
+# name -> Keras Applications builder (None: Keras has no such network).
+KERAS_TWINS = {
+    'efficientnet_b0': 'EfficientNetB0', 'resnet50': 'ResNet50',
+    'resnet101': 'ResNet101', 'mobilenet_v2': 'MobileNetV2',
+    'densenet121': 'DenseNet121',
+}
+
+
+@pytest.mark.parametrize('name', sorted(KERAS_TWINS))
+def test_backbone_matches_keras_applications(name):
   keras = pytest.importorskip('keras')
-  ref = keras.applications.EfficientNetB0(
+  ref = getattr(keras.applications, KERAS_TWINS[name])(
       weights=None, include_top=False, input_shape=(32, 32, 3))
-  # Keras' input Rescaling/Normalization are not part of our trunk (see
-  # efficientnet.py); every other layer with weights, and the stochastic-depth
-  # dropouts, must match in name, order, kind and shape.
+  # Every layer with weights, every pool and dropout must match in name,
+  # order, kind and output shape (Keras' input Rescaling/Normalization in
+  # EfficientNet are not part of our trunks: see efficientnet.py).
   kinds = {keras.layers.Conv2D: 'Conv', keras.layers.DepthwiseConv2D: 'Conv',
            keras.layers.BatchNormalization: 'BatchNorm',
-           keras.layers.Dropout: 'Dropout'}
+           keras.layers.Dropout: 'Dropout',
+           keras.layers.MaxPooling2D: 'MaxPool',
+           keras.layers.AveragePooling2D: 'AvgPool'}
   ref_layers = [l for l in ref.layers if type(l) in kinds]
   ours, params, stats = flax_layer_sequence(
-      models.get_backbone('efficientnet_b0'), (1, 32, 32, 3), with_stats=True)
-  assert [n for n, _, _ in ours] == [l.name for l in ref_layers]
-  for (name, kind, out_shape), layer in zip(ours, ref_layers):
-    assert kind == kinds[type(layer)], name
-    assert tuple(layer.output.shape[1:]) == out_shape[1:], name
+      models.get_backbone(name), (1, 32, 32, 3), with_stats=True)
+  names, ref_names = [n for n, _, _ in ours], [l.name for l in ref_layers]
+  assert sorted(names) == sorted(ref_names)
+  # Keras lists a functional model's layers by depth from the output, so a
+  # residual shortcut (ResNet's `_0_` layers) lands after the longer branch;
+  # apart from those the order is the same.
+  on_chain = lambda n: re.search(r'_0_(conv|bn)$', n) is None
+  assert ([n for n in names if on_chain(n)]
+          == [n for n in ref_names if on_chain(n)])
+  by_name = {l.name: l for l in ref_layers}
+  for lname, kind, out_shape in ours:
+    layer = by_name[lname]
+    assert kind == kinds[type(layer)], lname
+    assert tuple(layer.output.shape[1:]) == out_shape[1:], lname
     if isinstance(layer, keras.layers.DepthwiseConv2D):
       k = tuple(layer.kernel.shape)  # (k, k, C, 1) -> Flax (k, k, 1, C).
-      assert params[name]['kernel'].shape == k[:2] + k[3:] + k[2:3], name
+      assert params[lname]['kernel'].shape == k[:2] + k[3:] + k[2:3], lname
     elif isinstance(layer, keras.layers.Conv2D):
-      assert params[name]['kernel'].shape == tuple(layer.kernel.shape), name
-      assert ('bias' in params[name]) == layer.use_bias, name
+      assert params[lname]['kernel'].shape == tuple(layer.kernel.shape), lname
+      assert ('bias' in params[lname]) == layer.use_bias, lname
+    elif isinstance(layer, keras.layers.BatchNormalization):
+      assert params[lname]['scale'].shape == tuple(layer.gamma.shape), lname
     elif isinstance(layer, keras.layers.Dropout):
       assert tuple(layer.noise_shape[1:]) == (1, 1, 1)
   trainable = sum(int(np.prod(w.shape)) for w in ref.trainable_weights)
-  assert models.count_params(params) == trainable == 4_007_548
+  assert models.count_params(params) == trainable
   bn_stats = sum(int(np.prod(w.shape)) for l in ref_layers
                  if isinstance(l, keras.layers.BatchNormalization)
                  for w in l.non_trainable_weights)
   assert models.count_params(stats) == bn_stats
+
+
+def test_resnet34_basic_blocks():
+  ours, params = flax_layer_sequence(models.get_backbone('resnet34'),
+                                     (1, 32, 32, 3))
+  # torchvision's ResNet-34 without its fc has 21,284,672 parameters (biasless
+  # convs); ours adds Keras ResNet's conv biases: stem 64, conv2 3*2*64,
+  # conv3 4*2*128 + 128 (projection), conv4 6*2*256 + 256, conv5 3*2*512 + 512.
+  biases = 64 + 3 * 2 * 64 + 4 * 2 * 128 + 128 + 6 * 2 * 256 + 256 + (
+      3 * 2 * 512 + 512)
+  assert models.count_params(params) == 21_284_672 + biases
+  assert ours[-1][2] == (1, 1, 1, 512)
+  # Projection shortcuts only where the shape changes.
+  assert 'conv2_block1_0_conv' not in params
+  assert params['conv3_block1_0_conv']['kernel'].shape == (1, 1, 64, 128)
+  assert 'conv3_block2_0_conv' not in params
+
+
+# Output channels of each trunk at width 1 (Keras Applications' / He et al.).
+TRUNK_CHANNELS = {'vgg16': 512, 'vgg19': 512, 'efficientnet_b0': 1280,
+                  'resnet34': 512, 'resnet50': 2048, 'resnet101': 2048,
+                  'mobilenet_v2': 1280, 'densenet121': 1024}
+
+
+def test_every_backbone_is_tested():
+  assert set(models.known_backbones()) == set(TRUNK_CHANNELS)
+
+
+@pytest.mark.parametrize('name', sorted(TRUNK_CHANNELS))
+def test_backbone_builds_at_tiny_width(name):
+  net = models.get_backbone(name, 1 / 16, jnp.bfloat16)
+  x = jnp.zeros((2, 32, 32, 3))
+  variables = jax.eval_shape(lambda k: net.init(k, x), jax.random.key(0))
+  y = jax.eval_shape(lambda v: net.apply(v, x), variables)
+  # Five stride-2 stages take 32 -> 1; channels scale with the width.
+  assert y.shape == (2, 1, 1, TRUNK_CHANNELS[name] // 16)
+  assert y.dtype == jnp.bfloat16
+  assert {l.dtype for l in jax.tree_util.tree_leaves(variables)} == {
+      jnp.dtype(jnp.float32)}
 
 
 def test_efficientnet_b0_tiny_train_and_eval():

@@ -12,7 +12,10 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
+from parallelnet.models import densenet
 from parallelnet.models import efficientnet
+from parallelnet.models import mobilenet_v2
+from parallelnet.models import resnet
 from parallelnet.models import vgg
 
 # name -> factory(width, dtype, name) -> nn.Module (name: the Flax module's).
@@ -62,3 +65,32 @@ def _vgg19(width, dtype, **kw):
 def _efficientnet_b0(width, dtype, **kw):
   return efficientnet.EfficientNet(stages=efficientnet.B0_STAGES, width=width,
                                    dtype=dtype, **kw)
+
+
+@register('resnet34')
+def _resnet34(width, dtype, **kw):
+  return resnet.ResNet(blocks=resnet.RESNET34_BLOCKS, bottleneck=False,
+                       width=width, dtype=dtype, **kw)
+
+
+@register('resnet50')
+def _resnet50(width, dtype, **kw):
+  return resnet.ResNet(blocks=resnet.RESNET50_BLOCKS, width=width,
+                       dtype=dtype, **kw)
+
+
+@register('resnet101')
+def _resnet101(width, dtype, **kw):
+  return resnet.ResNet(blocks=resnet.RESNET101_BLOCKS, width=width,
+                       dtype=dtype, **kw)
+
+
+@register('mobilenet_v2')
+def _mobilenet_v2(width, dtype, **kw):
+  return mobilenet_v2.MobileNetV2(width=width, dtype=dtype, **kw)
+
+
+@register('densenet121')
+def _densenet121(width, dtype, **kw):
+  return densenet.DenseNet(blocks=densenet.DENSENET121_BLOCKS, width=width,
+                           dtype=dtype, **kw)

@@ -11,13 +11,14 @@ def scaled(channels: int, width: float) -> int:
   return max(1, int(round(channels * width)))
 
 
-def batch_norm(train: bool, dtype: Any, name: str) -> nn.BatchNorm:
+def batch_norm(train: bool, dtype: Any, name: str, epsilon: float = 1e-3,
+               momentum: float = 0.99) -> nn.BatchNorm:
   """BatchNorm with Keras defaults (momentum 0.99, epsilon 1e-3).
 
   Statistics are reduced in float32 whatever `dtype` is; params are float32.
   """
-  return nn.BatchNorm(use_running_average=not train, momentum=0.99,
-                      epsilon=1e-3, dtype=dtype, param_dtype=jnp.float32,
+  return nn.BatchNorm(use_running_average=not train, momentum=momentum,
+                      epsilon=epsilon, dtype=dtype, param_dtype=jnp.float32,
                       name=name)
 
 
@@ -34,3 +35,37 @@ def correct_pad(size: tuple[int, int], kernel: int):
 def zero_pad(x, pad):
   """Zero-pads the two spatial axes of NHWC `x` by ((top, bottom), (l, r))."""
   return jnp.pad(x, ((0, 0),) + tuple(pad) + ((0, 0),))
+
+
+class MaxPool(nn.Module):
+  """Max pool; 2x2, stride = window, 'VALID' by default (Keras' defaults).
+
+  A module rather than a bare function so that it is named like the Keras
+  layer it mirrors and shows up in the call order (tests compare it).
+  """
+
+  window: int = 2
+  stride: int | None = None  # None: the window size, like Keras.
+  padding: str = 'VALID'
+
+  @nn.compact
+  def __call__(self, x):
+    w = self.window
+    s = self.stride or w
+    if self.padding == 'VALID' and (x.shape[-3] < w or x.shape[-2] < w):
+      raise ValueError(
+          f'{"/".join(self.scope.path)}: input spatial size '
+          f'{x.shape[-3:-1]} is smaller than the {w}x{w} pool window; the '
+          'input is too small for this network.')
+    return self.pool(x, (w, w), (s, s))
+
+  def pool(self, x, window, strides):
+    return nn.max_pool(x, window, strides=strides, padding=self.padding)
+
+
+class AvgPool(MaxPool):
+  """Average pool; like Keras, 'SAME' padding averages over real pixels only."""
+
+  def pool(self, x, window, strides):
+    return nn.avg_pool(x, window, strides=strides, padding=self.padding,
+                       count_include_pad=False)

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from parallelnet.models.common import MaxPool
 from parallelnet.models.common import scaled
 
 # Keras initialises Conv2D/Dense kernels with glorot_uniform and biases with
@@ -22,25 +23,6 @@ KERNEL_INIT = nn.initializers.xavier_uniform()
 # (filters, number of convs) per block, as in Keras Applications.
 VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 VGG19_BLOCKS = ((64, 2), (128, 2), (256, 4), (512, 4), (512, 4))
-
-
-class MaxPool(nn.Module):
-  """2x2 max pool of stride 2, 'valid' padding (Keras MaxPooling2D defaults).
-
-  A module rather than a bare function so that it is named like the Keras
-  layer it mirrors and shows up in the call order (tests compare it).
-  """
-
-  window: int = 2
-
-  @nn.compact
-  def __call__(self, x):
-    w = self.window
-    if x.shape[-3] < w or x.shape[-2] < w:
-      raise ValueError(
-          f'{"/".join(self.scope.path)}: input spatial size {x.shape[-3:-1]} is smaller than '
-          f'the {w}x{w} pool window; the input is too small for this network.')
-    return nn.max_pool(x, (w, w), strides=(w, w), padding='VALID')
 
 
 class VGG(nn.Module):
