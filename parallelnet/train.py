@@ -151,27 +151,43 @@ def update_plateau(state: TrainState, val_loss: jax.Array,
 
 
 class Steps:
-  """The jit-compiled step functions of one run (compiled once each)."""
+  """The jit-compiled step functions of one run.
+
+  Built through `_jitted_steps`, cached on the hashable settings, so that
+  runs in one process with the same settings (cross-validation folds, tests)
+  reuse one compilation.
+  """
 
   def __init__(self, config, mesh):
-    repl = mesh_lib.replicated(mesh)
-    data = mesh_lib.data_sharding(mesh)
-    loss_kwargs = losses.loss_weights(config.train)
-    self.train = jax.jit(
-        functools.partial(train_step, loss_kwargs=loss_kwargs),
-        in_shardings=(repl, data, repl), out_shardings=(repl, repl),
-        donate_argnums=0)
-    self.eval = jax.jit(
-        functools.partial(eval_step, loss_kwargs=loss_kwargs,
-                          num_classes=len(config.dataset.classes)),
-        in_shardings=(repl, data), out_shardings=repl)
-    self.plateau = jax.jit(
-        functools.partial(update_plateau, train_config=config.train),
-        in_shardings=(repl, repl), out_shardings=repl, donate_argnums=0)
-    self.step_key = jax.jit(
-        lambda key_data, step: jax.random.fold_in(
-            jax.random.wrap_key_data(key_data), step),
-        out_shardings=repl)
+    self.train, self.eval, self.plateau, self.step_key = _jitted_steps(
+        mesh, tuple(sorted(losses.loss_weights(config.train).items())),
+        len(config.dataset.classes),
+        (float(config.train.plateau_factor),
+         int(config.train.plateau_patience)))
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_steps(mesh, loss_items, num_classes, plateau_settings):
+  repl = mesh_lib.replicated(mesh)
+  data = mesh_lib.data_sharding(mesh)
+  loss_kwargs = dict(loss_items)
+  plateau_config = ml_collections.ConfigDict(dict(
+      plateau_factor=plateau_settings[0], plateau_patience=plateau_settings[1]))
+  train = jax.jit(functools.partial(train_step, loss_kwargs=loss_kwargs),
+                  in_shardings=(repl, data, repl), out_shardings=(repl, repl),
+                  donate_argnums=0)
+  evaluate_ = jax.jit(
+      functools.partial(eval_step, loss_kwargs=loss_kwargs,
+                        num_classes=num_classes),
+      in_shardings=(repl, data), out_shardings=repl)
+  plateau = jax.jit(
+      functools.partial(update_plateau, train_config=plateau_config),
+      in_shardings=(repl, repl), out_shardings=repl, donate_argnums=0)
+  step_key = jax.jit(
+      lambda key_data, step: jax.random.fold_in(
+          jax.random.wrap_key_data(key_data), step),
+      out_shardings=repl)
+  return train, evaluate_, plateau, step_key
 
 
 def evaluate_batches(steps: Steps, state: TrainState,

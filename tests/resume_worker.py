@@ -1,10 +1,9 @@
 """Trains the tiny runlocal model on the synthetic corpus (real pipeline).
 
-  python tests/resume_worker.py WORKDIR DATA_DIR [READY_FILE]
+  python tests/resume_worker.py WORKDIR DATA_DIR
 
 Used by test_train.py's kill-and-resume test; a checkpoint after every step
-so that a SIGKILL can land anywhere. READY_FILE is created once the corpus
-is built (so a second run can share DATA_DIR without building it too).
+so that a SIGKILL can land anywhere.
 """
 
 import os
@@ -21,7 +20,7 @@ def config(data_dir):
   c.model.feature_dim = 8
   c.model.head_dim = 8
   c.train.learning_rate = 3e-3
-  c.train.num_epochs = 3
+  c.train.num_epochs = 2
   c.train.max_steps_per_epoch = -1
   c.train.checkpoint_every_steps = 1
   c.train.log_every_steps = 1
@@ -40,8 +39,6 @@ def main():
   workdir, data_dir = sys.argv[1], sys.argv[2]
   c = config(data_dir)
   input_pipeline.get_builder(c)
-  if len(sys.argv) > 3:
-    open(sys.argv[3], 'w').close()
   train.train_and_evaluate(c, workdir)
 
 
