@@ -419,10 +419,50 @@ def test_resnet34_basic_blocks():
   assert 'conv3_block2_0_conv' not in params
 
 
+def test_inception_v3_matches_keras_applications():
+  keras = pytest.importorskip('keras')
+  ref = keras.applications.InceptionV3(
+      weights=None, include_top=False, input_shape=(75, 75, 3))
+  ours, params, stats = flax_layer_sequence(
+      models.get_backbone('inception_v3'), (1, 75, 75, 3), with_stats=True)
+
+  def creation_order(layers, kind):
+    # Keras auto-names unnamed layers kind, kind_1, ... in creation order
+    # (offset if this process built other models first).
+    def index(layer):
+      tail = layer.name.rsplit('_', 1)[-1]
+      return int(tail) if tail.isdigit() else 0
+    return sorted((l for l in layers if isinstance(l, kind)), key=index)
+
+  for kind, ours_kind in ((keras.layers.Conv2D, 'Conv'),
+                          (keras.layers.BatchNormalization, 'BatchNorm'),
+                          (keras.layers.MaxPooling2D, 'MaxPool'),
+                          (keras.layers.AveragePooling2D, 'AvgPool')):
+    ref_layers = creation_order(ref.layers, kind)
+    mine = [c for c in ours if c[1] == ours_kind]
+    assert len(mine) == len(ref_layers), ours_kind
+    for (lname, _, out_shape), layer in zip(mine, ref_layers):
+      assert tuple(layer.output.shape[1:]) == out_shape[1:], lname
+      if ours_kind == 'Conv':
+        assert params[lname]['kernel'].shape == tuple(layer.kernel.shape)
+        assert 'bias' not in params[lname] and not layer.use_bias
+      if ours_kind == 'BatchNorm':
+        assert set(params[lname]) == {'bias'} and not layer.scale
+  assert [c[0] for c in ours][:3] == ['conv2d', 'batch_normalization',
+                                      'conv2d_1']
+  trainable = sum(int(np.prod(w.shape)) for w in ref.trainable_weights)
+  assert models.count_params(params) == trainable
+  assert models.count_params(stats) == sum(
+      int(np.prod(w.shape)) for w in ref.non_trainable_weights)
+  with pytest.raises(ValueError, match='at least 75x75'):
+    flax_layer_sequence(models.get_backbone('inception_v3'), (1, 64, 64, 3))
+
+
 # Output channels of each trunk at width 1 (Keras Applications' / He et al.).
 TRUNK_CHANNELS = {'vgg16': 512, 'vgg19': 512, 'efficientnet_b0': 1280,
                   'resnet34': 512, 'resnet50': 2048, 'resnet101': 2048,
-                  'mobilenet_v2': 1280, 'densenet121': 1024}
+                  'mobilenet_v2': 1280, 'densenet121': 1024,
+                  'inception_v3': 2048}
 
 
 def test_every_backbone_is_tested():
@@ -432,10 +472,11 @@ def test_every_backbone_is_tested():
 @pytest.mark.parametrize('name', sorted(TRUNK_CHANNELS))
 def test_backbone_builds_at_tiny_width(name):
   net = models.get_backbone(name, 1 / 16, jnp.bfloat16)
-  x = jnp.zeros((2, 32, 32, 3))
+  size = 75 if name == 'inception_v3' else 32  # Keras' minimum sizes.
+  x = jnp.zeros((2, size, size, 3))
   variables = jax.eval_shape(lambda k: net.init(k, x), jax.random.key(0))
   y = jax.eval_shape(lambda v: net.apply(v, x), variables)
-  # Five stride-2 stages take 32 -> 1; channels scale with the width.
+  # Five stride-2 stages take 32 (75) -> 1; channels scale with the width.
   assert y.shape == (2, 1, 1, TRUNK_CHANNELS[name] // 16)
   assert y.dtype == jnp.bfloat16
   assert {l.dtype for l in jax.tree_util.tree_leaves(variables)} == {

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from parallelnet.models import densenet
 from parallelnet.models import efficientnet
+from parallelnet.models import inception_v3
 from parallelnet.models import mobilenet_v2
 from parallelnet.models import resnet
 from parallelnet.models import vgg
@@ -94,3 +95,8 @@ def _mobilenet_v2(width, dtype, **kw):
 def _densenet121(width, dtype, **kw):
   return densenet.DenseNet(blocks=densenet.DENSENET121_BLOCKS, width=width,
                            dtype=dtype, **kw)
+
+
+@register('inception_v3')
+def _inception_v3(width, dtype, **kw):
+  return inception_v3.InceptionV3(width=width, dtype=dtype, **kw)
