@@ -17,9 +17,17 @@ paper's settings and IIT-R SIER at the runlocal settings:
 
   tfds build synthetic_sier --imports=input_pipeline.builders --config=paper
   tfds build iitr_sier --imports=input_pipeline.builders --config=runlocal \
-      --manual_dir=/path/to/folder_with_manifest
+      --manual_dir=/path/to/folder_with_manifest --data_dir=~/tensorflow_datasets
 
-Any other setting is built from Python: `input_pipeline.get_builder(config)`.
+The `tfds` script of tensorflow-datasets 4.9.10 needs apache_beam installed
+just to start; without it, run the same command code as
+
+  python -m input_pipeline.build synthetic_sier --config=runlocal
+
+(same flags as `tfds build`, no --imports). Configs `paper` and `runlocal`
+hold the settings of configs/parallelnet.py with and without `runlocal`;
+any other setting is built from Python: `input_pipeline.get_builder(config)`
+(its dataset directory is then named after the settings).
 """
 
 import dataclasses
@@ -343,3 +351,4 @@ class SyntheticSier(_SierBuilder):
 
 
 BUILDERS = {b.name: b for b in (IitrSier, BT4sa, SyntheticSier)}
+

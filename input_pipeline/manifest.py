@@ -186,6 +186,45 @@ def cell_name(part, fold, fold_val):
   return f'{part}_f{fold}{"v" if fold_val else "t"}'
 
 
+IMAGE_EXTS = ('.png', '.jpg', '.jpeg')
+AUDIO_EXTS = ('.wav', '.flac', '.ogg', '.mp3')
+
+
+def manifest_from_class_folders(folder):
+  """Writes manifest.csv for a class-per-folder layout; returns the row count.
+
+  Layout: folder/<label>/<stem>.<png|jpg|jpeg> next to
+  folder/<label>/<stem>.<wav|flac|ogg|mp3>; the id is "<label>/<stem>".
+  A stem with only one of the two files raises, naming it.
+  """
+  rows, unpaired = [], []
+  for label in sorted(os.listdir(folder)):
+    sub = os.path.join(folder, label)
+    if not os.path.isdir(sub):
+      continue
+    files = collections.defaultdict(dict)
+    for name in sorted(os.listdir(sub)):
+      stem, ext = os.path.splitext(name)
+      kind = ('image' if ext.lower() in IMAGE_EXTS else
+              'audio' if ext.lower() in AUDIO_EXTS else None)
+      if kind:
+        files[stem][kind] = f'{label}/{name}'
+    for stem, got in sorted(files.items()):
+      if len(got) != 2:
+        unpaired.append(f'{label}/{stem}')
+      else:
+        rows.append([f'{label}/{stem}', got['image'], got['audio'], label])
+  if unpaired:
+    raise ValueError(f'No image/audio partner for: {", ".join(unpaired[:20])}'
+                     f'{" ..." if len(unpaired) > 20 else ""}')
+  with open(os.path.join(folder, 'manifest.csv'), 'w', newline='',
+            encoding='utf-8') as f:
+    w = csv.writer(f)
+    w.writerow(REQUIRED_COLUMNS)
+    w.writerows(rows)
+  return len(rows)
+
+
 def write_skipped(path, bad):
   """Writes skipped.csv: id,file,reason."""
   os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -198,6 +198,10 @@ def train_dataset(config, *, epoch, start_step=0, process_index=None,
   split = process_split(b, split_names(config, b)['train'], pi, pc)
   local_bs = _local_batch_size(int(config.train.batch_size), pc)
   steps = steps_per_epoch(config)
+  if steps < 1:
+    raise ValueError(
+        f'The train split has {num_examples(config, "train")} examples, fewer '
+        f'than one global batch of {config.train.batch_size}.')
   ds = _read(b, split)
   ds = ds.map(lambda ex: {k: ex[k] for k in MODEL_KEYS})
   ds = ds.shuffle(int(config.dataset.shuffle_buffer),

@@ -428,3 +428,37 @@ def test_preprocess_pair_matches_the_dataset(synth):
   np.testing.assert_allclose(out['waveform'], ex['waveform'][0])
   with pytest.raises(ValueError, match='nope.wav: missing file'):
     pipeline.preprocess_pair(synth, img_path, '/nope.wav')
+
+
+def test_manifest_from_class_folders(tmp_path):
+  for label in ('happy', 'sad'):
+    (tmp_path / label).mkdir()
+    for i in range(2):
+      _image(tmp_path / label / f'{i}.png')
+      sf.write(str(tmp_path / label / f'{i}.wav'), _tone(8000, 0.2), 8000)
+  assert manifest_lib.manifest_from_class_folders(str(tmp_path)) == 4
+  rows, bad = manifest_lib.read_manifest(str(tmp_path), CLASSES)
+  assert not bad and sorted(r['id'] for r in rows) == [
+      'happy/0', 'happy/1', 'sad/0', 'sad/1']
+  assert {r['label'] for r in rows} == {CLASSES.index('happy'),
+                                        CLASSES.index('sad')}
+  (tmp_path / 'sad' / '0.wav').unlink()
+  with pytest.raises(ValueError, match='sad/0'):
+    manifest_lib.manifest_from_class_folders(str(tmp_path))
+
+
+def test_b_t4sa_builds_three_sentiment_classes(tmp_path):
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / 'data'
+  folder.mkdir()
+  rows = _good_folder(folder, n=12, unusual=False)
+  for i, r in enumerate(rows):
+    r[3] = parallelnet.SENTIMENTS[i % 3]
+  _write_manifest(folder, rows)
+  c = _config(tmp_path, manual_dir=folder)
+  c.dataset.name = 'b_t4sa'
+  c.dataset.classes = parallelnet.SENTIMENTS
+  b = pipeline.get_builder(c)
+  assert b.info.features['label'].names == list(parallelnet.SENTIMENTS)
+  ex = pipeline.load_examples(c, 'train', None)
+  assert set(ex['label'].tolist()) == {0, 1, 2}
