@@ -337,6 +337,9 @@ class SyntheticSier(_SierBuilder):
   """The demo corpus (synthetic.py), generated then built like real data."""
 
   name = 'synthetic_sier'
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.',
+                   '1.1.0': 'Cue noise 2%, near-grey backgrounds.'}
   CLASSES = EMOTIONS
   BUILDER_CONFIGS = _paper_and_runlocal(EMOTIONS, synthetic_size=2000)
 

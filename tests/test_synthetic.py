@@ -42,11 +42,11 @@ def test_cue_codes_are_complementary():
   assert len(pairs) == 4
   # ... while each modality alone is capped well below the fused ceiling.
   ceil = synthetic.ceilings(cue_noise=0.0)
-  assert ceil['image'] == pytest.approx(0.531 + 0.168)
-  assert ceil['speech'] == pytest.approx(0.531 + 0.246)
-  assert ceil['fused'] == 1.0
-  assert synthetic.ceilings()['fused'] - max(
-      synthetic.ceilings()['image'], synthetic.ceilings()['speech']) > 0.15
+  assert ceil['image'] == pytest.approx(0.531 + 0.168, abs=2e-3)
+  assert ceil['speech'] == pytest.approx(0.531 + 0.246, abs=2e-3)
+  assert ceil['fused'] == pytest.approx(1.0)
+  noisy = synthetic.ceilings()  # The generator's default cue noise.
+  assert noisy['fused'] - max(noisy['image'], noisy['speech']) > 0.15
 
 
 def test_generation_is_deterministic_from_the_seed(tmp_path):
