@@ -24,7 +24,10 @@ Two modes:
     phi(N) = 2**-k sum_b [v(C_b u N) - v(C_b)], every distinct coalition
     evaluated once: 2 + 2 (4**D - 1) / 3 masked inputs.
   dnc: the paper's two-evaluations-per-node recursion, made exactly efficient
-    (SPEC §7): 2**(D+1) masked inputs.
+    (SPEC §7): 2**(D+1) masked inputs. Exact for additive models; not
+    null-player respecting (a region without effect can receive part of an
+    interaction residual). With context='random' its mean over keys is an
+    unbiased estimate of exact mode.
 
 All masked inputs of an explanation are built as one array of leaf masks (in
 dnc mode too: its coalitions depend on the context coins only, never on model
