@@ -314,10 +314,14 @@ class IitrSier(_SierBuilder):
   CLASSES = EMOTIONS
   BUILDER_CONFIGS = _paper_and_runlocal(EMOTIONS)
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
-      'IIT-R SIER is distributed by its authors on request: fill in the '
-      'access form linked from the paper (Malik et al., "ParallelNet", IIT '
-      'Roorkee) and download the archive. Then arrange it as a manifest '
-      'folder:' + MANIFEST_LAYOUT.format(classes=', '.join(EMOTIONS)))
+      'IIT-R SIER is distributed by its authors (P. Kumar, S. Malik, '
+      'B. Raman, IIT Roorkee); the paper points to '
+      'https://github.com/MIntelligence-Group/SpeechImg_EmoRec. Request '
+      'access there (fill in the access form it links to), download and '
+      'extract the archive, then arrange it as a manifest folder '
+      '(manifest.manifest_from_class_folders writes one for a '
+      'class-per-folder layout):' +
+      MANIFEST_LAYOUT.format(classes=', '.join(EMOTIONS)))
 
 
 class BT4sa(_SierBuilder):

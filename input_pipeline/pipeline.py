@@ -4,8 +4,10 @@ Batch dicts (all global `jax.Array`s sharded on the mesh's 'data' axis):
   train_batches: image (B, S, S, 3) float32 scaled per config.input.image_scaling,
                  spectrogram (B, T, F, 1) float32 in [0, 1], label (B,) int32.
   eval_batches:  the same plus mask (B,) bool, False on padding.
-Each process reads its own shard (tfds.split_for_jax_process) and feeds
-global_batch // process_count examples per step.
+Each process reads its own contiguous shard of the split (process_split)
+and feeds global_batch // process_count examples per step; steps per epoch
+= num_examples('train') // global batch (steps_per_epoch), the same on every
+process. Splits: see split_names.
 """
 
 import functools
