@@ -27,8 +27,10 @@ BRANCHES = {
 def variable_shapes(config) -> dict:
   """{'params', 'batch_stats'} of `config`'s model as ShapeDtypeStructs."""
   model = models.get_model(config)
-  return jax.eval_shape(lambda key: models.init_variables(model, config, key),
-                        jax.random.key(config.seed))
+  return jax.eval_shape(
+      lambda key: models.init_variables(model, config, key,
+                                        load_pretrained=False),
+      jax.random.key(config.seed))
 
 
 def summarize(config) -> str:

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from parallelnet.models import pretrained
 from parallelnet.models.backbones import get_backbone
 from parallelnet.models.backbones import known_backbones
 from parallelnet.models.parallelnet import ParallelNet
@@ -57,10 +58,14 @@ def dummy_inputs(config, batch: int = 1):
   return image, spectrogram
 
 
-def init_variables(model: nn.Module, config, rng) -> dict:
+def init_variables(model: nn.Module, config, rng,
+                   load_pretrained: bool = True) -> dict:
   """{'params', 'batch_stats'} of `model` for the config's input shapes.
 
-  Jitted; works under `jax.eval_shape` too (nothing is allocated then).
+  Random init (jitted), then, if `config.model.pretrained` names a file and
+  `load_pretrained`, the N2 trunks are replaced by its weights (see
+  models/pretrained.py). With load_pretrained=False it works under
+  `jax.eval_shape` (nothing is allocated then).
   """
   image, spectrogram = dummy_inputs(config)
 
@@ -70,7 +75,10 @@ def init_variables(model: nn.Module, config, rng) -> dict:
     return {'params': variables['params'],
             'batch_stats': variables.get('batch_stats', {})}
 
-  return init(rng)
+  variables = init(rng)
+  if load_pretrained and config.model.get('pretrained'):
+    variables = pretrained.load_into(variables, config)
+  return variables
 
 
 def count_params(tree) -> int:
