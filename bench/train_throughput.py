@@ -1,0 +1,219 @@
+"""Training-step throughput: ours (JAX/Flax) against Keras 3 on TensorFlow.
+
+One training step = forward, backward and Adam update on one batch, with the
+paper's loss (1.0 * CE + 0.5 * categorical focal). Ours is
+`parallelnet.train.train_step` jitted with the state donated, exactly as
+training runs it; the baseline is `bench/keras_parallelnet.py` (the same
+architecture, loss and optimizer in Keras 3 with the TensorFlow backend, the
+framework the paper's authors used), timed with `train_on_batch` in graph mode
+(TF's oneDNN kernels) and, when asked, with `jit_compile=True` (XLA); the best
+Keras setting is the baseline of the ratio. Both see the same random batch.
+Contenders alternate round by round; compilation and warm-up steps are not
+timed. The ratio is (ours examples/s) / (best Keras examples/s).
+
+  python bench/train_throughput.py --quick        # < 2 min on 2 cores
+  python bench/train_throughput.py                # demo and paper size, batch 8
+  python bench/train_throughput.py --sizes=paper --paper_batch=16 --rounds=5
+"""
+
+import argparse
+import contextlib
+import functools
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import jax  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+from bench import common  # pylint: disable=g-import-not-at-top
+from bench import fast_ops as bench_fast_ops  # pylint: disable=g-import-not-at-top
+
+
+def _batch(config, batch_size, seed=0):
+  """A random batch of the config's shapes (numpy): image, spectrogram, label."""
+  rng = np.random.default_rng(seed)
+  s = config.input.image_size
+  return dict(
+      image=rng.uniform(0, 1, (batch_size, s, s, 3)).astype(np.float32),
+      spectrogram=rng.uniform(
+          0, 1, (batch_size, config.input.num_frames, config.input.n_mels,
+                 1)).astype(np.float32),
+      label=rng.integers(0, len(config.dataset.classes),
+                         batch_size).astype(np.int32))
+
+
+class OursStep:
+  """`parallelnet.train.train_step` under jit with the state donated."""
+
+  def __init__(self, config, batch, fast_ops=False):
+    from parallelnet import losses  # pylint: disable=g-import-not-at-top
+    from parallelnet import models  # pylint: disable=g-import-not-at-top
+    from parallelnet import train  # pylint: disable=g-import-not-at-top
+    model = models.get_model(config)
+    self.state = jax.jit(functools.partial(train.create_train_state, config,
+                                           model))()
+    step = jax.jit(
+        functools.partial(train.train_step,
+                          loss_kwargs=losses.loss_weights(config.train)),
+        donate_argnums=0)
+    self.batch = jax.device_put(batch)
+    self.rng = jax.random.key(1)
+    # Compiled here, so that bench/fast_ops.py's lowerings apply when asked.
+    with (bench_fast_ops.patched_flax() if fast_ops
+          else contextlib.nullcontext()):
+      self.step = step.lower(self.state, self.batch, self.rng).compile()
+    self.params = models.count_params(self.state.params)
+
+  def __call__(self):
+    self.state, metrics = self.step(self.state, self.batch, self.rng)
+    return metrics['loss']
+
+
+class KerasStep:
+  """`model.train_on_batch` of the Keras baseline (returns a numpy loss)."""
+
+  def __init__(self, config, batch, jit_compile):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    from bench import keras_parallelnet  # pylint: disable=g-import-not-at-top
+    self.model = keras_parallelnet.from_config(config, jit_compile=jit_compile)
+    self.x = {'image': tf.constant(batch['image']),
+              'spectrogram': tf.constant(batch['spectrogram'])}
+    self.y = tf.one_hot(batch['label'], len(config.dataset.classes))
+    self.params = keras_parallelnet.trainable_count(self.model)
+
+  def __call__(self):
+    return self.model.train_on_batch(self.x, self.y)
+
+
+FAST = 'ours + bench/fast_ops.py (prototype)'
+
+
+def _sync(x):
+  if isinstance(x, jax.Array):
+    x.block_until_ready()
+  return x
+
+
+def run_size(label, config, batch_size, rounds, warmup, keras_modes,
+             fast_ops=False, min_round_s=0.5):
+  """Times ours and Keras at one size; returns table rows and examples/s."""
+  batch = _batch(config, batch_size)
+  contenders = {'ours (JAX/Flax)': OursStep(config, batch)}
+  if fast_ops:
+    contenders[FAST] = OursStep(config, batch, fast_ops=True)
+  for jit_compile in keras_modes:
+    name = f'Keras 3/TF ({"XLA" if jit_compile else "graph+oneDNN"})'
+    contenders[name] = KerasStep(config, batch, jit_compile)
+  counts = {n: c.params for n, c in contenders.items()}
+  if len(set(counts.values())) != 1:
+    raise RuntimeError(f'Parameter counts differ at {label}: {counts}; the '
+                       'baseline no longer matches the model.')
+  # Warm-up (compilation included), then steps per round chosen so that a
+  # round of the fastest contender lasts >= min_round_s (timer noise).
+  fastest = float('inf')
+  for name, fn in contenders.items():
+    start = time.perf_counter()
+    for _ in range(warmup):
+      _sync(fn())
+    print(f'  {label} {name}: set-up and {warmup} warm-up steps '
+          f'{time.perf_counter() - start:.1f} s', flush=True)
+    fastest = min(fastest, common.time_call(fn, _sync))
+  per_round = max(1, int(np.ceil(min_round_s / fastest)))
+
+  def repeat(fn):
+    def run():
+      for _ in range(per_round):
+        out = fn()
+      return out
+    return run
+
+  times = common.alternate({n: repeat(f) for n, f in contenders.items()},
+                           rounds, {n: _sync for n in contenders})
+  rows, eps = [], {}
+  for name, ts in times.items():
+    ts = [t / per_round for t in ts]
+    med = common.median(ts)
+    eps[name] = batch_size / med
+    rows.append([label, name, batch_size, f'{counts[name]:,}',
+                 f'{min(ts):.3f}', f'{med:.3f}', f'{eps[name]:.2f}'])
+  return rows, eps
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--quick', action='store_true',
+                 help='demo size and paper size at batch 2, 2 rounds, 1 warm-up, '
+                      'Keras graph mode only.')
+  p.add_argument('--sizes', default='demo,paper',
+                 help='comma list of demo, paper.')
+  p.add_argument('--demo_batch', type=int, default=None,
+                 help='default: the demo config\'s train.batch_size.')
+  p.add_argument('--paper_batch', type=int, default=None,
+                 help='default 8 (2 with --quick).')
+  p.add_argument('--rounds', type=int, default=None)
+  p.add_argument('--warmup', type=int, default=2)
+  p.add_argument('--keras', default=None,
+                 help='Keras settings to time: graph (jit_compile=False), '
+                      'xla (jit_compile=True). Default graph,xla; graph with '
+                      '--quick (XLA was the slower Keras setting on CPU).')
+  p.add_argument('--fast_ops', action='store_true',
+                 help='also time ours traced with bench/fast_ops.py\'s conv '
+                      'and max-pool lowerings (a proposed model-side change).')
+  p.add_argument('--no_row', action='store_true',
+                 help='do not append a row to BENCHMARKS.md.')
+  a = p.parse_args(argv)
+  rounds = a.rounds or (2 if a.quick else 5)
+  warmup = 1 if a.quick else a.warmup
+  paper_batch = a.paper_batch or (2 if a.quick else 8)
+  keras = a.keras or ('graph' if a.quick else 'graph,xla')
+  keras_modes = [{'graph': False, 'xla': True}[k] for k in keras.split(',')]
+  machine = common.machine()
+
+  rows, ratios, numbers = [], {}, []
+  for size in a.sizes.split(','):
+    if size == 'demo':
+      config = common.load_config('demo')
+      bs = a.demo_batch or config.train.batch_size
+    elif size == 'paper':
+      config = common.load_config('parallelnet')
+      bs = paper_batch
+    else:
+      raise ValueError(f'--sizes: unknown size {size!r}; use demo, paper.')
+    label = f'{size} ({common.config_name(config)})'
+    r, eps = run_size(label, config, bs, rounds, warmup, keras_modes,
+                      a.fast_ops)
+    rows += r
+    ours = eps.pop('ours (JAX/Flax)')
+    fast = eps.pop(FAST, None)
+    best_name = max(eps, key=eps.get)
+    ratios[size] = ours / eps[best_name]
+    if fast is not None:
+      ratios[size + ' with fast_ops'] = fast / eps[best_name]
+      eps[FAST] = fast
+    numbers.append(f'{size} b{bs}: ours {ours:.2f} ex/s, '
+                   + ', '.join(f'{n} {v:.2f}' for n, v in eps.items()))
+
+  common.print_table(
+      f'Training step throughput (forward+backward+Adam), {machine}',
+      ['size', 'framework', 'batch', 'params', 'best s/step', 'median s/step', 'ex/s'],
+      rows)
+  print()
+  for size, r in ratios.items():
+    print(f'ratio ours / best Keras at {size} size: {r:.2f}x (target >= 1.0)')
+  if not a.no_row:
+    common.append_row(
+        'train_throughput', '; '.join(numbers),
+        ', '.join(f'{s} {r:.2f}x' for s, r in ratios.items()),
+        machine_desc=machine,
+        versions_desc=common.versions('keras', 'tensorflow'))
+  return ratios
+
+
+if __name__ == '__main__':
+  main()
