@@ -77,7 +77,7 @@ def read_manifest(folder, classes):
     raise FileNotFoundError(
         f'No manifest.csv in {folder!r}; see input_pipeline/manifest.py for '
         'the layout (id,image,audio,label[,split,text]).')
-  with open(path, newline='', encoding='utf-8') as f:
+  with open(path, newline='', encoding='utf-8-sig') as f:  # Excel's BOM too.
     reader = csv.DictReader(f)
     header = reader.fieldnames or []
     missing = [c for c in REQUIRED_COLUMNS if c not in header]

@@ -462,3 +462,20 @@ def test_b_t4sa_builds_three_sentiment_classes(tmp_path):
   assert b.info.features['label'].names == list(parallelnet.SENTIMENTS)
   ex = pipeline.load_examples(c, 'train', None)
   assert set(ex['label'].tolist()) == {0, 1, 2}
+
+
+def test_cue_box_is_rescaled_to_model_pixels(tmp_path):
+  from input_pipeline import builders  # pylint: disable=g-import-not-at-top
+  _image(tmp_path / 'i.png', 'RGB', size=(40, 80))  # width 40, height 80
+  sf.write(str(tmp_path / 'a.wav'), _tone(8000, 0.3), 8000)
+  with open(tmp_path / 'manifest.csv', 'w', encoding='utf-8-sig') as f:
+    f.write('id,image,audio,label,image_cue_box,speech_cue_span\n'
+            'e1,i.png,a.wav,sad,8 4 40 20,0.1 0.2\n')
+  rows, bad = manifest_lib.read_manifest(str(tmp_path), CLASSES)
+  assert not bad
+  c = parallelnet.get_config('runlocal')
+  c.dataset.name = 'iitr_sier'
+  ex, reason = builders._decode_row(rows[0], builders.settings_from_config(c))
+  assert reason is None
+  np.testing.assert_allclose(ex['image_cue_box'], [3.2, 3.2, 16, 16])
+  np.testing.assert_allclose(ex['speech_cue_span'], [0.1, 0.2])
