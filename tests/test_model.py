@@ -14,7 +14,6 @@ from parallelnet import summary
 from parallelnet.models import common
 from parallelnet.models import parallelnet as parallelnet_lib
 from parallelnet.models import pretrained
-from parallelnet.models import vgg
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
@@ -226,7 +225,8 @@ def test_unimodal_variants_ignore_the_other_modality(variant, kept, dropped):
   assert set(t1) == expected
   np.testing.assert_array_equal(logits1, t1['O_sp' if m == 's' else 'O_img'])
   params = set(variables['params'])
-  assert 'theta' not in params and f'N1_{"i" if m == "s" else "s"}' not in params
+  other = 'i' if m == 's' else 's'
+  assert 'theta' not in params and f'N1_{other}' not in params
 
 
 @pytest.mark.parametrize('crossing', ['before', 'both'])
@@ -285,7 +285,7 @@ def test_bad_config_and_inputs_raise():
         (1, 16, 16, 3)), jnp.zeros((1, 32, 32, 1)), train=False))
 
 
-# --- VGG trunks vs Keras Applications ------------------------------------------
+# --- Trunks vs Keras Applications ---------------------------------------------
 
 
 def flax_layer_sequence(module, input_shape, with_stats=False):
@@ -519,7 +519,7 @@ def test_baseline_configs_use_efficientnet():
       4_007_548 + 2 * 1280 + 4 * 4 * 1280 * 512 + 512)
 
 
-# --- jit, vmap, training mode, dtypes ---------------------------------------------
+# --- jit, vmap, training mode, dtypes -----------------------------------------
 
 
 def test_vmap_of_single_example_equals_batched_apply(proposed):

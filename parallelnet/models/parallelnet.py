@@ -2,8 +2,9 @@
 
 Names follow SPEC §2 (the paper swaps N1 and N2 between two paragraphs; we use
 §3.2.1 and Eq. 1):
-  N1 (conv branch):     [Conv3x3 ReLU]x2, pool, [Conv(128)]x2, pool,
-                        [Conv(256)]x2, pool, BatchNorm, Flatten, Dense(feature_dim).
+  N1 (conv branch):     [Conv3x3(64) ReLU]x2, pool, [Conv(128)]x2, pool,
+                        [Conv(256)]x2, pool, BatchNorm, Flatten,
+                        Dense(feature_dim).
   N2 (backbone branch): trunk M (registry name), BatchNorm, Flatten, Dense.
   adapter:              Conv1x1 with 3 filters turning the 1-channel spectrogram
                         into the 3 channels N2_s's trunk expects (N1_s reads
@@ -38,6 +39,9 @@ O = O_sp; 'image' builds N1_i, N2_i and the image head, F_i = N1_i + N2_i and
 O = O_img. They take both inputs and never read the other one. A crossing
 needs both modalities, so they require crossing='after' (the config default,
 meaning 'no crossing' here).
+
+Backbones with dropout (EfficientNet's stochastic depth) need
+`rngs={'dropout': key}` when train=True.
 
 Initialisers follow Keras (glorot_uniform kernels, zero biases) since the
 paper trained in Keras. Computation runs in `dtype`; parameters, BatchNorm

@@ -60,7 +60,9 @@ def _fresh_session_names(keras_model) -> dict[str, str]:
 
 def export_keras(keras_model, backbone: str) -> dict[str, np.ndarray]:
   """The weights of a Keras Applications trunk as {backbone/layer/weight}."""
-  rename = _fresh_session_names(keras_model) if backbone == 'inception_v3' else {}
+  rename = {}
+  if backbone == 'inception_v3':
+    rename = _fresh_session_names(keras_model)
   out = {}
   for layer in keras_model.layers:
     for w in layer.weights:
@@ -115,7 +117,7 @@ def load_trunk(variables: dict, weights, backbone: str) -> dict:
 
 
 def load_into(variables: dict, config) -> dict:
-  """ParallelNet variables with N2 trunks replaced from config.model.pretrained."""
+  """ParallelNet variables, N2 trunks replaced from config.model.pretrained."""
   weights = np.load(config.model.pretrained)
   variables = {'params': dict(variables['params']),
                'batch_stats': dict(variables['batch_stats'])}

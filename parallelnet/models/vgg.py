@@ -1,4 +1,4 @@
-"""VGG16 and VGG19 trunks (no classifier), layer for layer as Keras Applications.
+"""VGG16 and VGG19 trunks (no classifier), layer for layer as Keras Apps.
 
 Keras' `keras.applications.VGG16/VGG19(include_top=False)` is five blocks of
 3x3 'same' ReLU convolutions, each block closed by a 2x2 max pool of stride 2.
