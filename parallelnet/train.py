@@ -456,6 +456,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   """Evaluates the `which` checkpoint of `workdir` on `split`; writes
   eval_metrics.json and confusion_matrix.png there and returns the metrics."""
   data = data or _pipeline()
+  _quiet_orbax()
   model, variables, step = checkpointing.restore_for_inference(
       config, workdir, which)
   mesh = mesh_lib.make_mesh()

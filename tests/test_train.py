@@ -101,6 +101,30 @@ def test_nan_guard_mismatch_refusal_and_restore(tmp_path):
     checkpointing.restore_for_inference(config, str(tmp_path / 'empty'))
 
 
+class _FoldData:
+  """ArrayData whose examples depend on config.dataset.fold."""
+
+  def __getattr__(self, name):
+    def call(config, *args, **kw):
+      data = train_helpers.ArrayData.per_fold(config, sizes=(16, 8, 8))
+      return getattr(data, name)(config, *args, **kw)
+    return call
+
+
+def test_cross_validate_reports_mean_and_std_over_folds(tmp_path):
+  config = _speech_config()
+  config.dataset.num_folds = 2
+  config.train.num_epochs = 1
+  result = train.cross_validate(config, str(tmp_path), data=_FoldData())
+  saved = json.loads((tmp_path / 'cv_metrics.json').read_text())
+  assert saved == result and result['num_folds'] == 2
+  for k in ('accuracy', 'macro_f1', 'cohen_kappa'):
+    per_fold = [json.loads((tmp_path / f'fold_{i}' / 'eval_metrics.json')
+                           .read_text())[k] for i in range(2)]
+    assert result[k]['mean'] == pytest.approx(np.mean(per_fold))
+    assert result[k]['std'] == pytest.approx(np.std(per_fold))
+
+
 def _run(args, env):
   return subprocess.Popen(
       [sys.executable, os.path.join(HERE, 'resume_worker.py')] + args,

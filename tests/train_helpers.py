@@ -54,6 +54,11 @@ class ArrayData:
       self.splits[name] = dict(image=image, spectrogram=spec, label=label)
     self.nan_at = nan_at  # (epoch, batch index): a planted NaN image.
 
+  @classmethod
+  def per_fold(cls, config, **kw):
+    """Data that changes with config.dataset.fold (for cross-validation)."""
+    return cls(config, seed=1000 + config.dataset.fold, **kw)
+
   def num_examples(self, config, split):
     return len(self.splits[split]['label'])
 
