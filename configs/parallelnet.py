@@ -42,6 +42,7 @@ def get_config(arg=None):
   c.dataset.num_folds = 5  # k of k-fold cross-validation (--mode=cv).
   c.dataset.fold = -1  # Which CV fold is the test set; -1 = the 70/30 split.
   c.dataset.synthetic_size = 2000  # Examples in the synthetic_sier demo corpus.
+  c.dataset.synthetic_seed = 0  # Seed that generates the synthetic_sier corpus.
   c.dataset.shuffle_buffer = 2048  # tf.data shuffle buffer (examples).
 
   # --- Input representation (SPEC §1) ---------------------------------------
