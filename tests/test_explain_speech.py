@@ -94,3 +94,12 @@ def test_bad_inputs():
   with pytest.raises(ValueError, match='waveform must be 1-D'):
     speech.explain_speech(np.zeros((T, F)), np.zeros((10, 2)), hop_length=HOP,
                           sample_rate=SR)
+
+
+@pytest.mark.parametrize('bands,dropped', [(2, 0), (4, T // 4)])
+def test_band_constant_importance_is_cut_whole_bands(bands, dropped):
+  """DnCShap frame importance is constant per leaf time band (ties)."""
+  importance = np.repeat(np.arange(bands, dtype=np.float64), T // bands)
+  keep, _ = speech.keep_frames(importance, 30.0)
+  assert (~keep).sum() == dropped
+  assert np.all(~keep[:dropped])  # The lowest band, whole.
