@@ -55,9 +55,9 @@ class OursStep:
     from parallelnet import losses  # pylint: disable=g-import-not-at-top
     from parallelnet import models  # pylint: disable=g-import-not-at-top
     from parallelnet import train  # pylint: disable=g-import-not-at-top
+    from parallelnet import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
     model = models.get_model(config)
-    self.state = jax.jit(functools.partial(train.create_train_state, config,
-                                           model))()
+    self.state = train.init_train_state(config, model, mesh_lib.make_mesh())
     step = jax.jit(
         functools.partial(train.train_step,
                           loss_kwargs=losses.loss_weights(config.train)),
