@@ -145,10 +145,7 @@ def restore_for_inference(config: ml_collections.ConfigDict, workdir: str,
     raise ValueError(f'which={which!r}; expected "best" or "latest".')
   model = models.get_model(config)
   mesh = mesh_lib.make_mesh()
-  abstract = abstract_with_sharding(
-      jax.eval_shape(lambda: train.checkpoint_tree(
-          train.create_train_state(config, model))),
-      mesh_lib.replicated(mesh))
+  abstract = train.abstract_checkpoint_tree(config, model, mesh)
   ckpts = Checkpoints(workdir, config, async_save=False)
   try:
     tree, _ = ckpts.restore(which, abstract)

@@ -54,30 +54,78 @@ class TrainState(train_state.TrainState):
   rng: Any = None  # Key data (uint32) of the base training key.
 
 
-def plateau_transform(train_config) -> optax.GradientTransformationExtraArgs:
+def plateau_transform(factor: float, patience: int
+                      ) -> optax.GradientTransformationExtraArgs:
   """Keras ReduceLROnPlateau semantics: an improvement must beat the best by
-  1e-4 (absolute, Keras' min_delta); after `plateau_patience` epochs without
-  one the scale is multiplied by `plateau_factor`."""
+  1e-4 (absolute, Keras' min_delta); after `patience` epochs without one the
+  scale is multiplied by `factor`."""
   return optax.contrib.reduce_on_plateau(
-      factor=train_config.plateau_factor, patience=train_config.plateau_patience,
-      rtol=0.0, atol=1e-4)
+      factor=float(factor), patience=int(patience), rtol=0.0, atol=1e-4)
 
 
-def create_train_state(config, model, rng=None) -> TrainState:
-  """Fresh state: initial variables, Adam, plateau and the training key.
-
-  Pure; call under jit (or eval_shape) to place it.
-  """
-  from parallelnet import models  # pylint: disable=g-import-not-at-top
-  key = jax.random.key(config.seed) if rng is None else rng
-  init_key, train_key = jax.random.split(key)
-  variables = models.init_variables(model, config, init_key)
-  tx = optax.adam(config.train.learning_rate)
+def create_train_state(model, variables: dict, train_key_data: jax.Array, *,
+                       learning_rate: float, plateau_factor: float,
+                       plateau_patience: int) -> TrainState:
+  """A fresh TrainState around initial `variables` (pure; jit it)."""
+  tx = optax.adam(learning_rate)
   return TrainState.create(
       apply_fn=model.apply, params=variables['params'], tx=tx,
       batch_stats=variables['batch_stats'],
-      plateau=plateau_transform(config.train).init(variables['params']),
-      rng=jax.random.key_data(train_key))
+      plateau=plateau_transform(plateau_factor, plateau_patience).init(
+          variables['params']),
+      rng=train_key_data)
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_state_factory(model, learning_rate, plateau_factor,
+                          plateau_patience, mesh):
+  return jax.jit(
+      functools.partial(create_train_state, model,
+                        learning_rate=learning_rate,
+                        plateau_factor=plateau_factor,
+                        plateau_patience=plateau_patience),
+      out_shardings=mesh_lib.replicated(mesh))
+
+
+def _keys(config):
+  init_key, train_key = jax.random.split(jax.random.key(config.seed))
+  return init_key, train_key
+
+
+def init_train_state(config, model, mesh) -> TrainState:
+  """Initial variables (pretrained trunks if config.model.pretrained), Adam,
+  plateau state and the training key, replicated over `mesh`.
+
+  Every process computes the same values from config.seed.
+  """
+  from parallelnet import models  # pylint: disable=g-import-not-at-top
+  init_key, train_key = _keys(config)
+  variables = models.init_variables(model, config, init_key)
+  variables = jax.device_put(jax.tree.map(np.asarray, variables),
+                             mesh_lib.replicated(mesh))
+  factory = _jitted_state_factory(
+      model, float(config.train.learning_rate),
+      float(config.train.plateau_factor), int(config.train.plateau_patience),
+      mesh)
+  return factory(variables, np.asarray(jax.random.key_data(train_key)))
+
+
+def abstract_checkpoint_tree(config, model, mesh):
+  """ShapeDtypeStructs (replicated on `mesh`) of `checkpoint_tree(state)`."""
+  from parallelnet import models  # pylint: disable=g-import-not-at-top
+
+  def make():
+    init_key, train_key = _keys(config)
+    variables = models.init_variables(model, config, init_key,
+                                      load_pretrained=False)
+    return checkpoint_tree(create_train_state(
+        model, variables, jax.random.key_data(train_key),
+        learning_rate=config.train.learning_rate,
+        plateau_factor=config.train.plateau_factor,
+        plateau_patience=config.train.plateau_patience))
+
+  return checkpointing.abstract_with_sharding(
+      jax.eval_shape(make), mesh_lib.replicated(mesh))
 
 
 def checkpoint_tree(state: TrainState) -> dict:
@@ -142,10 +190,10 @@ def eval_step(state: TrainState, batch: dict, *, loss_kwargs: dict,
           batch['label'], jnp.argmax(logits, -1), num_classes, mask))
 
 
-def update_plateau(state: TrainState, val_loss: jax.Array,
-                   train_config) -> TrainState:
+def update_plateau(state: TrainState, val_loss: jax.Array, *,
+                   plateau_factor: float, plateau_patience: int) -> TrainState:
   """Feeds one epoch's validation loss to the reduce-on-plateau state."""
-  _, plateau = plateau_transform(train_config).update(
+  _, plateau = plateau_transform(plateau_factor, plateau_patience).update(
       updates=(), state=state.plateau, value=val_loss)
   return state.replace(plateau=plateau)
 
@@ -171,8 +219,6 @@ def _jitted_steps(mesh, loss_items, num_classes, plateau_settings):
   repl = mesh_lib.replicated(mesh)
   data = mesh_lib.data_sharding(mesh)
   loss_kwargs = dict(loss_items)
-  plateau_config = ml_collections.ConfigDict(dict(
-      plateau_factor=plateau_settings[0], plateau_patience=plateau_settings[1]))
   train = jax.jit(functools.partial(train_step, loss_kwargs=loss_kwargs),
                   in_shardings=(repl, data, repl), out_shardings=(repl, repl),
                   donate_argnums=0)
@@ -181,7 +227,8 @@ def _jitted_steps(mesh, loss_items, num_classes, plateau_settings):
                         num_classes=num_classes),
       in_shardings=(repl, data), out_shardings=repl)
   plateau = jax.jit(
-      functools.partial(update_plateau, train_config=plateau_config),
+      functools.partial(update_plateau, plateau_factor=plateau_settings[0],
+                        plateau_patience=plateau_settings[1]),
       in_shardings=(repl, repl), out_shardings=repl, donate_argnums=0)
   step_key = jax.jit(
       lambda key_data, step: jax.random.fold_in(
@@ -303,18 +350,6 @@ def _fmt_time(seconds: float) -> str:
   return f'{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
 
 
-def _abstract_state(config, model, mesh):
-  """(jitted fresh-state factory, abstract checkpoint tree on the mesh)."""
-  repl = mesh_lib.replicated(mesh)
-  init = jax.jit(lambda: create_train_state(config, model),
-                 out_shardings=repl)
-  abstract = checkpointing.abstract_with_sharding(
-      jax.eval_shape(lambda: checkpoint_tree(create_train_state(config,
-                                                                model))),
-      repl)
-  return init, abstract
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        *, data=None) -> dict:
   """Trains (resuming from `workdir` if it holds a checkpoint), then
@@ -333,10 +368,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh_lib.check_batch_size(tc.batch_size, mesh)
   mesh_lib.check_batch_size(tc.eval_batch_size, mesh, 'train.eval_batch_size')
   model = models.get_model(config)
-  steps = Steps(config, mesh)
-  init, abstract = _abstract_state(config, model, mesh)
-  state = init()
   ckpts = checkpointing.Checkpoints(workdir, config)
+  ckpts.restore_meta('latest')  # Refuse another model's workdir up front.
+  steps = Steps(config, mesh)
+  abstract = abstract_checkpoint_tree(config, model, mesh)
+  state = init_train_state(config, model, mesh)
   writer = _writer(workdir)
 
   steps_per_epoch = data.num_examples(config, 'train') // tc.batch_size

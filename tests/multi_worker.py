@@ -72,11 +72,8 @@ def run_steps(devices, num_steps):
   # the gradient difference, which is what this comparison is about.
   tx = optax.sgd(0.05)
 
-  def init():
-    state = train.create_train_state(config, model)
-    return state.replace(tx=tx, opt_state=tx.init(state.params))
-
-  state = jax.jit(init, out_shardings=mesh_lib.replicated(mesh))()
+  state = train.init_train_state(config, model, mesh)
+  state = state.replace(tx=tx, opt_state=tx.init(state.params))
   losses = []
   batches = data.train_batches(config, mesh, epoch=0)
   for step in range(num_steps):

@@ -36,8 +36,7 @@ def test_steps_reduce_loss_on_fixed_batch():
   mesh = mesh_lib.make_mesh()
   model = models.get_model(config)
   steps = train.Steps(config, mesh)
-  state = jax.jit(lambda: train.create_train_state(config, model),
-                  out_shardings=mesh_lib.replicated(mesh))()
+  state = train.init_train_state(config, model, mesh)
   batch = next(train_helpers.ArrayData(config).train_batches(
       config, mesh, epoch=0))
   losses = []
@@ -53,17 +52,15 @@ def test_steps_reduce_loss_on_fixed_batch():
 
 
 def test_plateau_cuts_learning_rate_after_patience_epochs():
-  config = _speech_config()
-  config.train.plateau_patience = 2
-  config.train.plateau_factor = 0.5
   tx = optax.adam(1.0)
   params = {'w': jnp.zeros(3)}
   state = train.TrainState.create(
       apply_fn=None, params=params, tx=tx,
-      plateau=train.plateau_transform(config.train).init(params))
+      plateau=train.plateau_transform(0.5, 2).init(params))
   scales = []
   for val_loss in (1.0, 0.9, 0.95, 0.92, 0.91, 0.5):
-    state = train.update_plateau(state, jnp.float32(val_loss), config.train)
+    state = train.update_plateau(state, jnp.float32(val_loss),
+                                 plateau_factor=0.5, plateau_patience=2)
     scales.append(float(state.plateau.scale))
   # Two epochs without beating 0.9 (0.95, 0.92) halve the scale once.
   assert scales == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5]
