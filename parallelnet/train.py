@@ -67,13 +67,19 @@ def create_train_state(model, variables: dict, train_key_data: jax.Array, *,
                        learning_rate: float, plateau_factor: float,
                        plateau_patience: int) -> TrainState:
   """A fresh TrainState around initial `variables` (pure; jit it)."""
-  tx = optax.adam(learning_rate)
+  tx = _adam(learning_rate)
   return TrainState.create(
       apply_fn=model.apply, params=variables['params'], tx=tx,
       batch_stats=variables['batch_stats'],
       plateau=plateau_transform(plateau_factor, plateau_patience).init(
           variables['params']),
       rng=train_key_data)
+
+
+@functools.lru_cache(maxsize=8)
+def _adam(learning_rate: float) -> optax.GradientTransformation:
+  # One object per rate: the jitted steps see equal static state fields.
+  return optax.adam(learning_rate)
 
 
 @functools.lru_cache(maxsize=8)
@@ -133,10 +139,6 @@ def checkpoint_tree(state: TrainState) -> dict:
   return dict(step=state.step, params=state.params,
               batch_stats=state.batch_stats, opt_state=state.opt_state,
               plateau=state.plateau, rng=state.rng)
-
-
-def state_from_tree(state: TrainState, tree: dict) -> TrainState:
-  return state.replace(**tree)
 
 
 def _apply(state, params, batch, train, rng=None):
@@ -372,7 +374,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   ckpts.restore_meta('latest')  # Refuse another model's workdir up front.
   steps = Steps(config, mesh)
   abstract = abstract_checkpoint_tree(config, model, mesh)
-  state = init_train_state(config, model, mesh)
   writer = _writer(workdir)
 
   steps_per_epoch = data.num_examples(config, 'train') // tc.batch_size
@@ -387,8 +388,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       min_delta=0.0, patience=tc.early_stopping_patience)
   epoch, position, loss_sum, acc_sum = 0, 0, 0.0, 0.0
   tree, meta = ckpts.restore('latest', abstract)
-  if tree is not None:
-    state = state_from_tree(state, tree)
+  if tree is None:
+    state = init_train_state(config, model, mesh)
+  else:  # No fresh init (it may read pretrained weights): all is restored.
+    state = TrainState(apply_fn=model.apply,
+                       tx=_adam(float(tc.learning_rate)), **tree)
     epoch, position = meta['epoch'], meta['position']
     loss_sum, acc_sum = meta['train_loss_sum'], meta['train_accuracy_sum']
     stopper = stopper.replace(**meta['early_stopping'])
@@ -460,7 +464,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     writer.flush()
     logging.info('epoch %d/%d done: %s; val confusion %s%s', epoch + 1,
                  tc.num_epochs,
-                 ', '.join(f'{k} {v:.4f}' for k, v in scalars.items()),
+                 ', '.join(f'{k} {v:.4g}' for k, v in scalars.items()),
                  val['confusion_matrix'],
                  ' (best so far)' if stopper.has_improved else '')
     epoch, position, loss_sum, acc_sum = epoch + 1, 0, 0.0, 0.0
@@ -477,7 +481,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   tree, _ = ckpts.restore('best', abstract)
   if tree is None:
     raise RuntimeError(f'No best checkpoint in {workdir}: did any epoch run?')
-  state = state_from_tree(state, tree)
+  state = state.replace(**tree)
   _, cm = evaluate_batches(steps, state,
                            data.eval_batches(config, mesh, split='test'))
   summary = _write_eval_outputs(config, workdir, cm, int(state.step), 'test',
