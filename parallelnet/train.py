@@ -192,6 +192,17 @@ def eval_step(state: TrainState, batch: dict, *, loss_kwargs: dict,
           batch['label'], jnp.argmax(logits, -1), num_classes, mask))
 
 
+def make_early_stopping(patience: int) -> early_stopping.EarlyStopping:
+  """Early stopping on the validation loss with Keras' counting: stop at the
+  `patience`-th epoch in a row without improvement. (flax's EarlyStopping
+  stops one epoch later, at the (patience + 1)-th, hence the - 1.)"""
+  if patience < 1:
+    raise ValueError(f'config.train.early_stopping_patience={patience}; it '
+                     'must be at least 1 (use num_epochs to train a fixed '
+                     'number of epochs).')
+  return early_stopping.EarlyStopping(min_delta=0.0, patience=patience - 1)
+
+
 def update_plateau(state: TrainState, val_loss: jax.Array, *,
                    plateau_factor: float, plateau_patience: int) -> TrainState:
   """Feeds one epoch's validation loss to the reduce-on-plateau state."""
@@ -384,8 +395,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         f'The train split has {data.num_examples(config, "train")} examples, '
         f'fewer than one batch of train.batch_size={tc.batch_size}.')
 
-  stopper = early_stopping.EarlyStopping(
-      min_delta=0.0, patience=tc.early_stopping_patience)
+  stopper = make_early_stopping(tc.early_stopping_patience)
   epoch, position, loss_sum, acc_sum = 0, 0, 0.0, 0.0
   tree, meta = ckpts.restore('latest', abstract)
   if tree is None:

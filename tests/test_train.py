@@ -66,6 +66,19 @@ def test_plateau_cuts_learning_rate_after_patience_epochs():
   assert scales == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5]
 
 
+def test_early_stopping_counts_like_keras():
+  stopper = train.make_early_stopping(2)
+  stopped_after = None
+  for epoch, val_loss in enumerate((1.0, 0.8, 0.9, 0.85, 0.7)):
+    stopper = stopper.update(val_loss)
+    if stopper.should_stop:
+      stopped_after = epoch
+      break
+  # Best at epoch 1; epochs 2 and 3 do not improve: stop after epoch 3.
+  assert stopped_after == 3
+  assert stopper.best_metric == 0.8
+
+
 def test_nan_guard_mismatch_refusal_and_restore(tmp_path):
   config = _speech_config()
   config.train.num_epochs = 2
