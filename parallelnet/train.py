@@ -287,8 +287,28 @@ def _quiet_orbax():
     absl_logger.addFilter(_DropOrbaxInfo())
 
 
+class _LoggingOnlyWriter:
+  """Stand-in for clu's writer when TensorBoard is not installed: logs only."""
+
+  def write_scalars(self, step, scalars):
+    logging.info('[%d] %s', step, ', '.join(
+        f'{k}={float(v):.6g}' for k, v in sorted(scalars.items())))
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
+
+
 def _writer(workdir):
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  """clu metric writer: TensorBoard events in `workdir` plus logging."""
+  try:
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  except ImportError as e:  # clu's TensorBoard writer needs `tensorboard`.
+    logging.warning('No TensorBoard events will be written (%s); install '
+                    'tensorboard==2.21.0 to get them.', e)
+    return _LoggingOnlyWriter()
   return metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0, asynchronous=False)
 
