@@ -19,6 +19,8 @@ BENCHMARKS_MD = os.path.join(REPO, 'BENCHMARKS.md')
 
 _HEADER = """# Benchmarks
 
+## Rows
+
 Rows are appended by the scripts in `bench/` (one row per run; the newest is
 last). Timings exclude compilation and warm-up; contenders are timed in
 alternating rounds in one process, and the median round is reported. "load"

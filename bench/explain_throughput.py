@@ -75,10 +75,10 @@ def _block(tree):
   return jax.block_until_ready(tree)
 
 
-def time_ours(fn, images, specs, depth, mode, reps):
+def time_ours(fn, images, specs, depth, mode, reps, max_batch):
   from explain import dncshap_batch  # pylint: disable=g-import-not-at-top
   run = lambda: dncshap_batch(fn, images, specs, depth=depth, mode=mode,
-                              max_batch=DEFAULT_MAX_BATCH)
+                              max_batch=max_batch)
   _block(run())  # Compile.
   best = min(common.time_call(run, _block) for _ in range(reps))
   return best / images.shape[0]  # Seconds per explanation.
@@ -171,6 +171,9 @@ def _linkage(num_leaves):
   return np.asarray(rows, dtype=np.float64)
 
 
+_SHAP_FNS = {}
+
+
 def time_shap(jfn, images, specs, depth, evals, target, num_examples):
   """Seconds per explanation of shap's PartitionExplainer; rows evaluated."""
   import shap  # pylint: disable=g-import-not-at-top
@@ -182,35 +185,40 @@ def time_shap(jfn, images, specs, depth, evals, target, num_examples):
   masker = shap.maskers.Partition(np.zeros((1, players)),
                                   clustering=_linkage(players))
   rows = [0]
+  if depth not in _SHAP_FNS:  # One jitted function per depth (modes share).
+    img_leaf, sp_leaf = jnp.asarray(img_leaf), jnp.asarray(sp_leaf)
+
+    @jax.jit
+    def masked_probs(m, image, spec, target):
+      keep_i = jnp.take(m[:, :leaves] > 0.5, img_leaf, axis=1)
+      keep_s = jnp.take(m[:, leaves:] > 0.5, sp_leaf, axis=1)
+      return jfn(jnp.where(keep_i[..., None], image, 0.0),
+                 jnp.where(keep_s[..., None], spec, 0.0))[:, target]
+    _SHAP_FNS[depth] = masked_probs
+  masked_probs = _SHAP_FNS[depth]
 
   def model_for(e):
     image, spec = jnp.asarray(images[e]), jnp.asarray(specs[e])
-
-    @jax.jit
-    def masked_probs(m):
-      keep_i = jnp.take(m[:, :leaves] > 0.5, jnp.asarray(img_leaf), axis=1)
-      keep_s = jnp.take(m[:, leaves:] > 0.5, jnp.asarray(sp_leaf), axis=1)
-      return jfn(jnp.where(keep_i[..., None], image, 0.0),
-                 jnp.where(keep_s[..., None], spec, 0.0))[:, target[e]]
+    t = jnp.int32(target[e])
 
     def f(m):
       rows[0] += len(m)
-      # Padded to a multiple of 32 so that few shapes get compiled (the
-      # padding costs shap at most 31 extra rows per call).
+      # Padded to a power of two (>= 8) so that few shapes get compiled.
       n = len(m)
-      p = -(-n // 32) * 32
+      p = max(8, 1 << (n - 1).bit_length())
       m = np.concatenate([m, np.repeat(m[-1:], p - n, 0)]).astype(np.float32)
-      return np.asarray(masked_probs(m))[:n]
-    f.masked_probs = masked_probs
+      return np.asarray(masked_probs(m, image, spec, t))[:n]
+    f.masked_probs = lambda m: masked_probs(m, image, spec, t)
     return f
 
   x = np.ones((1, players))
   fns = [model_for(e) for e in range(num_examples)]
   # Warm-up (compilation excluded from the timing): every padded size, and
   # one explanation (shap compiles its numba helpers on first use).
-  for f in fns:
-    for p in range(32, DEFAULT_MAX_BATCH + 1, 32):
-      f.masked_probs(np.ones((p, players), np.float32)).block_until_ready()
+  p = 8
+  while p <= max(8, min(DEFAULT_MAX_BATCH, 1 << (evals - 1).bit_length())):
+    fns[0].masked_probs(np.ones((p, players), np.float32)).block_until_ready()
+    p *= 2
   shap.PartitionExplainer(fns[0], masker)(
       x, max_evals=evals, batch_size=DEFAULT_MAX_BATCH, silent=True)
   rows[0] = 0
@@ -266,6 +274,9 @@ def main(argv=None):
   p.add_argument('--modes', default='dnc,exact')
   p.add_argument('--examples', type=int, default=None,
                  help='examples per dncshap_batch call (default 4, quick 2).')
+  p.add_argument('--max_batch', type=int, default=DEFAULT_MAX_BATCH,
+                 help='max_batch of ours (the memory check always uses the '
+                      'default).')
   p.add_argument('--no_shap', action='store_true')
   p.add_argument('--no_row', action='store_true')
   p.add_argument('--_memory_child', default=None, help=argparse.SUPPRESS)
@@ -299,7 +310,7 @@ def main(argv=None):
   for depth in [int(d) for d in depths.split(',')]:
     for mode in a.modes.split(','):
       evals = num_evaluations(depth, mode)
-      ours = time_ours(fn, images, specs, depth, mode, reps)
+      ours = time_ours(fn, images, specs, depth, mode, reps, a.max_batch)
       limit = evals * fwd_s
       per_call, sampled = time_per_call(jfn, images, specs, depth, evals,
                                         max_calls)
@@ -329,7 +340,7 @@ def main(argv=None):
                        'exact', examples)
   common.print_table(
       f'DnCShap explanations/s ({examples} examples per call, max_batch '
-      f'{DEFAULT_MAX_BATCH}), {machine}',
+      f'{a.max_batch}), {machine}',
       ['depth', 'mode', 'evals', 'ours', '(i) Keras predict/mask',
        '(i\') JAX call/mask', '(ii) shap', '(iii) limit', 'ours/limit time',
        'x (i)', 'x (i\')', 'x (ii)'], rows)

@@ -118,15 +118,18 @@ class _LaxProxy:
 
 
 @contextlib.contextmanager
-def patched_flax():
-  """Within the block, Flax convs and nn.max_pool use the functions above.
+def patched_flax(conv=True, pool=True):
+  """Within the block, Flax convs and/or nn.max_pool use the functions above.
 
   Bench-only: it lets the benchmark trace the project's unmodified model with
   the proposed lowerings. Trace (jit's first call) inside the block.
   """
   import flax.linen.linear as linear  # pylint: disable=g-import-not-at-top
   saved = linear.lax, nn.max_pool
-  linear.lax, nn.max_pool = _LaxProxy(), max_pool
+  if conv:
+    linear.lax = _LaxProxy()
+  if pool:
+    nn.max_pool = max_pool
   try:
     yield
   finally:

@@ -51,7 +51,7 @@ def _batch(config, batch_size, seed=0):
 class OursStep:
   """`parallelnet.train.train_step` under jit with the state donated."""
 
-  def __init__(self, config, batch, fast_ops=False):
+  def __init__(self, config, batch, fast_ops=''):
     from parallelnet import losses  # pylint: disable=g-import-not-at-top
     from parallelnet import models  # pylint: disable=g-import-not-at-top
     from parallelnet import train  # pylint: disable=g-import-not-at-top
@@ -65,8 +65,9 @@ class OursStep:
     self.batch = jax.device_put(batch)
     self.rng = jax.random.key(1)
     # Compiled here, so that bench/fast_ops.py's lowerings apply when asked.
-    with (bench_fast_ops.patched_flax() if fast_ops
-          else contextlib.nullcontext()):
+    with (bench_fast_ops.patched_flax(conv='conv' in fast_ops,
+                                      pool='pool' in fast_ops)
+          if fast_ops else contextlib.nullcontext()):
       self.step = step.lower(self.state, self.batch, self.rng).compile()
     self.params = models.count_params(self.state.params)
 
@@ -91,7 +92,7 @@ class KerasStep:
     return self.model.train_on_batch(self.x, self.y)
 
 
-FAST = 'ours + bench/fast_ops.py (prototype)'
+FAST = 'ours + bench/fast_ops.py'
 
 
 def _sync(x):
@@ -106,7 +107,8 @@ def run_size(label, config, batch_size, rounds, warmup, keras_modes,
   batch = _batch(config, batch_size)
   contenders = {'ours (JAX/Flax)': OursStep(config, batch)}
   if fast_ops:
-    contenders[FAST] = OursStep(config, batch, fast_ops=True)
+    contenders[FAST] = OursStep(config, batch, fast_ops=fast_ops)
+    print(f'  {FAST}: prototype lowerings {fast_ops}')
   for jit_compile in keras_modes:
     name = f'Keras 3/TF ({"XLA" if jit_compile else "graph+oneDNN"})'
     contenders[name] = KerasStep(config, batch, jit_compile)
@@ -162,9 +164,10 @@ def main(argv=None):
                  help='Keras settings to time: graph (jit_compile=False), '
                       'xla (jit_compile=True). Default graph,xla; graph with '
                       '--quick (XLA was the slower Keras setting on CPU).')
-  p.add_argument('--fast_ops', action='store_true',
-                 help='also time ours traced with bench/fast_ops.py\'s conv '
-                      'and max-pool lowerings (a proposed model-side change).')
+  p.add_argument('--fast_ops', default='',
+                 help='also time ours traced with bench/fast_ops.py\'s '
+                      'lowerings (a proposed model-side change): conv, pool '
+                      'or conv,pool.')
   p.add_argument('--no_row', action='store_true',
                  help='do not append a row to BENCHMARKS.md.')
   a = p.parse_args(argv)
