@@ -73,6 +73,7 @@ def get_config(arg=None):
   c.model.width = 1.0  # Multiplies every conv channel count (N1 and trunks).
   c.model.feature_dim = 512  # Dense width closing N1 and N2 (the fused features).
   c.model.head_dim = 1024  # Hidden width of the three late-fusion heads.
+  c.model.bn_momentum = 0.99  # BatchNorm momentum closing N1/N2 (Keras default 0.99).
   c.model.dtype = 'float32'  # Compute dtype (bfloat16 on accelerators); params stay float32.
   c.model.pretrained = ''  # Optional .npz of trunk weights (Keras layer names); '' = random init.
 

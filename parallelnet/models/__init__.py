@@ -33,7 +33,8 @@ def _parallelnet(config) -> nn.Module:
       width=m.width,
       feature_dim=m.feature_dim,
       head_dim=m.head_dim,
-      dtype=compute_dtype(m.dtype))
+      dtype=compute_dtype(m.dtype),
+      bn_momentum=m.bn_momentum)
 
 
 # config.model.name -> factory(config) -> nn.Module

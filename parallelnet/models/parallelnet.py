@@ -80,12 +80,13 @@ class ConvBranch(nn.Module):
   feature_dim: int
   width: float = 1.0
   dtype: Any = jnp.float32
+  bn_momentum: float = 0.99
 
   @nn.compact
   def __call__(self, x, train: bool):
     x = vgg.VGG(blocks=((64, 2), (128, 2), (256, 2)), width=self.width,
                 dtype=self.dtype, name='convs')(x)
-    x = batch_norm(train, self.dtype, 'bn')(x)
+    x = batch_norm(train, self.dtype, 'bn', momentum=self.bn_momentum)(x)
     x = x.reshape(x.shape[0], -1)  # Keras Flatten order: (h, w, c).
     return dense(self.feature_dim, self.dtype, 'dense')(x)
 
@@ -97,12 +98,13 @@ class BackboneBranch(nn.Module):
   feature_dim: int
   width: float = 1.0
   dtype: Any = jnp.float32
+  bn_momentum: float = 0.99
 
   @nn.compact
   def __call__(self, x, train: bool):
     x = backbones.get_backbone(self.backbone, self.width, self.dtype,
                                module_name='backbone')(x, train)
-    x = batch_norm(train, self.dtype, 'bn')(x)
+    x = batch_norm(train, self.dtype, 'bn', momentum=self.bn_momentum)(x)
     x = x.reshape(x.shape[0], -1)
     return dense(self.feature_dim, self.dtype, 'dense')(x)
 
@@ -153,6 +155,8 @@ class ParallelNet(nn.Module):
   feature_dim: int = 512
   head_dim: int = 1024
   dtype: Any = jnp.float32
+  # Momentum of the BatchNorms closing N1 and N2 (the trunks keep their own).
+  bn_momentum: float = 0.99
 
   def _check(self, image, spectrogram):
     if self.modalities not in MODALITIES:
@@ -175,11 +179,12 @@ class ParallelNet(nn.Module):
                        f'{spectrogram.shape[0]}.')
 
   def _n1(self, name):
-    return ConvBranch(self.feature_dim, self.width, self.dtype, name=name)
+    return ConvBranch(self.feature_dim, self.width, self.dtype,
+                      self.bn_momentum, name=name)
 
   def _n2(self, backbone, name):
     return BackboneBranch(backbone, self.feature_dim, self.width, self.dtype,
-                          name=name)
+                          self.bn_momentum, name=name)
 
   def _head(self, name):
     return Head(self.head_dim, self.num_classes, self.dtype, name=name)
