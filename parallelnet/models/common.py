@@ -42,6 +42,7 @@ class MaxPool(nn.Module):
 
   A module rather than a bare function so that it is named like the Keras
   layer it mirrors and shows up in the call order (tests compare it).
+  Non-overlapping 'VALID' pools (VGG's) run as `tiled_max_pool`.
   """
 
   window: int = 2
@@ -60,7 +61,27 @@ class MaxPool(nn.Module):
     return self.pool(x, (w, w), (s, s))
 
   def pool(self, x, window, strides):
+    if self.padding == 'VALID' and window == strides:
+      return tiled_max_pool(x, window[0], window[1])
     return nn.max_pool(x, window, strides=strides, padding=self.padding)
+
+
+def tiled_max_pool(x, wh: int, ww: int):
+  """'VALID' max pool whose stride equals its window, as a reshape and a max.
+
+  Same values as `nn.max_pool(x, (wh, ww), (wh, ww), 'VALID')` on `(..., H, W,
+  C)`: rows and columns past the last whole window are dropped, then each
+  window becomes two axes of its own. Why: the gradient of this max is an
+  elementwise mask, while nn.max_pool's (select_and_scatter) lowers on CPU to
+  iota + scatter, ~35% of the demo model's training step (BENCHMARKS.md). At
+  ties the gradient is shared equally among the tied inputs instead of going
+  to the first one; after ReLU such ties are zeros whose gradient ReLU drops.
+  """
+  *lead, h, w, c = x.shape
+  rows, cols = h // wh, w // ww
+  x = x[..., :rows * wh, :cols * ww, :]
+  x = x.reshape(*lead, rows, wh, cols, ww, c)
+  return jnp.max(x, axis=(-4, -2))
 
 
 class AvgPool(MaxPool):
