@@ -453,8 +453,10 @@ def dncshap_batch(fn: Callable, images, spectrograms, *, depth: int,
   `images` (E, H, W, 3), `spectrograms` (E, T, F, 1). Each baseline entry is
   per example (E, ...) or shared (the single-example shape). `target` is None
   or an (E,) int array. For context='random', example i uses
-  `jax.random.split(key, E)[i]`. A forward pass holds max(1, max_batch // E)
-  masked inputs per example, so at most max_batch rows when E <= max_batch.
+  `jax.random.split(key, E)[i]`. A forward pass holds at most
+  max(1, max_batch // E) masked inputs per example (spread evenly over the
+  chunks to keep padding small), so at most max_batch rows when
+  E <= max_batch.
   Every field of the returned `Explanation` gains a leading (E,) axis (boxes
   excepted); `.example(i)` gives one example.
   """
@@ -470,6 +472,73 @@ def _check_shape(name, x, trailing_channels, batched):
     what = what.replace('E, ', '')
   if x.ndim != rank or x.shape[-1] != trailing_channels:
     raise ValueError(f'{name} must have shape {what}; got {x.shape}.')
+
+
+def _chunk_size(evals, max_batch, num_examples=None):
+  """Masked inputs per example in one forward pass.
+
+  One example: min(max_batch, evals), the last chunk padded. A batch of E:
+  at most max(1, max_batch // E) per example, as evenly spread over the
+  fewest chunks as that allows, so the padding of the last chunk (repeated
+  rows that cost a forward pass each) stays below one row per chunk: 172
+  evaluations at <= 64 per chunk run as 3 x 58 (174 rows), not 3 x 64 (192).
+  """
+  if num_examples is None:
+    return min(max_batch, evals)
+  limit = min(max(1, max_batch // num_examples), evals)
+  return -(-evals // -(-evals // limit))
+
+
+_NUM_CLASSES = {}  # Cache of _num_classes, keyed by _shape_key.
+
+
+def _shape_key(fn, one_image, one_speech):
+  """Hashable key under which fn's output shape cannot change, or None.
+
+  For a `jax.tree_util.Partial` the function and the shapes / dtypes of its
+  arrays (new weights of the same shapes give the same output shape); for a
+  plain callable the object itself.
+  """
+  if isinstance(fn, jax.tree_util.Partial):
+    leaves, treedef = jax.tree_util.tree_flatten(fn)
+    parts = (treedef, tuple(
+        (np.shape(x), str(getattr(x, 'dtype', type(x).__name__)))
+        for x in leaves))
+  else:
+    parts = (fn,)
+  key = parts + (one_image, one_speech)
+  try:
+    hash(key)
+  except TypeError:
+    return None
+  return key
+
+
+def _num_classes(fn, one_image, one_speech):
+  """Classes of fn's output, from its shape on a batch of 1 (no compute).
+
+  `jax.eval_shape` traces fn (tens of ms for a Flax model, as much as a small
+  explanation's whole evaluation), so its result is cached per function and
+  shapes: repeated calls, as in a loop over batches, trace nothing.
+  """
+  key = _shape_key(fn, one_image, one_speech)
+  if key is not None and key in _NUM_CLASSES:
+    return _NUM_CLASSES[key]
+  try:
+    out = jax.eval_shape(fn,
+                         jax.ShapeDtypeStruct((1,) + one_image, jnp.float32),
+                         jax.ShapeDtypeStruct((1,) + one_speech, jnp.float32))
+  except Exception as e:  # Re-raised with context: the user's fn failed.
+    raise ValueError(f'fn failed on a batch of shape images {(1,) + one_image}'
+                     f', spectrograms {(1,) + one_speech}: {e}') from e
+  if not hasattr(out, 'shape') or len(out.shape) != 2 or out.shape[0] != 1:
+    raise ValueError('fn must return an array of shape (batch, num_classes); '
+                     f'got {getattr(out, "shape", type(out))} for batch 1.')
+  if key is not None:
+    if len(_NUM_CLASSES) >= 256:  # Bounded: drop the oldest entry.
+      _NUM_CLASSES.pop(next(iter(_NUM_CLASSES)))
+    _NUM_CLASSES[key] = out.shape[1]
+  return out.shape[1]
 
 
 def _explain(fn, image, spectrogram, *, depth, mode, baseline, target,
@@ -530,18 +599,7 @@ def _explain(fn, image, spectrogram, *, depth, mode, baseline, target,
                        f'{b.shape}.')
     bases.append(b)
 
-  # Number of classes from fn's output shape (no computation).
-  try:
-    out = jax.eval_shape(fn,
-                         jax.ShapeDtypeStruct((1,) + one_image, jnp.float32),
-                         jax.ShapeDtypeStruct((1,) + one_speech, jnp.float32))
-  except Exception as e:  # Re-raised with context: the user's fn failed.
-    raise ValueError(f'fn failed on a batch of shape images {(1,) + one_image}'
-                     f', spectrograms {(1,) + one_speech}: {e}') from e
-  if not hasattr(out, 'shape') or len(out.shape) != 2 or out.shape[0] != 1:
-    raise ValueError('fn must return an array of shape (batch, num_classes); '
-                     f'got {getattr(out, "shape", type(out))} for batch 1.')
-  num_classes = out.shape[1]
+  num_classes = _num_classes(fn, tuple(one_image), tuple(one_speech))
 
   target_axis = None
   if target is not None:
@@ -558,10 +616,8 @@ def _explain(fn, image, spectrogram, *, depth, mode, baseline, target,
     target = jnp.asarray(t, jnp.int32)
     target_axis = 0 if batched else None
 
-  chunk = max_batch
-  if batched:
-    chunk = max(1, max_batch // image.shape[0])
-  chunk = min(chunk, num_evaluations(depth, mode))
+  chunk = _chunk_size(num_evaluations(depth, mode), max_batch,
+                      image.shape[0] if batched else None)
   static = dict(depth=depth, mode=mode, context=context, chunk=chunk,
                 batched=batched, base_axes=tuple(base_axes),
                 target_axis=target_axis)
