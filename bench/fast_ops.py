@@ -15,6 +15,7 @@ cover falls back to the library function.
 """
 
 import contextlib
+import functools
 
 import flax.linen as nn
 import jax
@@ -62,11 +63,13 @@ _conv_nhwc.defvjp(_conv_fwd, _conv_bwd)
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None,
                          feature_group_count=1, batch_group_count=1,
-                         precision=None, preferred_element_type=None):
+                         precision=None, preferred_element_type=None,
+                         min_channels=0):
   """`lax.conv_general_dilated` with a matmul kernel gradient when it can.
 
   Covered: 2-D, NHWC/HWIO, stride 1, 'SAME' padding (or the explicit pads it
-  means), no dilation, no groups. Everything else goes to lax unchanged.
+  means), no dilation, no groups, at least `min_channels` output channels.
+  Everything else goes to lax unchanged.
   """
   kh = rhs.shape[0] if rhs.ndim == 4 else None
   kw = rhs.shape[1] if rhs.ndim == 4 else None
@@ -81,7 +84,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
             and not any(d not in (None, 1) for d in (lhs_dilation or ()))
             and not any(d not in (None, 1) for d in (rhs_dilation or ()))
             and feature_group_count == 1 and batch_group_count == 1
-            and preferred_element_type is None)
+            and preferred_element_type is None
+            and rhs.shape[-1] >= min_channels)
   if not simple:
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
@@ -111,15 +115,24 @@ def max_pool(inputs, window_shape, strides=None, padding='VALID'):
 class _LaxProxy:
   """jax.lax with conv_general_dilated replaced (for flax.linen.linear)."""
 
+  def __init__(self, min_channels=0):
+    self.min_channels = min_channels
+
   def __getattr__(self, name):
     if name == 'conv_general_dilated':
-      return conv_general_dilated
+      return functools.partial(conv_general_dilated,
+                               min_channels=self.min_channels)
     return getattr(lax, name)
 
 
 @contextlib.contextmanager
-def patched_flax(conv=True, pool=True):
+def patched_flax(conv=True, pool=True, min_conv_channels=0):
   """Within the block, Flax convs and/or nn.max_pool use the functions above.
+
+  Only convs with >= `min_conv_channels` output channels get the matmul
+  kernel gradient. (The model's own MaxPool already pools by reshape + max
+  since parallelnet/models/common.py's `tiled_max_pool`; `pool` only matters
+  for other nn.max_pool callers.)
 
   Bench-only: it lets the benchmark trace the project's unmodified model with
   the proposed lowerings. Trace (jit's first call) inside the block.
@@ -127,7 +140,7 @@ def patched_flax(conv=True, pool=True):
   import flax.linen.linear as linear  # pylint: disable=g-import-not-at-top
   saved = linear.lax, nn.max_pool
   if conv:
-    linear.lax = _LaxProxy()
+    linear.lax = _LaxProxy(min_conv_channels)
   if pool:
     nn.max_pool = max_pool
   try:

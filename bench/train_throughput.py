@@ -65,9 +65,14 @@ class OursStep:
     self.batch = jax.device_put(batch)
     self.rng = jax.random.key(1)
     # Compiled here, so that bench/fast_ops.py's lowerings apply when asked.
-    with (bench_fast_ops.patched_flax(conv='conv' in fast_ops,
-                                      pool='pool' in fast_ops)
-          if fast_ops else contextlib.nullcontext()):
+    ops = set(fast_ops.split(',')) if fast_ops else set()
+    if ops - {'conv', 'wideconv', 'pool'}:
+      raise ValueError(f'--fast_ops={fast_ops!r}: expected a comma list of '
+                       'conv, wideconv, pool.')
+    with (bench_fast_ops.patched_flax(
+        conv=bool(ops & {'conv', 'wideconv'}), pool='pool' in ops,
+        min_conv_channels=0 if 'conv' in ops else WIDE)
+          if ops else contextlib.nullcontext()):
       self.step = step.lower(self.state, self.batch, self.rng).compile()
     self.params = models.count_params(self.state.params)
 
@@ -93,6 +98,7 @@ class KerasStep:
 
 
 FAST = 'ours + bench/fast_ops.py'
+WIDE = 64  # --fast_ops=wideconv: convs with >= WIDE output channels.
 
 
 def _sync(x):
@@ -128,23 +134,31 @@ def run_size(label, config, batch_size, rounds, warmup, keras_modes,
     fastest = min(fastest, common.time_call(fn, _sync))
   per_round = max(1, int(np.ceil(min_round_s / fastest)))
 
-  def repeat(fn):
+  # CPU seconds of this process per step: the work done, which other jobs on
+  # a shared machine move much less than the wall time.
+  cpu = {n: [] for n in contenders}
+
+  def repeat(name, fn):
     def run():
+      start = time.process_time()
       for _ in range(per_round):
-        out = fn()
+        out = _sync(fn())
+      cpu[name].append((time.process_time() - start) / per_round)
       return out
     return run
 
-  times = common.alternate({n: repeat(f) for n, f in contenders.items()},
+  times = common.alternate({n: repeat(n, f) for n, f in contenders.items()},
                            rounds, {n: _sync for n in contenders})
-  rows, eps = [], {}
+  rows, eps, cpu_med = [], {}, {}
   for name, ts in times.items():
     ts = [t / per_round for t in ts]
     med = common.median(ts)
     eps[name] = batch_size / med
+    cpu_med[name] = common.median(cpu[name])
     rows.append([label, name, batch_size, f'{counts[name]:,}',
-                 f'{min(ts):.3f}', f'{med:.3f}', f'{eps[name]:.2f}'])
-  return rows, eps
+                 f'{min(ts):.3f}', f'{med:.3f}', f'{cpu_med[name]:.3f}',
+                 f'{eps[name]:.2f}'])
+  return rows, eps, cpu_med
 
 
 def main(argv=None):
@@ -166,8 +180,11 @@ def main(argv=None):
                       '--quick (XLA was the slower Keras setting on CPU).')
   p.add_argument('--fast_ops', default='',
                  help='also time ours traced with bench/fast_ops.py\'s '
-                      'lowerings (a proposed model-side change): conv, pool '
-                      'or conv,pool.')
+                      'lowerings (a proposed model-side change), comma list: '
+                      'conv (matmul kernel gradient in every 3x3/1x1 conv), '
+                      'wideconv (only in convs with >= 64 output channels), '
+                      'pool (nn.max_pool as reshape + max; the model\'s '
+                      'MaxPool does this already).')
   p.add_argument('--no_row', action='store_true',
                  help='do not append a row to BENCHMARKS.md.')
   a = p.parse_args(argv)
@@ -189,8 +206,8 @@ def main(argv=None):
     else:
       raise ValueError(f'--sizes: unknown size {size!r}; use demo, paper.')
     label = f'{size} ({common.config_name(config)})'
-    r, eps = run_size(label, config, bs, rounds, warmup, keras_modes,
-                      a.fast_ops)
+    r, eps, cpu = run_size(label, config, bs, rounds, warmup, keras_modes,
+                           a.fast_ops)
     rows += r
     ours = eps.pop('ours (JAX/Flax)')
     fast = eps.pop(FAST, None)
@@ -200,11 +217,14 @@ def main(argv=None):
       ratios[size + ' with fast_ops'] = fast / eps[best_name]
       eps[FAST] = fast
     numbers.append(f'{size} b{bs}: ours {ours:.2f} ex/s, '
-                   + ', '.join(f'{n} {v:.2f}' for n, v in eps.items()))
+                   + ', '.join(f'{n} {v:.2f}' for n, v in eps.items())
+                   + '; median CPU s/step: '
+                   + ', '.join(f'{n} {v:.2f}' for n, v in cpu.items()))
 
   common.print_table(
       f'Training step throughput (forward+backward+Adam), {machine}',
-      ['size', 'framework', 'batch', 'params', 'best s/step', 'median s/step', 'ex/s'],
+      ['size', 'framework', 'batch', 'params', 'best s/step', 'median s/step',
+       'median CPU s/step', 'ex/s'],
       rows)
   print()
   for size, r in ratios.items():
