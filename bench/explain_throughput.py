@@ -14,10 +14,13 @@ otherwise freshly initialised: the speed is the same), at depth 2, 4 and 6 in
   (ii)   shap: `shap.PartitionExplainer` with a zeros masker
          (`shap.maskers.Partition` over the same 2 * 2**depth leaf players,
          absent = 0 = baseline, clustered as our hierarchy) on the same model
-         and target, with max_evals = our number of evaluations;
+         and target, with max_evals = our number of evaluations; its model
+         function is the same jitted masked forward, called with exactly
+         the rows shap asks for (each size compiled in the warm-up);
   (iii)  limit: evaluations x the per-example time of a plain batched forward
-         pass at its best batch size (no masking, no bookkeeping), timed
-         in alternating rounds with ours (medians of the rounds).
+         pass at its best batch size (no masking, no bookkeeping).
+Ours, (ii) and (iii)'s forward are timed in alternating rounds (medians of
+the rounds), so that they see the same load on a shared machine.
 Ratios: ours/limit time (target <= 1.25), ours/(i) and ours/(ii) speed
 (targets >= 20 and >= 5), and ours/(i') for the batching gain alone. Then the peak resident memory (VmHWM) of a fresh
 process that explains at depth 6 in exact mode with the default max_batch
@@ -77,13 +80,15 @@ def _block(tree):
 
 
 def time_ours(fn, jfn, images, specs, depth, mode, rounds, max_batch,
-              fwd_batch):
-  """(seconds per explanation, seconds per example of the plain forward).
+              fwd_batch, shap_run=None):
+  """Seconds per explanation of ours, per example of the forward, of shap.
 
-  Ours and the plain batched forward at `fwd_batch` (the best batch size)
-  are timed in alternating rounds and each takes its median round, so that
-  the limit and ours see the same machine load (a min over many more
-  forward timings than ours would bias the ratio on a shared machine).
+  Ours, the plain batched forward at `fwd_batch` (the best batch size) and,
+  when given, shap (`shap_run`, already warmed up: (callable, examples)) are
+  timed in alternating rounds and each takes its median round, so that all
+  see the same machine load (a min over many more forward timings than
+  ours, or shap timed at another moment, biases the ratios on a shared
+  machine). Short cases get more rounds (>= 1 s of ours in all, <= 5x).
   """
   from explain import dncshap_batch  # pylint: disable=g-import-not-at-top
   run = lambda: dncshap_batch(fn, images, specs, depth=depth, mode=mode,
@@ -93,10 +98,17 @@ def time_ours(fn, jfn, images, specs, depth, mode, rounds, max_batch,
   fwd = lambda: jfn(x, y)
   _block(run())  # Compile.
   _block(fwd())
-  times = common.alternate(dict(ours=run, fwd=fwd), rounds,
-                           dict(ours=_block, fwd=_block))
+  once = common.time_call(run, _block)
+  rounds = max(rounds, min(5 * rounds, int(np.ceil(1.0 / max(once, 1e-3)))))
+  contenders = dict(ours=run, fwd=fwd)
+  if shap_run is not None:
+    contenders['shap'] = shap_run[0]
+  times = common.alternate(contenders, rounds,
+                           {name: _block for name in contenders})
+  shap_s = (common.median(times['shap']) / shap_run[1]
+            if shap_run is not None else float('nan'))
   return (common.median(times['ours']) / images.shape[0],
-          common.median(times['fwd']) / fwd_batch)
+          common.median(times['fwd']) / fwd_batch, shap_s)
 
 
 def masked_batch(images, specs, depth, num, seed=1):
@@ -189,8 +201,12 @@ def _linkage(num_leaves):
 _SHAP_FNS = {}
 
 
-def time_shap(jfn, images, specs, depth, evals, target, num_examples):
-  """Seconds per explanation of shap's PartitionExplainer; rows evaluated."""
+def prepare_shap(jfn, images, specs, depth, evals, target, num_examples):
+  """((run, num_examples), rows): shap's PartitionExplainer, warmed up.
+
+  `run()` explains the first `num_examples` examples; `rows` is [model rows
+  evaluated, runs] since the warm-up.
+  """
   import shap  # pylint: disable=g-import-not-at-top
   from explain.dncshap import leaf_id_map  # pylint: disable=g-import-not-at-top
   leaves = 2**depth
@@ -232,13 +248,14 @@ def time_shap(jfn, images, specs, depth, evals, target, num_examples):
   for f in fns:
     shap.PartitionExplainer(f, masker)(
         x, max_evals=evals, batch_size=DEFAULT_MAX_BATCH, silent=True)
-  rows[0] = 0
-  start = time.perf_counter()
-  for f in fns:
-    shap.PartitionExplainer(f, masker)(
-        x, max_evals=evals, batch_size=DEFAULT_MAX_BATCH, silent=True)
-  seconds = (time.perf_counter() - start) / num_examples
-  return seconds, rows[0] / num_examples
+  rows[:] = [0, 0]
+
+  def run():
+    rows[1] += 1
+    for f in fns:
+      shap.PartitionExplainer(f, masker)(
+          x, max_evals=evals, batch_size=DEFAULT_MAX_BATCH, silent=True)
+  return (run, num_examples), rows
 
 
 def memory_child(config_arg, depth, mode, examples):
@@ -321,18 +338,20 @@ def main(argv=None):
   for depth in [int(d) for d in depths.split(',')]:
     for mode in a.modes.split(','):
       evals = num_evaluations(depth, mode)
-      ours, fwd_round = time_ours(fn, jfn, images, specs, depth, mode, reps,
-                                  a.max_batch, fwd_b)
+      shap_run, shap_counter = None, None
+      if not a.no_shap:
+        shap_run, shap_counter = prepare_shap(jfn, images, specs, depth,
+                                              evals, target, shap_examples)
+      ours, fwd_round, shap_s = time_ours(fn, jfn, images, specs, depth, mode,
+                                          reps, a.max_batch, fwd_b, shap_run)
       limit = evals * fwd_round
+      shap_rows = float('nan')
+      if shap_counter is not None:  # Rows per explanation over the rounds.
+        shap_rows = shap_counter[0] / (shap_counter[1] * shap_examples)
       per_call, sampled = time_per_call(jfn, images, specs, depth, evals,
                                         max_calls)
       keras_call = time_keras_per_call(config, images, specs, depth, evals,
                                        keras_calls)
-      if a.no_shap:
-        shap_s, shap_rows = float('nan'), float('nan')
-      else:
-        shap_s, shap_rows = time_shap(jfn, images, specs, depth, evals,
-                                      target, shap_examples)
       r = dict(depth=depth, mode=mode, evals=evals, ours=1 / ours,
                keras_call=1 / keras_call, per_call=1 / per_call,
                shap=1 / shap_s, limit=1 / limit, vs_limit=ours / limit,
