@@ -74,6 +74,17 @@ def conv1x1(features: int, dtype: Any, name: str) -> nn.Conv:
                  param_dtype=jnp.float32, name=name)
 
 
+def _bn_flatten_dense(x, train: bool, branch: nn.Module):
+  """The tail N1 and N2 share: BatchNorm, Flatten, Dense(feature_dim).
+
+  Called inside a branch's compact __call__, so 'bn' and 'dense' become that
+  branch's submodules. Flatten keeps Keras' (h, w, c) order.
+  """
+  x = batch_norm(train, branch.dtype, 'bn', momentum=branch.bn_momentum)(x)
+  x = x.reshape(x.shape[0], -1)
+  return dense(branch.feature_dim, branch.dtype, 'dense')(x)
+
+
 class ConvBranch(nn.Module):
   """N1: three VGG-style blocks of two 3x3 convs, BatchNorm, Flatten, Dense."""
 
@@ -86,9 +97,7 @@ class ConvBranch(nn.Module):
   def __call__(self, x, train: bool):
     x = vgg.VGG(blocks=((64, 2), (128, 2), (256, 2)), width=self.width,
                 dtype=self.dtype, name='convs')(x)
-    x = batch_norm(train, self.dtype, 'bn', momentum=self.bn_momentum)(x)
-    x = x.reshape(x.shape[0], -1)  # Keras Flatten order: (h, w, c).
-    return dense(self.feature_dim, self.dtype, 'dense')(x)
+    return _bn_flatten_dense(x, train, self)
 
 
 class BackboneBranch(nn.Module):
@@ -104,9 +113,7 @@ class BackboneBranch(nn.Module):
   def __call__(self, x, train: bool):
     x = backbones.get_backbone(self.backbone, self.width, self.dtype,
                                module_name='backbone')(x, train)
-    x = batch_norm(train, self.dtype, 'bn', momentum=self.bn_momentum)(x)
-    x = x.reshape(x.shape[0], -1)
-    return dense(self.feature_dim, self.dtype, 'dense')(x)
+    return _bn_flatten_dense(x, train, self)
 
 
 class Head(nn.Module):
