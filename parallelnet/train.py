@@ -294,6 +294,9 @@ class _LoggingOnlyWriter:
     logging.info('[%d] %s', step, ', '.join(
         f'{k}={float(v):.6g}' for k, v in sorted(scalars.items())))
 
+  def write_images(self, step, images):
+    del step, images  # Nothing to show without TensorBoard.
+
   def flush(self):
     pass
 
@@ -370,6 +373,12 @@ def _write_eval_outputs(config, workdir, cm, step, split, writer=None):
     if writer is not None:
       writer.write_scalars(int(step), {f'{split}/{k}': summary[k]
                                        for k in METRIC_KEYS})
+      # The same figure in TensorBoard's Images tab (uint8 RGB, batch of 1).
+      import matplotlib.image  # pylint: disable=g-import-not-at-top
+      png = matplotlib.image.imread(
+          os.path.join(workdir, 'confusion_matrix.png'))[..., :3]
+      writer.write_images(int(step), {
+          f'{split}/confusion_matrix': (png[None] * 255).astype(np.uint8)})
       writer.flush()
   logging.info('%s metrics at checkpoint step %d: accuracy %.4f, macro-F1 '
                '%.4f, kappa %.4f, confusion %s', split, step,

@@ -133,6 +133,13 @@ def test_cross_validate_reports_mean_and_std_over_folds(tmp_path):
                            .read_text())[k] for i in range(2)]
     assert result[k]['mean'] == pytest.approx(np.mean(per_fold))
     assert result[k]['std'] == pytest.approx(np.std(per_fold))
+  # TensorBoard gets the test metrics and the confusion-matrix figure.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tags = set()
+  for events in (tmp_path / 'fold_0').glob('events.out.tfevents.*'):
+    for event in tf.compat.v1.train.summary_iterator(str(events)):
+      tags.update(v.tag for v in event.summary.value)
+  assert {'test/accuracy', 'test/confusion_matrix'} <= tags, tags
 
 
 def _run(args, env):
