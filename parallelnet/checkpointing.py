@@ -13,8 +13,14 @@ train-loss sums and `model_config`, the fields that fix the parameter shapes
 (compared on restore, so a checkpoint of another model is refused by name).
 Two managers rather than one with `best_fn`: a best_fn manager with
 max_to_keep=1 would delete the latest checkpoint whenever it is not the best.
+
+Beside them, `<workdir>/config.json` holds the full config the run trained
+with (written by training), so a workdir alone can be restored with its own
+preprocessing: `restore_from_workdir(workdir)` (dataset construction's
+teachers use it).
 """
 
+import json
 import os
 from typing import Any
 
@@ -22,6 +28,8 @@ from absl import logging
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+
+from input_pipeline import errors
 
 from parallelnet import mesh as mesh_lib
 
@@ -158,3 +166,62 @@ def restore_for_inference(config: ml_collections.ConfigDict, workdir: str,
     ckpts.close()
   return model, {'params': tree['params'],
                  'batch_stats': tree['batch_stats']}, step
+
+
+CONFIG_FILE = 'config.json'
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str):
+  """Writes the full `config` to `<workdir>/config.json` (process 0 only).
+
+  Atomic (temporary file, then rename): a reader never sees half a file.
+  """
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, CONFIG_FILE)
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    f.write(config.to_json(indent=2, sort_keys=True))
+    f.write('\n')
+  os.replace(tmp, path)
+
+
+def _merge(base: dict, saved: dict) -> dict:
+  out = dict(base)
+  for k, v in saved.items():
+    out[k] = (_merge(base[k], v) if isinstance(v, dict)
+              and isinstance(base.get(k), dict) else v)
+  return out
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir was trained with, from its config.json.
+
+  Every saved field wins; fields that the current code knows but the file
+  lacks (added after the run) take configs/parallelnet.py's defaults.
+  """
+  from configs import parallelnet as default_config  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise errors.UserError(
+        f'No {CONFIG_FILE} in {workdir!r}: it is not a training workdir of '
+        'this codebase, or it was trained before training wrote its config. '
+        f'Train it with main.py, or write its config there as {CONFIG_FILE}.')
+  try:
+    with open(path, encoding='utf-8') as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise errors.UserError(f'{path} is not readable JSON ({e}).') from e
+  if not isinstance(saved, dict):
+    raise errors.UserError(f'{path} does not hold a config object.')
+  return ml_collections.ConfigDict(
+      _merge(default_config.get_config().to_dict(), saved))
+
+
+def restore_from_workdir(workdir: str, which: str = 'best'):
+  """(config, model, {'params', 'batch_stats'}, step) from a workdir alone,
+  using the config it was trained with (its config.json)."""
+  config = read_config(workdir)
+  model, variables, step = restore_for_inference(config, workdir, which)
+  return config, model, variables, step

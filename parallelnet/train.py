@@ -412,6 +412,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   model = models.get_model(config)
   ckpts = checkpointing.Checkpoints(workdir, config)
   ckpts.restore_meta('latest')  # Refuse another model's workdir up front.
+  # The full config, so the workdir alone can be restored (teachers, §3.1).
+  checkpointing.write_config(config, workdir)
   steps = Steps(config, mesh)
   abstract = abstract_checkpoint_tree(config, model, mesh)
   writer = _writer(workdir)

@@ -94,6 +94,15 @@ def test_nan_guard_mismatch_refusal_and_restore(tmp_path):
   model, variables, step = checkpointing.restore_for_inference(
       config, workdir, 'latest')
   assert step == 4
+  # The workdir alone restores too: training wrote its full config.
+  saved, _, v_alone, step_alone = checkpointing.restore_from_workdir(
+      workdir, 'latest')
+  assert step_alone == 4 and saved.model.to_dict() == config.model.to_dict()
+  assert list(saved.dataset.classes) == list(config.dataset.classes)
+  assert saved.train.learning_rate == config.train.learning_rate
+  jax.tree.map(np.testing.assert_array_equal, v_alone, variables)
+  with pytest.raises(checkpointing.errors.UserError, match='No config.json'):
+    checkpointing.read_config(str(tmp_path))
   assert all(np.isfinite(x).all()
              for x in jax.tree.leaves(variables['params']))
   logits, _ = model.apply(variables, *models.dummy_inputs(config, 2),

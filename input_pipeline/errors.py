@@ -1,0 +1,5 @@
+"""Errors that are the user's to fix: main.py prints them as one line, no traceback."""
+
+
+class UserError(Exception):
+  """A mistake in the user's input, config or files; the message names it and the fix."""
