@@ -26,6 +26,7 @@ from typing import Any
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -110,17 +111,26 @@ class Checkpoints:
                        str(mgr.directory / str(step)))
     return step, meta
 
-  def restore(self, which: str, abstract_state, step: int | None = None):
+  def restore(self, which: str, abstract_state, step: int | None = None, *,
+              partial: bool = False):
     """(state_tree, meta) of the `which` checkpoint, or (None, None).
 
     `abstract_state` gives structure, shapes, dtypes and shardings (e.g.
-    `jax.eval_shape` output with `.sharding` set).
+    `jax.eval_shape` output with `.sharding` set). With `partial`, it may
+    name a subset of the saved top-level entries; only those are read.
     """
     step, meta = self.restore_meta(which, step)
     if step is None:
       return None, None
+    if partial:
+      args = ocp.args.PyTreeRestore(
+          abstract_state, partial_restore=True,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(
+              abstract_state))
+    else:
+      args = ocp.args.StandardRestore(abstract_state)
     state = self.managers[which].restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state)))['state']
+        state=args))['state']
     logging.info('Restored %s checkpoint at step %d.', which, step)
     return state, meta
 
@@ -140,23 +150,40 @@ def abstract_with_sharding(tree, sharding):
       tree)
 
 
+def abstract_inference_tree(config, model, mesh) -> dict:
+  """ShapeDtypeStructs (replicated on `mesh`) of the checkpoint entries that
+  inference reads: step, params, batch_stats. They depend on the model only,
+  not on the optimizer, so this module needs nothing from train.py (which
+  imports this one: the dependency is one-way)."""
+  from parallelnet import models  # pylint: disable=g-import-not-at-top
+
+  def make():
+    variables = models.init_variables(model, config, jax.random.key(0),
+                                      load_pretrained=False)
+    return dict(step=jnp.zeros((), jnp.int32), params=variables['params'],
+                batch_stats=variables['batch_stats'])
+
+  return abstract_with_sharding(jax.eval_shape(make), mesh_lib.replicated(mesh))
+
+
 def restore_for_inference(config: ml_collections.ConfigDict, workdir: str,
                           which: str = 'best'):
   """(model, {'params', 'batch_stats'}, step) from a training workdir.
 
+  Reads only step, params and batch_stats (an orbax partial restore): the
+  optimizer state's layout (e.g. train.trunk_lr_multiplier) does not matter.
   Raises FileNotFoundError when `workdir` holds no `which` checkpoint and
   ValueError when it was written for another model configuration.
   """
   from parallelnet import models  # pylint: disable=g-import-not-at-top
-  from parallelnet import train  # pylint: disable=g-import-not-at-top
   if which not in ('best', 'latest'):
     raise ValueError(f'which={which!r}; expected "best" or "latest".')
   model = models.get_model(config)
   mesh = mesh_lib.make_mesh()
-  abstract = train.abstract_checkpoint_tree(config, model, mesh)
+  abstract = abstract_inference_tree(config, model, mesh)
   ckpts = Checkpoints(workdir, config, async_save=False)
   try:
-    tree, _ = ckpts.restore(which, abstract)
+    tree, _ = ckpts.restore(which, abstract, partial=True)
     if tree is None:
       raise FileNotFoundError(
           f'No {which!r} checkpoint under {os.path.join(workdir, "checkpoints")}'

@@ -196,3 +196,17 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path):
   _, v_killed, _ = checkpointing.restore_for_inference(cfg, str(killed))
   for x, y in zip(jax.tree.leaves(v_full), jax.tree.leaves(v_killed)):
     np.testing.assert_array_equal(x, y)
+
+
+def test_checkpointing_does_not_import_train():
+  """train imports checkpointing, never the reverse (DESIGN.md): a fresh
+  interpreter that imports checkpointing and restores nothing has no train."""
+  out = subprocess.run(
+      [sys.executable, '-c',
+       'import ast, inspect, sys; from parallelnet import checkpointing; '
+       'tree = ast.parse(inspect.getsource(checkpointing)); '
+       'names = [a.name for n in ast.walk(tree) '
+       'if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names]; '
+       'print("train" in names, "parallelnet.train" in sys.modules)'],
+      capture_output=True, text=True, cwd=os.path.dirname(HERE), check=True)
+  assert out.stdout.split() == ['False', 'False'], out.stdout
