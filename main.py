@@ -1,4 +1,4 @@
-"""ParallelNet-JAX entry point.
+r"""ParallelNet-JAX entry point.
 
   python main.py --config=configs/parallelnet.py --workdir=/tmp/pn --mode=summary
   python main.py --config=configs/demo.py --workdir=/tmp/demo
@@ -6,7 +6,16 @@
       --config.dataset.manual_dir=/data/iitr_sier --config.train.batch_size=128
 
 Each mode calls one library function, so tests and notebooks can call the same.
+Mistakes in flags, configs and input files end in one line on stderr and exit
+code 1; --verbose (or PARALLELNET_VERBOSE=1) adds the traceback.
 """
+
+import os
+import sys
+import traceback
+
+# TensorFlow's C++ INFO lines (oneDNN notices) on import; TF only feeds data.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
 
 from absl import app
 from absl import flags
@@ -33,6 +42,10 @@ _NUM_PROCESSES = flags.DEFINE_integer(
     'num_processes', None, 'Number of processes in a multi-process run.')
 _PROCESS_ID = flags.DEFINE_integer(
     'process_id', None, 'This process\'s index in a multi-process run.')
+
+_VERBOSE = flags.DEFINE_bool(
+    'verbose', False, 'Show the traceback of errors that are the user\'s to '
+    'fix (also PARALLELNET_VERBOSE=1).')
 
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -77,5 +90,76 @@ def main(argv):
       explain_run.explain_dataset(config, workdir)
 
 
+# ------------------------------------------------------------- user errors --
+
+_HELP_FLAGS = ('-h', '-?', '--help', '--helpshort', '--helpfull', '--helpxml')
+
+
+def _verbose(argv=()):
+  if os.environ.get('PARALLELNET_VERBOSE', '') not in ('', '0'):
+    return True
+  if flags.FLAGS.is_parsed():
+    return flags.FLAGS.verbose
+  return '--verbose' in argv
+
+
+def _fail(message, argv=()):
+  """Prints a user error on stderr (traceback only if verbose); exit 1."""
+  if _verbose(argv):
+    traceback.print_exc()
+  else:
+    message += '\n(--verbose or PARALLELNET_VERBOSE=1 shows the traceback.)'
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(1)
+
+
+def _innermost_text(e):
+  """The message of an exception that wraps others in its args (ml-collections
+  raises AttributeError(KeyError("'x'\\nDid you mean ...")))."""
+  while e.args and isinstance(e.args[0], BaseException):
+    e = e.args[0]
+  return str(e.args[0]) if e.args else str(e)
+
+
+def _parse_flags(argv):
+  """absl's flag parsing, with config-file and override mistakes as user
+  errors and --help exiting 0."""
+  try:
+    args = app.parse_flags_with_usage(argv)
+  except SystemExit as e:
+    if e.code == 1 and any(a.split('=')[0] in _HELP_FLAGS for a in argv[1:]):
+      sys.exit(0)
+    raise
+  except (AttributeError, KeyError) as e:
+    # An unknown field in a --config.* override (ml-collections raises
+    # AttributeError(KeyError("'field'\\nDid you mean ..."))). Anything else
+    # (a bug in a config file) keeps its traceback.
+    lines = _innermost_text(e).split('\n')
+    key = lines[0].strip('\'"')
+    culprits = [a for a in argv[1:] if a.startswith('--config.')
+                and key in a.split('=')[0].split('.')]
+    if not culprits:
+      raise
+    lines[0] = f'no config field {key!r}.'
+    _fail(' '.join(culprits) + ': ' + '\n'.join(lines), argv)
+  try:  # ml-collections defers a config file's load error to its first use.
+    flags.FLAGS['config'].value.keys()
+  except OSError as e:
+    path = flags.FLAGS['config'].config_filename
+    reason = ('no such file' if not os.path.exists(path.split(':')[0])
+              else str(e).strip().split('\n')[-1].strip())
+    _fail(f'--config={path}: cannot load the config file ({reason}).', argv)
+  return args
+
+
+def run():
+  """app.run(main) where user errors print one line instead of a traceback."""
+  from input_pipeline.errors import UserError  # pylint: disable=g-import-not-at-top
+  try:
+    app.run(main, flags_parser=_parse_flags)
+  except UserError as e:
+    _fail(str(e), sys.argv)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  run()

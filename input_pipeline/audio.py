@@ -13,10 +13,12 @@ import librosa
 import numpy as np
 import soundfile as sf
 
+from input_pipeline.errors import UserError
+
 TOP_DB = 80.0  # Dynamic range kept by power_to_db; also the [0, 1] scale.
 
 
-class AudioError(ValueError):
+class AudioError(UserError, ValueError):
   """A clip that cannot be used; the message is the reason shown to users."""
 
 

@@ -5,11 +5,13 @@ import os
 import numpy as np
 from PIL import Image
 
+from input_pipeline.errors import UserError
+
 # Keras vgg16.preprocess_input 'caffe' mode: BGR channel means (0-255 scale).
 CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], np.float32)
 
 
-class ImageError(ValueError):
+class ImageError(UserError, ValueError):
   """An image that cannot be used; the message is the reason shown to users."""
 
 

@@ -303,11 +303,11 @@ def preprocess_pair(config, image_path, audio_path):
   try:
     raw = image_lib.load_image(image_path, int(config.input.image_size))
   except image_lib.ImageError as e:
-    raise ValueError(f'{image_path}: {e}') from e
+    raise image_lib.ImageError(f'image {image_path}: {e}') from e
   try:
     spec, wav = audio_lib.load_spectrogram(audio_path, config.input)
   except audio_lib.AudioError as e:
-    raise ValueError(f'{audio_path}: {e}') from e
+    raise audio_lib.AudioError(f'audio {audio_path}: {e}') from e
   # float16 round trip: the same values the built dataset stores.
   spec = spec.astype(np.float16).astype(np.float32)
   return dict(image=image_lib.scale_image(raw, config.input.image_scaling),

@@ -1,0 +1,99 @@
+"""A small progress line for long steps (builds, epochs, explanations, folds).
+
+`Progress(total, 'building train')` and `.update(n)` print
+`building train: 120/450 (27%)  31.2/s  0:00:10 left` to stderr at most every
+`interval_s` seconds (and once at the end), on one line rewritten in place when
+stderr is a terminal and as separate lines otherwise, so logs stay short.
+Hand-rolled rather than tqdm: tqdm is not a pinned dependency, and this is
+the one format every mode shares. Only process 0 prints in multi-process runs
+(callers pass `enabled=jax.process_index() == 0`).
+"""
+
+import sys
+import time
+
+
+def format_seconds(seconds):
+  """H:MM:SS for a non-negative number of seconds."""
+  seconds = int(max(seconds, 0))
+  return f'{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
+
+
+class Progress:
+  """done/total, rate per second and time left, throttled, on stderr."""
+
+  def __init__(self, total, desc, *, unit='', interval_s=10.0, stream=None,
+               enabled=True, clock=time.monotonic):
+    self.total = int(total) if total else 0
+    self.desc = desc
+    self.unit = unit
+    self.interval_s = float(interval_s)
+    self.stream = stream if stream is not None else sys.stderr
+    self.enabled = enabled
+    self._clock = clock
+    self.done = 0
+    self._start = clock()
+    self._last = None  # Time of the last printed line.
+    self._tty = bool(getattr(self.stream, 'isatty', lambda: False)())
+    self._closed = False
+    self._printed = -1  # `done` at the last printed line; -1: none yet.
+
+  def line(self):
+    """The current progress text (no newline)."""
+    elapsed = max(self._clock() - self._start, 1e-9)
+    rate = self.done / elapsed
+    unit = f' {self.unit}' if self.unit else ''
+    if self.total:
+      pct = 100.0 * self.done / self.total
+      text = f'{self.desc}: {self.done}/{self.total}{unit} ({pct:.0f}%)'
+    else:
+      text = f'{self.desc}: {self.done}{unit}'
+    text += f'  {rate:.3g}/s'
+    if self.total and self.done < self.total and rate > 0:
+      text += f'  {format_seconds((self.total - self.done) / rate)} left'
+    elif self.done >= self.total > 0 or self._closed:
+      text += f'  {format_seconds(elapsed)} total'
+    return text
+
+  def update(self, n=1):
+    """Adds n done items; prints if interval_s passed since the last line."""
+    self.done += n
+    now = self._clock()
+    if self._last is None:
+      # The first line waits one interval too: short steps print nothing
+      # until they finish.
+      self._last = self._start
+    if now - self._last >= self.interval_s:
+      self._print()
+      self._last = now
+
+  def close(self, always=False):
+    """Prints the final line, if a progress line was printed before (a step
+    shorter than interval_s stays silent) or `always`; once."""
+    if self._closed:
+      return
+    self._closed = True
+    if (self._printed >= 0 or always) and self._printed != self.done:
+      self._print(final=True)
+    elif self._tty and self._printed >= 0:
+      self.stream.write('\n')
+
+  def _print(self, final=False):
+    if not self.enabled:
+      return
+    self._printed = self.done
+    if self._tty:
+      self.stream.write('\r' + self.line() + ('\n' if final else ''))
+    else:
+      self.stream.write(self.line() + '\n')
+    self.stream.flush()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    if exc[0] is None:
+      self.close()
+    elif self._tty and self._printed >= 0:
+      self.stream.write('\n')
+    return False
