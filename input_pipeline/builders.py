@@ -57,8 +57,9 @@ MANIFEST_LAYOUT = """
 Put every file under one folder with a `manifest.csv` whose header is
 `id,image,audio,label` plus optional `split` (train|validation|test), `text`
 and any other columns. `image` and `audio` are paths relative to the folder
-(they may not leave it): JPEG/PNG images (RGB, RGBA or grayscale) and
-WAV/FLAC/OGG audio (any rate, mono or stereo; MP3 if a decoder is installed).
+(they may not leave it): single-frame images in any format and mode PIL
+reads (JPEG, PNG, WebP, BMP, TIFF; input_pipeline/image.py gives the rules)
+and WAV/FLAC/OGG/MP3 audio (any rate, any number of channels).
 `label` is one of: {classes}. Point `config.dataset.manual_dir` (or
 `tfds build --manual_dir`) at the folder.
 """
@@ -177,8 +178,7 @@ def _decode_row(row, settings):
   ic = _InputSettings(settings)
   reasons = []
   try:
-    img = image_lib.load_image(row['image'], settings['image_size'])
-    h, w = image_lib.image_size_of(row['image'])
+    img, (h, w) = image_lib.decode_image(row['image'], settings['image_size'])
   except image_lib.ImageError as e:
     reasons.append(f'image: {e}')
   try:

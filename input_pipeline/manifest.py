@@ -1,8 +1,8 @@
 """The on-disk dataset contract: a folder with manifest.csv (issue 3).
 
 Header: `id,image,audio,label` plus optional `split` (train | validation |
-test), `text`, `image_cue_box` ("y0 x0 y1 x1", pixels of the stored image),
-`speech_cue_span` ("t0 t1", seconds) and any extra columns (kept, unused).
+test), `text`, `image_cue_box` ("y0 x0 y1 x1", pixels of the image as
+displayed, i.e. after its EXIF orientation), `speech_cue_span` ("t0 t1", seconds) and any extra columns (kept, unused).
 Paths are relative to the folder and may not leave it. Labels must be one of
 `config.dataset.classes`.
 
