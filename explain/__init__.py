@@ -4,6 +4,7 @@ The driver (`explain.run`) imports the model and pipeline packages, so it is
 not imported here: `import explain` stays free of the rest of the project.
 """
 
+from explain.dncshap import average_explanations
 from explain.dncshap import dncshap
 from explain.dncshap import dncshap_batch
 from explain.dncshap import Explanation

@@ -643,3 +643,45 @@ def _explain(fn, image, spectrogram, *, depth, mode, baseline, target,
       node_values=out['node_values'],
       num_evaluations=num_evaluations(depth, mode),
       depth=depth, mode=mode, context=context)
+
+
+def average_explanations(explanations) -> Explanation:
+  """The mean of explanations of the same inputs under different baselines.
+
+  SHAP's interventional explainers average over a background set of
+  baselines; this is that average for DnCShap. Every field is averaged
+  (target and probability do not depend on the baseline: they come from the
+  unmasked input); efficiency survives it, since each explanation's node
+  values sum to probability - its baseline_probability, so the mean ones sum
+  to probability - the mean baseline_probability. num_evaluations is the
+  total over the explanations: K baselines cost K times one.
+  """
+  explanations = list(explanations)
+  if not explanations:
+    raise ValueError('average_explanations needs at least one explanation.')
+  first = explanations[0]
+  for e in explanations[1:]:
+    if (e.depth, e.mode, e.context) != (first.depth, first.mode,
+                                         first.context):
+      raise ValueError('average_explanations: explanations differ in depth, '
+                       'mode or context.')
+    if not np.array_equal(np.asarray(e.target), np.asarray(first.target)):
+      raise ValueError('average_explanations: explanations explain different '
+                       'target classes; pass target= to fix it.')
+  mean = lambda *xs: functools.reduce(jnp.add, xs) / len(xs)
+  return dataclasses.replace(
+      first,
+      baseline_probability=mean(*[e.baseline_probability
+                                  for e in explanations]),
+      modality_scores=mean(*[e.modality_scores for e in explanations]),
+      image_map=mean(*[e.image_map for e in explanations]),
+      speech_map=mean(*[e.speech_map for e in explanations]),
+      image_regions=Regions(
+          mean(*[e.image_regions.values for e in explanations]),
+          first.image_regions.boxes),
+      speech_regions=Regions(
+          mean(*[e.speech_regions.values for e in explanations]),
+          first.speech_regions.boxes),
+      node_values=tuple(mean(*level) for level in zip(
+          *[e.node_values for e in explanations])),
+      num_evaluations=sum(e.num_evaluations for e in explanations))

@@ -12,16 +12,19 @@ Writes under `<workdir>/explain/`:
 Only this module of `explain/` imports the rest of the project.
 """
 
+import dataclasses
 import json
 import os
 import re
 import time
+from typing import Optional
 
 from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from explain.dncshap import average_explanations
 from explain.dncshap import dncshap
 from explain.dncshap import dncshap_batch
 from explain.dncshap import num_evaluations
@@ -39,6 +42,139 @@ def probability_fn(model, variables):
     logits, _ = model.apply(variables, images, spectrograms, train=False)
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
   return jax.tree_util.Partial(probs, variables)
+
+
+# --------------------------------------------------------------------------
+# Baselines: what an absent player takes (config.explain.baseline).
+# --------------------------------------------------------------------------
+
+BASELINES = ('zeros', 'mean', 'blur', 'background')
+
+
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+  """The values absent players take, resolved from config.explain.baseline.
+
+  name: 'zeros' | 'mean' | 'blur' | 'background' | the .npz path.
+  images, spectrograms: (K, H, W, 3), (K, T, F, 1) fixed baselines (K = 1
+    for 'mean' and an .npz, K = background_size for 'background'); None for
+    'zeros' (the core's default) and 'blur' (made from each input).
+  blur_sigma: Gaussian sigma, in array cells along both axes, for 'blur'.
+  """
+  name: str
+  images: Optional[np.ndarray] = None
+  spectrograms: Optional[np.ndarray] = None
+  blur_sigma: float = 0.0
+
+  @property
+  def num_baselines(self):
+    """Explanations averaged per example: the cost multiplier."""
+    return 1 if self.images is None else int(self.images.shape[0])
+
+
+def blur(x, sigma):
+  """Gaussian blur of a batch (E, A, B, C) along A and B (each channel
+  alone): rows/columns of an image, time/mel bins of a spectrogram."""
+  import scipy.ndimage  # pylint: disable=g-import-not-at-top
+  x = np.asarray(x, np.float32)
+  return scipy.ndimage.gaussian_filter(x, sigma=(0, sigma, sigma, 0),
+                                       mode='nearest').astype(np.float32)
+
+
+def load_baseline_npz(path, image_shape, speech_shape):
+  """(image, spectrogram) baselines from an .npz with keys image and
+  spectrogram of the model's input shapes; never unpickles."""
+  from input_pipeline.errors import UserError  # pylint: disable=g-import-not-at-top
+  if not os.path.isfile(path):
+    raise UserError(f'config.explain.baseline: {path} is not a file; give '
+                    f'zeros, mean, blur, background or an existing .npz.')
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      arrays = {k: data[k] for k in data.files}
+  except Exception as e:  # Re-raised naming the file: corrupt, pickled, ...
+    raise UserError(f'{path}: cannot read it as an .npz of plain arrays '
+                    f'({e}).') from e
+  out = []
+  for key, want in (('image', tuple(image_shape)),
+                    ('spectrogram', tuple(speech_shape))):
+    if key not in arrays:
+      raise UserError(f'{path}: no array {key!r} (it holds '
+                      f'{sorted(arrays)}); a baseline .npz needs image '
+                      f'{tuple(image_shape)} and spectrogram '
+                      f'{tuple(speech_shape)}.')
+    a = arrays[key]
+    if a.shape != want or not np.issubdtype(a.dtype, np.number):
+      raise UserError(f'{path}: {key!r} has shape {a.shape} ({a.dtype}); the '
+                      f'model takes {want} numbers.')
+    out.append(a.astype(np.float32))
+  return tuple(out)
+
+
+def make_baseline(config, image_shape, speech_shape, *, train=None):
+  """Resolves config.explain.baseline into a `Baseline`.
+
+  'mean' and 'background' read the training split (`train`: the dict of
+  `input_pipeline.load_examples` to reuse, else loaded here): the per-pixel
+  mean input, or background_size examples drawn without replacement with
+  config.seed.
+  """
+  from input_pipeline.errors import UserError  # pylint: disable=g-import-not-at-top
+  c = config.explain
+  name = str(c.baseline)
+  if name == 'zeros':
+    return Baseline('zeros')
+  if name == 'blur':
+    sigma = float(c.blur_sigma)
+    if not sigma > 0:
+      raise UserError(f'config.explain.blur_sigma={c.blur_sigma!r}; it must '
+                      f'be > 0 for baseline=blur.')
+    return Baseline('blur', blur_sigma=sigma)
+  if name in ('mean', 'background'):
+    if train is None:
+      import input_pipeline  # pylint: disable=g-import-not-at-top
+      train = input_pipeline.load_examples(config, 'train', None)
+    images = np.asarray(train['image'], np.float32)
+    speech = np.asarray(train['spectrogram'], np.float32)
+    if name == 'mean':
+      return Baseline('mean', images.mean(0, keepdims=True),
+                      speech.mean(0, keepdims=True))
+    k = int(c.background_size)
+    if not 1 <= k <= len(images):
+      raise UserError(f'config.explain.background_size={k}; it must be in '
+                      f'[1, {len(images)}] (the training split\'s size).')
+    pick = np.sort(np.random.default_rng(config.seed).choice(
+        len(images), k, replace=False))
+    return Baseline('background', images[pick], speech[pick])
+  if name.endswith('.npz') or os.sep in name:
+    image, speech = load_baseline_npz(name, image_shape, speech_shape)
+    return Baseline(name, image[None], speech[None])
+  raise UserError(f'config.explain.baseline={name!r}; expected one of '
+                  f'{", ".join(BASELINES)} or a path to an .npz with image '
+                  f'and spectrogram arrays.')
+
+
+def explain_batch(fn, images, spectrograms, baseline, *, depth, mode,
+                  context='absent', key=None, max_batch=256, target=None):
+  """`dncshap_batch` with a `Baseline`: blur made per input, a background
+  explained once per baseline and averaged (K times the evaluations)."""
+  kwargs = dict(depth=depth, mode=mode, context=context, max_batch=max_batch)
+  if baseline.name == 'zeros':
+    return dncshap_batch(fn, images, spectrograms, key=key, target=target,
+                         **kwargs)
+  if baseline.name == 'blur':
+    pair = (blur(images, baseline.blur_sigma),
+            blur(spectrograms, baseline.blur_sigma))
+    return dncshap_batch(fn, images, spectrograms, baseline=pair, key=key,
+                         target=target, **kwargs)
+  out = []
+  for k in range(baseline.num_baselines):
+    pair = (baseline.images[k], baseline.spectrograms[k])
+    sub_key = None if key is None else jax.random.fold_in(key, k)
+    e = dncshap_batch(fn, images, spectrograms, baseline=pair, key=sub_key,
+                      target=target, **kwargs)
+    target = e.target  # One class for every baseline.
+    out.append(e)
+  return out[0] if len(out) == 1 else average_explanations(out)
 
 
 def _safe_name(text):
@@ -117,12 +253,14 @@ def _write_example(config, out_dir, ex_id, e, *, image_raw, waveform,
       true=None if label is None else classes[int(label)])
 
 
-def _settings(config, step):
+def _settings(config, step, baseline):
   c = config.explain
   return dict(checkpoint_step=int(step), depth=int(c.depth), mode=c.mode,
               context=c.context, max_batch=int(c.max_batch),
               keep_percentile=float(c.keep_percentile),
-              evaluations_per_example=num_evaluations(
+              baseline=baseline.name, num_baselines=baseline.num_baselines,
+              blur_sigma=baseline.blur_sigma or None,
+              evaluations_per_example=baseline.num_baselines * num_evaluations(
                   int(c.depth), c.mode))
 
 
@@ -138,6 +276,8 @@ def explain_dataset(config, workdir, *, split='test'):
       config, workdir, which='best')
   fn = probability_fn(model, variables)
   ex = input_pipeline.load_examples(config, split, int(c.num_examples))
+  baseline = make_baseline(config, ex['image'].shape[1:],
+                           ex['spectrogram'].shape[1:])
   out_dir = os.path.join(workdir, 'explain')
   os.makedirs(out_dir, exist_ok=True)
   num = len(ex['id'])
@@ -148,8 +288,8 @@ def explain_dataset(config, workdir, *, split='test'):
   for start in range(0, num, int(c.batch_size)):
     stop = min(num, start + int(c.batch_size))
     t0 = time.time()
-    e = dncshap_batch(
-        fn, ex['image'][start:stop], ex['spectrogram'][start:stop],
+    e = explain_batch(
+        fn, ex['image'][start:stop], ex['spectrogram'][start:stop], baseline,
         depth=int(c.depth), mode=c.mode, context=c.context,
         key=jax.random.fold_in(key, start), max_batch=int(c.max_batch))
     e = jax.block_until_ready(e)
@@ -181,7 +321,7 @@ def explain_dataset(config, workdir, *, split='test'):
         speech_chance.append(chance)
       records.append(rec)
   summary = dict(
-      split=split, num_examples=num, **_settings(config, step),
+      split=split, num_examples=num, **_settings(config, step, baseline),
       seconds_dncshap=seconds,
       accuracy_on_explained=float(np.mean([r['correct'] for r in records])),
       examples=records)
@@ -211,17 +351,21 @@ def explain_files(config, workdir, image_path, audio_path):
   model, variables, step = checkpointing.restore_for_inference(
       config, workdir, which='best')
   pair = input_pipeline.preprocess_pair(config, image_path, audio_path)
-  e = dncshap(
-      probability_fn(model, variables), pair['image'], pair['spectrogram'],
-      depth=int(c.depth), mode=c.mode, context=c.context,
-      key=jax.random.key(config.seed), max_batch=int(c.max_batch))
+  baseline = make_baseline(config, pair['image'].shape,
+                           pair['spectrogram'].shape)
+  e = explain_batch(
+      probability_fn(model, variables), pair['image'][None],
+      pair['spectrogram'][None], baseline, depth=int(c.depth), mode=c.mode,
+      context=c.context, key=jax.random.key(config.seed),
+      max_batch=int(c.max_batch)).example(0)
   out_dir = os.path.join(workdir, 'explain')
   os.makedirs(out_dir, exist_ok=True)
   ex_id = (f'{os.path.splitext(os.path.basename(image_path))[0]}__'
            f'{os.path.splitext(os.path.basename(audio_path))[0]}')
   rec = _write_example(config, out_dir, ex_id, e,
                        image_raw=pair['image_raw'], waveform=pair['waveform'])
-  summary = dict(image=image_path, audio=audio_path, **_settings(config, step),
+  summary = dict(image=image_path, audio=audio_path,
+                 **_settings(config, step, baseline),
                  **rec)
   name = _safe_name(ex_id)
   with open(os.path.join(out_dir, f'{name}.json'), 'w') as f:
