@@ -209,3 +209,114 @@ def test_tiny_images(tmp_path):
       np.testing.assert_array_equal(out, np.broadcast_to(rgb, (8, 8, 3)))
     np.testing.assert_array_equal(out, np.asarray(
         Image.fromarray(rgb).resize((8, 8), Image.BILINEAR)))
+
+
+# --- Audio: span decoding against the whole-file path ---------------------------
+
+
+def _runlocal_input():
+  return parallelnet.get_config('runlocal').input  # 8 kHz, 0.992 s clips
+
+
+def _whole_file_clip(path, c):
+  """The old path: soundfile reads everything, mean, soxr_hq, pad/crop."""
+  data, sr = sf.read(str(path), dtype='float32', always_2d=True)
+  wav = data.mean(axis=1)
+  if sr != c.sample_rate:
+    wav = librosa.resample(wav, orig_sr=sr, target_sr=c.sample_rate,
+                           res_type='soxr_hq')
+  n = audio_lib.num_samples(c)
+  return np.pad(wav[:n], (0, max(0, n - wav.size))), wav.size
+
+
+def _signal(sr, seconds, channels):
+  """Chirp-plus-noise, a different level per channel, within (-1, 1)."""
+  t = np.arange(int(round(sr * seconds))) / sr
+  x = 0.4 * np.sin(2 * np.pi * (200 + 300 * t) * t) + 0.05 * RNG.standard_normal(
+      t.size)
+  return np.stack([x * (1 - 0.2 * k) for k in range(channels)], 1).astype(
+      np.float32)
+
+
+AUDIO_CASES = [  # (extension, soundfile subtype, rate, channels)
+    ('wav', 'PCM_U8', 8000, 1), ('wav', 'PCM_16', 44100, 2),
+    ('wav', 'PCM_24', 48000, 1), ('wav', 'PCM_32', 22050, 3),
+    ('wav', 'FLOAT', 96000, 2), ('wav', 'DOUBLE', 11025, 1),
+    ('flac', 'PCM_16', 48000, 6), ('flac', 'PCM_24', 16000, 1),
+    ('ogg', 'VORBIS', 44100, 2), ('mp3', 'MPEG_LAYER_III', 44100, 2),
+]
+
+
+@pytest.mark.parametrize('ext,subtype,sr,channels', AUDIO_CASES)
+def test_audio_formats_span_equals_whole_file(tmp_path, ext, subtype, sr,
+                                              channels):
+  c = _runlocal_input()
+  n = audio_lib.num_samples(c)
+  for seconds, fit in ((2.5, 'cropped'), (0.6, 'padded')):
+    p = tmp_path / f'a.{ext}'
+    sf.write(str(p), _signal(sr, seconds, channels), sr, subtype=subtype)
+    want, full = _whole_file_clip(p, c)
+    assert (full > n) == (fit == 'cropped')
+    got, got_fit = audio_lib.decode_clip(str(p), c)
+    assert got_fit == fit and got.shape == (n,) and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, atol=2e-6, rtol=0)
+    assert np.abs(got).max() > 0.1  # Not silence.
+
+
+def test_integer_wav_samples_exact_and_exact_fit(tmp_path):
+  c = _runlocal_input()
+  n = audio_lib.num_samples(c)
+  for subtype, bits in (('PCM_16', 16), ('PCM_24', 24), ('PCM_32', 32)):
+    ints = RNG.integers(-2 ** (bits - 1), 2 ** (bits - 1), n).astype(np.int32)
+    p = tmp_path / f'{bits}.wav'
+    # soundfile writes int32 into the file's top bits: shift to the depth.
+    sf.write(str(p), ints << (32 - bits), c.sample_rate, subtype=subtype)
+    got, fit = audio_lib.decode_clip(str(p), c)
+    assert fit == 'exact'
+    np.testing.assert_allclose(got, (ints / 2.0 ** (bits - 1)), atol=1e-7)
+  u8 = RNG.integers(0, 256, n).astype(np.uint8)  # 8-bit WAV is unsigned.
+  raw = (u8.astype(np.int16) - 128) << 8
+  sf.write(str(tmp_path / 'u8.wav'), raw.astype(np.int16), c.sample_rate,
+           subtype='PCM_U8')
+  got, _ = audio_lib.decode_clip(str(tmp_path / 'u8.wav'), c)
+  np.testing.assert_allclose(got, (u8 - 128.0) / 128.0, atol=1e-7)
+
+
+def test_truncated_long_files_still_rejected(tmp_path):
+  c = _runlocal_input()
+  for ext, kw in (('flac', {}), ('mp3', {'subtype': 'MPEG_LAYER_III'}),
+                  ('wav', {'subtype': 'PCM_16'})):
+    p = tmp_path / f'full.{ext}'
+    sf.write(str(p), _signal(44100, 6.0, 2), 44100, **kw)
+    data = p.read_bytes()
+    cut = tmp_path / f'cut.{ext}'
+    cut.write_bytes(data[:len(data) // 2])  # The clip's span is still there.
+    with pytest.raises(audio_lib.AudioError, match='truncated'):
+      audio_lib.decode_clip(str(cut), c)
+    audio_lib.decode_clip(str(p), c)  # The whole file is fine.
+
+
+def test_long_file_decodes_in_clip_sized_memory(tmp_path):
+  c = parallelnet.get_config().input  # Paper settings: 16 kHz, 4.06 s.
+  n = audio_lib.num_samples(c)
+  p = str(tmp_path / 'long.wav')
+  sr, minutes = 48000, 3
+  with sf.SoundFile(p, 'w', sr, 2, subtype='PCM_16') as f:
+    for _ in range(minutes * 6):  # 10 s blocks.
+      f.write(_signal(sr, 10.0, 2))
+  clip_bytes = n * 4
+  tracemalloc.start()
+  try:
+    wav, fit = audio_lib.decode_clip(p, c)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.reset_peak()
+    old = audio_lib.decode_audio(p, c.sample_rate)  # Whole file, as before.
+    _, old_peak = tracemalloc.get_traced_memory()
+  finally:
+    tracemalloc.stop()
+  assert fit == 'cropped'
+  np.testing.assert_allclose(wav, old[:n], atol=2e-6)
+  # The clip is 260 KB of float32; its span read at 48 kHz stereo is 6x
+  # that (measured peak: ~10x); the whole file as float32 is 69 MB (~400x).
+  assert peak < 16 * clip_bytes, (peak, clip_bytes)
+  assert old_peak > 100 * clip_bytes  # The measurement can tell the two.
