@@ -1,10 +1,11 @@
 """TFDS builders: iitr_sier, b_t4sa and the synthetic_sier demo corpus.
 
 All three read the manifest layout of manifest.py and share one build path:
-read + check the manifest, decode every file (in worker processes), fail once
-listing every bad file (strict) or skip them into skipped.csv (skip_bad),
-assign deterministic stratified splits, then write each example once into its
-split "cell" (manifest.cell_name); pipeline.split_names joins cells into
+read + check the manifest, decode every file (in worker processes, streaming:
+memory does not grow with the number of examples), fail once listing every
+bad file (strict) or skip them into skipped.csv (skip_bad), assign
+deterministic stratified splits, then write each example once into its split
+"cell" (manifest.cell_name); pipeline.split_names joins cells into
 train / validation / test and the cross-validation folds.
 
 The input settings are part of the builder config: its name spells them
@@ -30,11 +31,15 @@ any other setting is built from Python: `input_pipeline.get_builder(config)`
 (its dataset directory is then named after the settings).
 """
 
+import collections
+import concurrent.futures
 import dataclasses
 import hashlib
 import logging
 import multiprocessing
 import os
+import tempfile
+import time
 import warnings
 
 import numpy as np
@@ -44,6 +49,7 @@ import tensorflow_datasets as tfds
 from input_pipeline import audio as audio_lib
 from input_pipeline import image as image_lib
 from input_pipeline import manifest as manifest_lib
+from input_pipeline import progress as progress_lib
 from input_pipeline import synthetic
 
 EMOTIONS = ('anger', 'happy', 'hate', 'sad')
@@ -174,7 +180,11 @@ class _InputSettings:
 
 
 def _decode_row(row, settings):
-  """Decodes one manifest row; returns (example_dict, None) or (None, reason)."""
+  """Decodes one manifest row; returns (example_dict, None) or (None, reason).
+
+  The example carries `clip_fit` (audio.FITS), which the build counts and
+  pops before writing.
+  """
   ic = _InputSettings(settings)
   reasons = []
   try:
@@ -182,46 +192,78 @@ def _decode_row(row, settings):
   except image_lib.ImageError as e:
     reasons.append(f'image: {e}')
   try:
-    spec, _ = audio_lib.load_spectrogram(row['audio'], ic)
+    wav, fit = audio_lib.decode_clip(row['audio'], ic)
+    spec = audio_lib.log_mel(wav, ic)
   except audio_lib.AudioError as e:
     reasons.append(f'audio: {e}')
   if reasons:
     return None, '; '.join(reasons)
   box = np.asarray(row['image_cue_box'], np.float32)
-  if box[0] >= 0:  # Stored-image pixels -> model-input pixels.
+  if box[0] >= 0:  # Displayed-image pixels -> model-input pixels.
     s = settings['image_size']
     box = box * np.array([s / h, s / w, s / h, s / w], np.float32)
-  return dict(id=row['id'], image=img, spectrogram=spec.astype(np.float16),
+  return dict(_features(row, img, spec.astype(np.float16), box),
+              clip_fit=fit), None
+
+
+def _features(row, image, spectrogram, box):
+  """The example as the TFDS features declare it."""
+  return dict(id=row['id'], image=image, spectrogram=spectrogram,
               label=row['label'], audio_path=row['audio'],
-              image_cue_box=box,
+              image_cue_box=np.asarray(box, np.float32),
               speech_cue_span=np.asarray(row['speech_cue_span'], np.float32),
-              fold=row.get('fold', 0), part=row.get('part', '')), None
+              fold=row.get('fold', 0), part=row.get('part', ''))
 
 
-def _decode_star(args):
-  return _decode_row(*args)
+def _decode_chunk(rows, settings):
+  return [_decode_row(r, settings) for r in rows]
 
 
-def decode_rows(rows, settings, workers=None):
-  """Decodes all rows (in a forked process pool when there are many).
+PARALLEL_MIN_ROWS = 256  # Fewer rows decode in-process (no pool start-up).
+CHUNK = 16  # Rows per task sent to a worker.
 
-  Workers only run numpy/librosa/PIL code, never TF or JAX, which is what
-  makes forking a process that has loaded them safe enough here.
+
+def iter_decoded(rows, settings, workers=None, window=None):
+  """Yields (row, example, reason) for every row, in row order.
+
+  Decodes ahead in forked worker processes with at most `window` chunks of
+  CHUNK rows in flight (default 2 per worker), so the decoded examples held
+  at any time are bounded whatever len(rows) is. Workers only run
+  numpy/librosa/PIL code, never TF or JAX, which is what makes forking a
+  process that has loaded them safe enough here.
   """
   workers = workers or min(os.cpu_count() or 1, 8)
-  args = [(r, settings) for r in rows]
+  window = window or 2 * workers
   # One BLAS thread per process: the mel matmul is tiny, and OpenBLAS
   # threads on a busy machine make it 10-20x slower.
   with threadpoolctl.threadpool_limits(1):
-    if workers > 1 and len(rows) >= 256:
-      _warm_up(settings)  # Load librosa's lazy modules once, before forking.
-      with warnings.catch_warnings():
-        warnings.filterwarnings('ignore', message='.*fork.*')
-        with multiprocessing.get_context('fork').Pool(
-            workers, initializer=threadpoolctl.threadpool_limits,
-            initargs=(1,)) as pool:
-          return pool.map(_decode_star, args, chunksize=32)
-    return [_decode_row(*a) for a in args]
+    if workers <= 1 or len(rows) < PARALLEL_MIN_ROWS:
+      for r in rows:
+        yield (r, *_decode_row(r, settings))
+      return
+    _warm_up(settings)  # Load librosa's lazy modules once, before forking.
+    chunks = (rows[i:i + CHUNK] for i in range(0, len(rows), CHUNK))
+    with concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context('fork'),
+        initializer=threadpoolctl.threadpool_limits, initargs=(1,)) as pool:
+      pending = collections.deque()
+
+      def submit():
+        chunk = next(chunks, None)
+        if chunk is not None:
+          with warnings.catch_warnings():
+            warnings.filterwarnings('ignore', message='.*fork.*')
+            pending.append((chunk, pool.submit(_decode_chunk, chunk,
+                                               settings)))
+
+      for _ in range(window):
+        submit()
+      while pending:
+        chunk, future = pending.popleft()
+        results = future.result()
+        submit()
+        for r, (ex, reason) in zip(chunk, results):
+          yield r, ex, reason
 
 
 def _warm_up(settings):
@@ -230,6 +272,40 @@ def _warm_up(settings):
       audio_lib.num_samples(ic)).astype(np.float32), ic)
   audio_lib.librosa.resample(np.zeros(1000, np.float32), orig_sr=44100,
                              target_sr=ic.sample_rate, res_type='soxr_hq')
+
+
+class _Spill:
+  """Decoded image + spectrogram arrays in a scratch file, one fixed-size
+  record per example, so that the build holds none of them in memory
+  between decoding (in manifest order) and writing (split cell by cell)."""
+
+  def __init__(self, folder, image_shape, spec_shape):
+    self._shapes = ((image_shape, np.uint8), (spec_shape, np.float16))
+    self._sizes = [int(np.prod(s)) * np.dtype(d).itemsize
+                   for s, d in self._shapes]
+    self._path = os.path.join(folder, 'decoded.bin')
+    self._file = open(self._path, 'w+b')  # pylint: disable=consider-using-with
+    self._n = 0
+
+  def append(self, image, spectrogram):
+    """Stores one example's arrays; returns its record index."""
+    for x, (shape, dtype) in zip((image, spectrogram), self._shapes):
+      self._file.write(np.ascontiguousarray(x, dtype).reshape(shape).tobytes())
+    self._n += 1
+    return self._n - 1
+
+  def get(self, i):
+    """(image, spectrogram) of record i."""
+    self._file.seek(i * sum(self._sizes))
+    out = []
+    for size, (shape, dtype) in zip(self._sizes, self._shapes):
+      out.append(np.frombuffer(self._file.read(size), dtype).reshape(shape))
+    self._file.seek(0, os.SEEK_END)
+    return out
+
+  def close(self):
+    self._file.close()
+    os.remove(self._path)
 
 
 class _SierBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -275,17 +351,45 @@ class _SierBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _source_folder(self, dl_manager):
     return dl_manager.manual_dir
 
+  def _download_and_prepare(self, dl_manager, download_config):  # pylint: disable=arguments-differ
+    # Local scratch for _Spill ($TMPDIR; data_dir may be a bucket).
+    with tempfile.TemporaryDirectory(prefix=f'{self.name}_build_') as tmp:
+      self._scratch_dir = tmp
+      try:
+        return super()._download_and_prepare(dl_manager, download_config)
+      finally:
+        if getattr(self, '_spill', None) is not None:
+          self._spill.close()
+          self._spill = None
+
   def _split_generators(self, dl_manager):
+    """Decodes every file once, streaming, then assigns splits.
+
+    Examples go from the decoders (iter_decoded: bounded in flight) into a
+    scratch file (_Spill); only the rows' small fields stay in memory. Bad
+    files are all found before anything is written; the cells' generators
+    then read their examples back one at a time for the TFDS writer.
+    """
     c = self.builder_config
     folder = os.fspath(self._source_folder(dl_manager))
     rows, bad = manifest_lib.read_manifest(folder, c.classes)
-    decoded = decode_rows(rows, c.settings())
-    examples = []
-    for row, (ex, reason) in zip(rows, decoded):
-      if reason:
-        bad.append((row['id'], f"{row['image']};{row['audio']}", reason))
-      else:
-        examples.append((row, ex))
+    self._spill = _Spill(self._scratch_dir,
+                         (c.image_size, c.image_size, 3),
+                         (c.num_frames, c.n_mels, 1))
+    kept, fits = [], collections.Counter()
+    start = time.monotonic()
+    with progress_lib.Progress(len(rows), f'Decoding {self.name}',
+                               unit='examples') as progress:
+      for row, ex, reason in iter_decoded(rows, c.settings()):
+        progress.update()
+        if reason:
+          bad.append((row['id'], f"{row['image']};{row['audio']}", reason))
+          continue
+        fits[ex['clip_fit']] += 1
+        row['record'] = self._spill.append(ex['image'], ex['spectrogram'])
+        row['image_cue_box'] = ex['image_cue_box']  # In model-input pixels.
+        kept.append(row)
+    seconds = time.monotonic() - start
     if bad and not self._skip_bad:
       # Raised before any example is written: TFDS leaves no finished dataset.
       raise manifest_lib.BadInputError(bad, where=folder)
@@ -294,22 +398,38 @@ class _SierBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       manifest_lib.write_skipped(path, bad)
       logging.warning('Skipped %d bad input(s) of %s; reasons in %s',
                       len(bad), folder, path)
-    if not examples:
+    if not kept:
       raise ValueError(f'No usable examples in {folder}.')
+    summary = build_summary(len(kept), fits, len(bad), seconds, c.duration_s)
+    logging.info('%s: %s', self.name, summary)
+    self.info.metadata.update(
+        {f'clips_{k}': fits[k] for k in audio_lib.FITS}, skipped=len(bad))
     kept = manifest_lib.assign_splits(
-        [r for r, _ in examples], test_fraction=c.test_fraction,
-        val_fraction=c.val_fraction, num_folds=c.num_folds)
+        kept, test_fraction=c.test_fraction, val_fraction=c.val_fraction,
+        num_folds=c.num_folds)
     cells = {}
-    for row, (_, ex) in zip(kept, examples):
-      ex['fold'], ex['part'] = row['fold'], row['part']
+    for row in kept:
       cells.setdefault(
           manifest_lib.cell_name(row['part'], row['fold'], row['fold_val']),
-          []).append(ex)
-    return {name: self._generate_examples(exs) for name, exs in sorted(cells.items())}
+          []).append(row)
+    return {name: self._generate_examples(rs)
+            for name, rs in sorted(cells.items())}
 
-  def _generate_examples(self, examples):
-    for ex in examples:
-      yield ex['id'], ex
+  def _generate_examples(self, rows):
+    for row in rows:
+      image, spectrogram = self._spill.get(row['record'])
+      yield row['id'], _features(row, image, spectrogram,
+                                 row['image_cue_box'])
+
+
+def build_summary(n, fits, n_bad, seconds, duration_s):
+  """One line: examples, rate, clips padded/cropped to duration_s, skipped."""
+  return (f'decoded {n} examples in {seconds:.1f} s '
+          f'({(n + n_bad) / max(seconds, 1e-9):.1f}/s); audio clips: '
+          f'{fits["padded"]} padded (shorter than {duration_s:.3g} s, zeros '
+          f'appended), {fits["cropped"]} cropped (longer: the first '
+          f'{duration_s:.3g} s kept), {fits["exact"]} exact'
+          f'{f"; {n_bad} bad input(s) skipped" if n_bad else ""}.')
 
 
 class IitrSier(_SierBuilder):
