@@ -22,6 +22,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from input_pipeline.errors import UserError
+
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Training configuration file (a get_config() module).',
     lock_config=True)
@@ -50,14 +52,37 @@ _VERBOSE = flags.DEFINE_bool(
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+def _import_tensorflow_quietly():
+  """TensorFlow's C++ code prints INFO lines (oneDNN, CPU features) while it
+  is imported, before any log level applies: they go to /dev/null unless
+  --verbose or --verbosity asks for more."""
+  if _verbose() or flags.FLAGS.verbosity > 0:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    return tf
+  sys.stderr.flush()
+  saved = os.dup(2)
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  try:
+    os.dup2(devnull, 2)
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+  return tf
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   # TF serves only the input pipeline: keep it off the accelerators JAX uses.
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf = _import_tensorflow_quietly()
   tf.config.set_visible_devices([], 'GPU')
 
   config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
+  if (_IMAGE.value or _AUDIO.value) and mode not in ('explain', 'predict'):
+    raise UserError(f'--image/--audio are read by --mode=explain (and '
+                    f'predict), not --mode={mode}.')
   if mode == 'summary':
     from parallelnet import summary  # pylint: disable=g-import-not-at-top
     print(summary.summarize(config))
@@ -83,7 +108,8 @@ def main(argv):
   elif mode == 'explain':
     from explain import run as explain_run  # pylint: disable=g-import-not-at-top
     if bool(_IMAGE.value) != bool(_AUDIO.value):
-      raise app.UsageError('--image and --audio go together.')
+      raise UserError('--image and --audio go together: give both files '
+                      '(or neither, to explain test examples).')
     if _IMAGE.value:
       explain_run.explain_files(config, workdir, _IMAGE.value, _AUDIO.value)
     else:
@@ -154,7 +180,6 @@ def _parse_flags(argv):
 
 def run():
   """app.run(main) where user errors print one line instead of a traceback."""
-  from input_pipeline.errors import UserError  # pylint: disable=g-import-not-at-top
   try:
     app.run(main, flags_parser=_parse_flags)
   except UserError as e:

@@ -348,9 +348,10 @@ def explain_files(config, workdir, image_path, audio_path):
   import input_pipeline  # pylint: disable=g-import-not-at-top
   from parallelnet import checkpointing  # pylint: disable=g-import-not-at-top
   c = config.explain
+  # The files first: a bad file is reported before the model loads.
+  pair = input_pipeline.preprocess_pair(config, image_path, audio_path)
   model, variables, step = checkpointing.restore_for_inference(
       config, workdir, which='best')
-  pair = input_pipeline.preprocess_pair(config, image_path, audio_path)
   baseline = make_baseline(config, pair['image'].shape,
                            pair['spectrogram'].shape)
   e = explain_batch(

@@ -1,23 +1,63 @@
-"""`tfds build` for our builders without apache_beam.
+"""Builds a dataset ahead of training, without apache_beam.
+
+From a training config (the dataset main.py will read, same settings):
+
+  python -m input_pipeline.build --config=configs/parallelnet.py \
+      --config.dataset.manual_dir=/data/iitr_sier \
+      --config.dataset.data_dir=~/tensorflow_datasets
+
+`tfds build` style, for the builder configs `paper` and `runlocal` (stored
+under those names, so main.py builds its own copy from the config):
 
   python -m input_pipeline.build synthetic_sier --config=runlocal
   python -m input_pipeline.build iitr_sier --config=paper --manual_dir=DIR
 
 The `tfds` console script of tensorflow-datasets 4.9.10 imports apache_beam
-at start-up even for plain builds; this runs the same build command
+at start-up even for plain builds; the second form runs the same build command
 (tensorflow_datasets.scripts.cli.build), with the same flags, after
 registering input_pipeline.builders.
 """
 
 import sys
 
-import simple_parsing
-from tensorflow_datasets.scripts.cli import build as tfds_build
 
-from input_pipeline import builders  # pylint: disable=unused-import  (registers)
+def _is_config_file(argv):
+  return any(a.startswith('--config=') and
+             a.split('=', 1)[1].split(':')[0].endswith('.py') for a in argv)
+
+
+def build_from_config(argv):
+  """absl entry point: builds config's dataset and prints where it is."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config_flag = config_flags.DEFINE_config_file(
+      'config', None, 'Training configuration file.', lock_config=True)
+
+  def main(_):
+    from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+    from input_pipeline.errors import UserError  # pylint: disable=g-import-not-at-top
+    config = config_flag.value
+    try:
+      b = pipeline.get_builder(config)
+    except UserError as e:
+      print(f'error: {e}', file=sys.stderr)
+      sys.exit(1)
+    sizes = ', '.join(f'{k} {v.num_examples}'
+                      for k, v in sorted(b.info.splits.items()))
+    print(f'{b.info.full_name} is built in {b.data_dir} '
+          f'({sum(v.num_examples for v in b.info.splits.values())} examples; '
+          f'cells: {sizes}).')
+
+  app.run(main, argv=[sys.argv[0]] + argv)
 
 
 def main(argv):
+  if _is_config_file(argv):
+    build_from_config(argv)
+    return
+  import simple_parsing  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.scripts.cli import build as tfds_build  # pylint: disable=g-import-not-at-top
+  from input_pipeline import builders  # pylint: disable=g-import-not-at-top,unused-import  (registers)
   simple_parsing.parse(tfds_build.Args, args=argv).execute()
 
 

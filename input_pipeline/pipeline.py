@@ -27,6 +27,7 @@ import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
 from input_pipeline import audio as audio_lib  # pylint: disable=g-import-not-at-top
 from input_pipeline import builders  # pylint: disable=g-import-not-at-top
+from input_pipeline import errors  # pylint: disable=g-import-not-at-top
 from input_pipeline import image as image_lib  # pylint: disable=g-import-not-at-top
 
 MODEL_KEYS = ('image', 'spectrogram', 'label')
@@ -66,9 +67,50 @@ def get_builder(config, *, build=True):
   settings = builders.settings_from_config(config)
   settings['classes'] = tuple(settings['classes'])
   manual_dir = os.path.expanduser(config.dataset.manual_dir or '')
+  if build:
+    check_source(config, settings)
   return _builder(name, tuple(sorted(settings.items())),
                   os.path.expanduser(config.dataset.data_dir), manual_dir,
                   bool(config.dataset.skip_bad), build)
+
+
+def built_dir(config, settings=None):
+  """Where TFDS keeps the dataset config asks for (built or not)."""
+  cls = builders.BUILDERS[config.dataset.name]
+  settings = settings or builders.settings_from_config(config)
+  name = builders.make_builder_config(settings, cls.CLASSES).name
+  return os.path.join(os.path.expanduser(config.dataset.data_dir), cls.name,
+                      name, str(cls.VERSION))
+
+
+def check_source(config, settings=None):
+  """Raises UserError, before anything is written, when the dataset is not
+  built and config.dataset.manual_dir cannot build it (TFDS would otherwise
+  leave a stub under data_dir and point at its own downloads/manual path)."""
+  name = config.dataset.name
+  if name == 'synthetic_sier':
+    return  # Generated, nothing to find.
+  if os.path.isfile(os.path.join(built_dir(config, settings),
+                                 'dataset_info.json')):
+    return
+  manual_dir = os.path.expanduser(config.dataset.manual_dir or '')
+  if not manual_dir:
+    why = 'config.dataset.manual_dir is not set'
+  elif not os.path.isdir(manual_dir):
+    why = f'config.dataset.manual_dir={manual_dir} is not a folder'
+  elif not os.path.isfile(os.path.join(manual_dir, 'manifest.csv')):
+    why = f'config.dataset.manual_dir={manual_dir} has no manifest.csv'
+  else:
+    return
+  raise errors.UserError(
+      f'Dataset {name} is not built under config.dataset.data_dir='
+      f'{config.dataset.data_dir} and {why}. Point '
+      '--config.dataset.manual_dir at the folder holding manifest.csv and '
+      'the files it lists (README, "Your own data"); training builds the '
+      'dataset from it on first use, or build it ahead with: python -m '
+      'input_pipeline.build --config=<the same config file> '
+      '--config.dataset.manual_dir=DIR '
+      f'--config.dataset.data_dir={config.dataset.data_dir}')
 
 
 def _cells(builder):

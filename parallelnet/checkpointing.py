@@ -49,13 +49,27 @@ def _normalise(v):
   return list(v) if isinstance(v, tuple) else v
 
 
+class ModelMismatchError(errors.UserError, ValueError):
+  """A checkpoint written for another model configuration."""
+
+
+class MissingCheckpointError(errors.UserError, FileNotFoundError):
+  """A workdir without the checkpoint asked for (not trained yet)."""
+
+
+def has_checkpoint(workdir: str, which: str = 'best') -> bool:
+  """Whether `workdir` holds a `which` checkpoint; reads, creates nothing."""
+  root = os.path.join(os.path.abspath(workdir), 'checkpoints', which)
+  return os.path.isdir(root) and any(n.isdigit() for n in os.listdir(root))
+
+
 def check_model_config(saved: dict, config, path: str):
-  """Raises ValueError naming the first field where `saved` differs."""
+  """Raises ModelMismatchError naming the first field where `saved` differs."""
   current = model_config(config)
   for key in list(current) + [k for k in saved if k not in current]:
     if key not in saved or key not in current or (
         _normalise(saved[key]) != _normalise(current[key])):
-      raise ValueError(
+      raise ModelMismatchError(
           f'Checkpoint {path} was written with a different model '
           f'configuration: {key} is {saved.get(key, "<absent>")!r} in the '
           f'checkpoint but {current.get(key, "<absent>")!r} in the config. '
@@ -178,6 +192,11 @@ def restore_for_inference(config: ml_collections.ConfigDict, workdir: str,
   from parallelnet import models  # pylint: disable=g-import-not-at-top
   if which not in ('best', 'latest'):
     raise ValueError(f'which={which!r}; expected "best" or "latest".')
+  if not has_checkpoint(workdir, which):  # Checked first: orbax would create
+    raise MissingCheckpointError(         # the (empty) folders.
+        f'No {which!r} checkpoint in --workdir={workdir}: it holds no '
+        'trained model. Train first: python main.py --config=<your config> '
+        f'--workdir={workdir}')
   model = models.get_model(config)
   mesh = mesh_lib.make_mesh()
   abstract = abstract_inference_tree(config, model, mesh)
@@ -185,7 +204,7 @@ def restore_for_inference(config: ml_collections.ConfigDict, workdir: str,
   try:
     tree, _ = ckpts.restore(which, abstract, partial=True)
     if tree is None:
-      raise FileNotFoundError(
+      raise MissingCheckpointError(
           f'No {which!r} checkpoint under {os.path.join(workdir, "checkpoints")}'
           f'; train first (python main.py --workdir={workdir}).')
     step = int(tree['step'])

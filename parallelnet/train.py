@@ -33,6 +33,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from input_pipeline import errors
 from parallelnet import checkpointing
 from parallelnet import losses
 from parallelnet import mesh as mesh_lib
@@ -410,6 +411,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh_lib.check_batch_size(tc.batch_size, mesh)
   mesh_lib.check_batch_size(tc.eval_batch_size, mesh, 'train.eval_batch_size')
   model = models.get_model(config)
+  # The data first (it may be built now): a run that fails on its inputs
+  # leaves no workdir, checkpoint folder or event file behind.
+  steps_per_epoch = data.num_examples(config, 'train') // tc.batch_size
+  if tc.max_steps_per_epoch > 0:
+    steps_per_epoch = min(steps_per_epoch, tc.max_steps_per_epoch)
+  if steps_per_epoch < 1:
+    raise errors.UserError(
+        f'The train split has {data.num_examples(config, "train")} examples, '
+        f'fewer than one batch of config.train.batch_size={tc.batch_size}.')
   ckpts = checkpointing.Checkpoints(workdir, config)
   ckpts.restore_meta('latest')  # Refuse another model's workdir up front.
   # The full config, so the workdir alone can be restored (teachers, §3.1).
@@ -417,14 +427,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   steps = Steps(config, mesh)
   abstract = abstract_checkpoint_tree(config, model, mesh)
   writer = _writer(workdir)
-
-  steps_per_epoch = data.num_examples(config, 'train') // tc.batch_size
-  if tc.max_steps_per_epoch > 0:
-    steps_per_epoch = min(steps_per_epoch, tc.max_steps_per_epoch)
-  if steps_per_epoch < 1:
-    raise ValueError(
-        f'The train split has {data.num_examples(config, "train")} examples, '
-        f'fewer than one batch of train.batch_size={tc.batch_size}.')
 
   stopper = make_early_stopping(tc.early_stopping_patience)
   epoch, position, loss_sum, acc_sum = 0, 0, 0.0, 0.0

@@ -10,22 +10,40 @@ import os
 import subprocess
 import sys
 
+import numpy as np
+from PIL import Image
 import pytest
+import soundfile as sf
 
 from input_pipeline import progress
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_main(*args, env=None, cwd=ROOT):
-  """(returncode, stdout, stderr) of `python main.py args`."""
-  full_env = dict(os.environ, **(env or {}))
+def _env(env=None):
+  full_env = dict(os.environ)
   full_env.pop('PARALLELNET_VERBOSE', None)
   full_env.update(env or {})
-  p = subprocess.run([sys.executable, os.path.join(ROOT, 'main.py'), *args],
-                     capture_output=True, text=True, cwd=cwd, env=full_env,
-                     timeout=300)
-  return p.returncode, p.stdout, p.stderr
+  return full_env
+
+
+def start_main(*args, env=None, cwd=ROOT):
+  """A running `python main.py args` (stdout, stderr captured)."""
+  return subprocess.Popen(
+      [sys.executable, os.path.join(ROOT, 'main.py'), *args],
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+      env=_env(env))
+
+
+def finish(p):
+  """(returncode, stdout, stderr) of a start_main process."""
+  out, err = p.communicate(timeout=300)
+  return p.returncode, out, err
+
+
+def run_main(*args, env=None, cwd=ROOT):
+  """(returncode, stdout, stderr) of `python main.py args`."""
+  return finish(start_main(*args, env=env, cwd=cwd))
 
 
 def assert_user_error(result, *needles):
@@ -100,3 +118,84 @@ def test_progress_is_silent_for_short_steps_unless_asked():
   p.update(3)
   p.close(always=True)
   assert out.getvalue() == 'fold: 3/3 (100%)  2/s  0:00:01 total\n'
+
+
+# ------------------------------------------- mistakes found after imports --
+# Each case costs a JAX/TensorFlow import (~5 s of CPU): they run as
+# concurrent processes, started together by one module fixture.
+
+
+@pytest.fixture(scope='module')
+def late_errors(tmp_path_factory):
+  """{case: (returncode, stdout, stderr)} plus the paths they must not
+  create."""
+  tmp = tmp_path_factory.mktemp('cli')
+  data_dir = tmp / 'tfds'
+  (tmp / 'text.png').write_text('not an image')
+  Image.new('RGB', (40, 30), (200, 30, 30)).save(tmp / 'ok.png')
+  sf.write(tmp / 'ok.wav', np.zeros(4000, np.float32), 8000)
+  (tmp / 'empty.wav').write_bytes(b'')
+  common = [f'--config.dataset.data_dir={data_dir}']
+  demo = ['--config=configs/demo.py', *common]
+  cases = {
+      'eval_new_workdir': [*demo, f'--workdir={tmp / "new"}', '--mode=eval'],
+      'paper_no_dataset': ['--config=configs/parallelnet.py', *common,
+                           f'--workdir={tmp / "paper"}', '--mode=train'],
+      'text_as_png': [*demo, f'--workdir={tmp / "x1"}', '--mode=explain',
+                      f'--image={tmp / "text.png"}',
+                      f'--audio={tmp / "ok.wav"}'],
+      'empty_wav': [*demo, f'--workdir={tmp / "x2"}', '--mode=explain',
+                    f'--image={tmp / "ok.png"}',
+                    f'--audio={tmp / "empty.wav"}'],
+  }
+  procs = {k: start_main(*v) for k, v in cases.items()}
+  results = {k: finish(p) for k, p in procs.items()}
+  return dict(results=results, tmp=tmp, data_dir=data_dir)
+
+
+def test_eval_before_training_names_the_workdir(late_errors):
+  tmp = late_errors['tmp']
+  assert_user_error(late_errors['results']['eval_new_workdir'],
+                    f'--workdir={tmp / "new"}', 'Train first')
+  assert not (tmp / 'new').exists()
+
+
+def test_missing_dataset_names_manual_dir_and_our_build_command(late_errors):
+  tmp, data_dir = late_errors['tmp'], late_errors['data_dir']
+  result = late_errors['results']['paper_no_dataset']
+  assert_user_error(result, 'iitr_sier', 'config.dataset.manual_dir',
+                    'python -m input_pipeline.build')
+  err = result[2]
+  assert 'downloads/manual' not in err and 'tfds build' not in err
+  # No checkpoints, event file or TFDS stub left behind.
+  assert not (tmp / 'paper').exists()
+  assert not data_dir.exists()
+
+
+def test_bad_files_are_one_line_naming_the_file(late_errors):
+  tmp = late_errors['tmp']
+  results = late_errors['results']
+  assert_user_error(results['text_as_png'], str(tmp / 'text.png'),
+                    'undecodable image')
+  assert_user_error(results['empty_wav'], str(tmp / 'empty.wav'),
+                    'zero-length audio file')
+  for case in ('text_as_png', 'empty_wav'):
+    assert results[case][2].count('\n') <= 2, results[case][2]
+  assert not (tmp / 'x1').exists() and not (tmp / 'x2').exists()
+
+
+def test_corrupt_and_missing_files_name_the_file(tmp_path):
+  """The same UserError path, in process: corrupt WAV, missing file."""
+  from configs import demo  # pylint: disable=g-import-not-at-top
+  from input_pipeline import errors  # pylint: disable=g-import-not-at-top
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  config = demo.get_config()
+  Image.new('RGB', (40, 30)).save(tmp_path / 'ok.png')
+  (tmp_path / 'corrupt.wav').write_bytes(b'RIFF' + bytes(range(60)))
+  with pytest.raises(errors.UserError,
+                     match=r'audio .*corrupt\.wav: (corrupt|truncated)'):
+    pipeline.preprocess_pair(config, str(tmp_path / 'ok.png'),
+                             str(tmp_path / 'corrupt.wav'))
+  with pytest.raises(errors.UserError, match=r'image .*nope\.png: missing'):
+    pipeline.preprocess_pair(config, str(tmp_path / 'nope.png'),
+                             str(tmp_path / 'corrupt.wav'))

@@ -118,6 +118,7 @@ def test_nan_guard_mismatch_refusal_and_restore(tmp_path):
     checkpointing.restore_for_inference(other, workdir)
   with pytest.raises(FileNotFoundError, match='No .best. checkpoint'):
     checkpointing.restore_for_inference(config, str(tmp_path / 'empty'))
+  assert not (tmp_path / 'empty').exists()  # Nothing created on failure.
 
 
 class _FoldData:
