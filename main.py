@@ -90,8 +90,11 @@ def main(argv):
 
   from parallelnet import mesh  # pylint: disable=g-import-not-at-top
   from parallelnet import train  # pylint: disable=g-import-not-at-top
-  mesh.maybe_initialize_distributed(
-      _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if mesh.maybe_initialize_distributed(
+      _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value):
+    # Process 0 builds the dataset and writes checkpoints for all.
+    mesh.check_shared_storage({'workdir': workdir,
+                               'data_dir': config.dataset.data_dir})
 
   if mode == 'train':
     metrics = train.train_and_evaluate(config, workdir)

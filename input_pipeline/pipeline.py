@@ -33,23 +33,73 @@ from input_pipeline import image as image_lib  # pylint: disable=g-import-not-at
 MODEL_KEYS = ('image', 'spectrogram', 'label')
 
 
+# How long the other processes wait at the build barrier for process 0 to
+# build a dataset (B-T4SA's 80k examples take hours on a small host).
+BUILD_BARRIER_TIMEOUT_S = 24 * 3600
+_barriers_passed = 0
+
+
+def wait_for_all_processes(name, timeout_s=BUILD_BARRIER_TIMEOUT_S):
+  """Blocks until every process of a multi-process run has called this.
+
+  The coordination service's barrier of jax.distributed, rather than
+  multihost_utils.sync_global_devices: that is a device collective, which
+  an accelerator runtime may time out long before a build of hours ends;
+  this one takes an explicit timeout. All processes must call it in the same
+  order (a counter makes each barrier's id unique).
+  """
+  global _barriers_passed
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  client = distributed.global_state.client
+  _barriers_passed += 1
+  if client is None:  # Not started by jax.distributed.initialize.
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+    return
+  client.wait_at_barrier(f'{name}#{_barriers_passed}',
+                         int(timeout_s * 1000))
+
+
 @functools.lru_cache(maxsize=16)
 def _builder(name, settings_items, data_dir, manual_dir, skip_bad, build):
   settings = dict(settings_items)
   settings['classes'] = list(settings['classes'])
   cls = builders.BUILDERS[name]
-  b = cls(config=builders.make_builder_config(settings, cls.CLASSES),
-          data_dir=data_dir, skip_bad=skip_bad)
-  if build and not b.is_prepared():
-    if jax.process_count() > 1 and jax.process_index() != 0:
-      pass  # Process 0 builds into the shared data_dir; the others wait.
-    else:
-      b.download_and_prepare(download_config=tfds.download.DownloadConfig(
-          manual_dir=manual_dir or None))
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      multihost_utils.sync_global_devices(f'built {b.info.full_name}')
-      b = cls(config=b.builder_config, data_dir=data_dir, skip_bad=skip_bad)
+
+  def make():
+    return cls(config=builders.make_builder_config(settings, cls.CLASSES),
+               data_dir=data_dir, skip_bad=skip_bad)
+
+  def prepare(b):
+    b.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        manual_dir=manual_dir or None))
+
+  b = make()
+  if build and jax.process_count() > 1:
+    # Every process meets at the barrier, whether it found the dataset built
+    # or not: process 0 builds first if needed (into the shared data_dir),
+    # the others wait for it there. A process that skipped the barrier
+    # because process 0 had already finished would leave process 0 waiting.
+    failure = None
+    if jax.process_index() == 0 and not b.is_prepared():
+      try:
+        prepare(b)
+      except Exception as e:  # pylint: disable=broad-exception-caught
+        failure = e  # Release the others first; they then fail too.
+    wait_for_all_processes(f'built {b.info.full_name}')
+    if failure is not None:
+      raise failure
+    b = make()  # Reads the dataset_info that process 0 wrote.
+    if not b.is_prepared():
+      raise errors.UserError(
+          f'Process {jax.process_index()} does not see the dataset '
+          f'{b.info.full_name} in data_dir {data_dir!r} after process 0 '
+          'built it (or failed to: see its log). data_dir must be shared '
+          'storage (e.g. a GCS bucket or NFS) that every process reads.')
+  elif build and not b.is_prepared():
+    prepare(b)
   builders.check_metadata(b, settings)
   return b
 
@@ -58,7 +108,9 @@ def get_builder(config, *, build=True):
   """The TFDS builder for config.dataset.name at config's settings, built.
 
   Building happens once per setting (a different setting is a different
-  builder config, hence a different dataset directory).
+  builder config, hence a different dataset directory). In a multi-process
+  run the first call for a setting is a barrier that every process must
+  reach: process 0 builds, all load.
   """
   name = config.dataset.name
   if name not in builders.BUILDERS:

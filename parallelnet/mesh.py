@@ -8,11 +8,17 @@ gradient mean is the global mean: no pmap, no explicit all-reduce.
 """
 
 import os
+import secrets
 
 from absl import logging
+from etils import epath
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+import numpy as np
+
+from input_pipeline import errors
 
 DATA_AXIS = 'data'
 
@@ -104,3 +110,55 @@ def maybe_initialize_distributed(coordinator_address: str | None = None,
                'devices.', jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
   return True
+
+
+SHARED_TOKEN_PREFIX = '.parallelnet_shared_check_'
+
+
+def check_shared_storage(folders: dict[str, str]):
+  """In a multi-process run, checks that every process sees the same folders.
+
+  `folders` maps a name for messages (e.g. 'workdir') to a path. Process 0
+  writes a token file (random name and content) into each folder; after a
+  barrier every process reads it back. If any process does not see it, every
+  process raises a UserError naming the folder: data_dir and workdir must be
+  shared storage (a GCS bucket, NFS), or process 0's dataset and checkpoints
+  would be invisible to the others. The token files are removed afterwards.
+  No-op with one process. Every process must call it, in the same order.
+  """
+  if jax.process_count() == 1:
+    return
+  # Process 0's random token, sent to all: 16 bytes, as 4 uint32.
+  token = np.frombuffer(secrets.token_bytes(16), np.uint32)
+  token = np.asarray(multihost_utils.broadcast_one_to_all(token), np.uint32)
+  text = token.tobytes().hex()
+  paths = {name: epath.Path(os.path.expanduser(folder))
+             / f'{SHARED_TOKEN_PREFIX}{text[:16]}'
+           for name, folder in folders.items()}
+  if jax.process_index() == 0:
+    for path in paths.values():
+      path.parent.mkdir(parents=True, exist_ok=True)
+      path.write_text(text)
+  multihost_utils.sync_global_devices('parallelnet shared-storage tokens')
+  seen = []
+  for path in paths.values():
+    try:
+      seen.append(path.read_text() == text)
+    except OSError:  # Absent here: another machine's local disk.
+      seen.append(False)
+  # Every process learns every verdict, so all fail together (a lone
+  # failing process would leave the others waiting at the next collective).
+  seen = np.asarray(multihost_utils.process_allgather(np.array(seen, np.int32)))
+  if jax.process_index() == 0:
+    for path in paths.values():
+      path.unlink(missing_ok=True)
+  bad = [(name, [p for p in range(seen.shape[0]) if not seen[p, i]])
+         for i, name in enumerate(paths) if not seen[:, i].all()]
+  if bad:
+    raise errors.UserError('; '.join(
+        f'{name} {folders[name]!r} is not the same folder for all processes: '
+        f'process(es) {", ".join(map(str, procs))} do not see a file that '
+        'process 0 wrote there' for name, procs in bad) +
+        '. In a multi-process (multi-host) run it must be shared storage '
+        'that every process reads and writes, e.g. a GCS bucket (gs://...) '
+        'or an NFS mount, at the same path on every host.')

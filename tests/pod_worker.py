@@ -1,0 +1,105 @@
+"""One process of a 2-process run on localhost: shared-storage check, the
+build barrier in both arrival orders, and process-0-only writes.
+
+  python tests/pod_worker.py ROOT OUT.json --process_id=I --coordinator=HOST:PORT
+
+ROOT is the folder both processes share. Used by test_pod.py, which reads
+OUT.json (timings and error messages) of both processes.
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def build_config(data_dir, seed):
+  """The smallest synthetic dataset: 8 examples, 2 folds, 4 split cells."""
+  import resume_worker  # pylint: disable=g-import-not-at-top
+  c = resume_worker.config(data_dir)
+  c.dataset.synthetic_size = 8
+  c.dataset.synthetic_seed = seed
+  c.dataset.num_folds = 2
+  c.dataset.val_fraction = 0.0
+  return c
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument('root')
+  p.add_argument('out')
+  p.add_argument('--process_id', type=int)
+  p.add_argument('--coordinator')
+  a = p.parse_args()
+  os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=1'
+  here = os.path.dirname(os.path.abspath(__file__))
+  sys.path[:0] = [here, os.path.dirname(here)]
+  from parallelnet import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from input_pipeline import errors  # pylint: disable=g-import-not-at-top
+  mesh_lib.maybe_initialize_distributed(a.coordinator, 2, a.process_id)
+  me, out = a.process_id, {}
+  shared = os.path.join(a.root, 'shared')
+
+  # 1. Shared-storage check: data_dir differs per process, workdir is shared.
+  try:
+    mesh_lib.check_shared_storage({
+        'workdir': os.path.join(shared, 'work'),
+        'data_dir': os.path.join(a.root, f'local{me}', 'tfds')})
+  except errors.UserError as e:
+    out['separate_error'] = str(e)
+  # ... and both shared: passes.
+  data_dir = os.path.join(shared, 'tfds')
+  mesh_lib.check_shared_storage({'workdir': os.path.join(shared, 'work'),
+                                 'data_dir': data_dir})
+
+  # 2. Build barrier, process 0 done building before process 1 arrives (the
+  # order in which process 1 used to skip the barrier, leaving 0 waiting).
+  import input_pipeline  # pylint: disable=g-import-not-at-top
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  from input_pipeline import builders  # pylint: disable=g-import-not-at-top
+
+  def unbuilt_builder(c):
+    s = builders.settings_from_config(c)
+    cls = builders.BUILDERS[c.dataset.name]
+    return cls(config=builders.make_builder_config(s, cls.CLASSES),
+               data_dir=data_dir)
+
+  c0 = build_config(data_dir, seed=0)
+  if me == 1:
+    b, deadline = unbuilt_builder(c0), time.time() + 120
+    while not b.is_prepared():
+      assert time.time() < deadline, 'process 0 never built the dataset'
+      time.sleep(0.05)
+  out['late_arrive'] = time.time()
+  b = input_pipeline.get_builder(c0)
+  out['late_return'] = time.time()
+  out['late_examples'] = b.info.splits['train_f0t+train_f1t'].num_examples
+
+  # 3. Process 1 arrives first, on a dataset that nobody has built yet.
+  c1 = build_config(data_dir, seed=1)
+  if me == 0:
+    time.sleep(2.0)
+  out['early_saw_built'] = unbuilt_builder(c1).is_prepared()
+  out['early_arrive'] = time.time()
+  b = input_pipeline.get_builder(c1)
+  out['early_return'] = time.time()
+  out['early_examples'] = b.info.splits['train_f0t+train_f1t'].num_examples
+  del pipeline
+
+  # 4. Metrics, figures and config files: process 0 only (per-process
+  # folders here, so that a write by process 1 would show).
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from parallelnet import checkpointing  # pylint: disable=g-import-not-at-top
+  from parallelnet import train  # pylint: disable=g-import-not-at-top
+  mine = os.path.join(a.root, f'local{me}', 'work')
+  classes = len(c0.dataset.classes)
+  train._write_eval_outputs(c0, mine, np.eye(classes, dtype=int), 7, 'test')  # pylint: disable=protected-access
+  checkpointing.write_config(c0, mine)
+  out['written'] = sorted(os.listdir(mine)) if os.path.isdir(mine) else []
+  with open(a.out, 'w') as f:
+    json.dump(out, f)
+
+
+if __name__ == '__main__':
+  main()

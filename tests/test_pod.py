@@ -1,0 +1,62 @@
+"""Multi-host behaviour with 2 processes on localhost (jax.distributed, CPU):
+the shared-storage check, the build barrier whichever process arrives first,
+and process-0-only writes. Both processes run tests/pod_worker.py."""
+
+import json
+import os
+import subprocess
+import sys
+
+from test_multi_device import _free_port
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def test_two_processes_storage_check_build_barrier_and_writes(tmp_path):
+  port = _free_port()
+  env = dict(os.environ, XLA_FLAGS='', TF_CPP_MIN_LOG_LEVEL='2')
+  logs = [tmp_path / f'log{i}.txt' for i in range(2)]
+  procs = []
+  try:
+    for i in range(2):
+      with open(logs[i], 'w') as log:  # Files, not pipes: a full pipe blocks.
+        procs.append(subprocess.Popen(
+            [sys.executable, os.path.join(HERE, 'pod_worker.py'),
+             str(tmp_path), str(tmp_path / f'p{i}.json'), f'--process_id={i}',
+             f'--coordinator=localhost:{port}'],
+            env=env, stdout=log, stderr=subprocess.STDOUT))
+    # A process that skips a barrier leaves the other one waiting: timeout.
+    for i, p in enumerate(procs):
+      assert p.wait(timeout=240) == 0, (
+          f'process {i}:\n{logs[i].read_text()[-4000:]}')
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  p0, p1 = (json.loads((tmp_path / f'p{i}.json').read_text())
+            for i in range(2))
+
+  # Separate data_dirs: both processes fail, naming data_dir, not workdir.
+  for i, out in enumerate((p0, p1)):
+    msg = out['separate_error']  # Each names the path it was given.
+    assert f"data_dir '{tmp_path / f'local{i}' / 'tfds'}'" in msg
+    assert 'process(es) 1 do not see' in msg
+    assert 'shared storage' in msg and 'GCS' in msg and 'NFS' in msg
+    assert 'workdir' not in msg
+  # The token files are gone from every folder.
+  leftovers = [f for _, _, files in os.walk(tmp_path) for f in files
+               if f.startswith('.parallelnet_shared_check_')]
+  assert not leftovers
+
+  # Process 0 built before process 1 arrived: process 0 still waited for it.
+  assert p0['late_return'] >= p1['late_arrive']
+  # Process 1 arrived first at an unbuilt dataset and waited for process 0.
+  assert not p1['early_saw_built']
+  assert p1['early_return'] >= p0['early_arrive']
+  for out in (p0, p1):
+    assert out['late_examples'] == out['early_examples'] == 6
+
+  # Only process 0 wrote metrics, the figure and the config.
+  assert p0['written'] == ['config.json', 'confusion_matrix.png',
+                           'eval_metrics.json']
+  assert p1['written'] == []
