@@ -8,6 +8,8 @@ from explain.dncshap import average_explanations
 from explain.dncshap import dncshap
 from explain.dncshap import dncshap_batch
 from explain.dncshap import Explanation
+from explain.dncshap import FactorizedFn
+from explain.dncshap import num_encodings
 from explain.dncshap import num_evaluations
 from explain.dncshap import region_boxes
 from explain.dncshap import Regions

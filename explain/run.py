@@ -13,6 +13,7 @@ Only this module of `explain/` imports the rest of the project.
 """
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -27,21 +28,55 @@ import numpy as np
 from explain.dncshap import average_explanations
 from explain.dncshap import dncshap
 from explain.dncshap import dncshap_batch
+from explain.dncshap import FactorizedFn
 from explain.dncshap import num_evaluations
 from explain import figures
 from explain import speech as speech_lib
 
 
-def probability_fn(model, variables):
-  """fn(images, spectrograms) -> softmax probabilities, weights as arguments.
+def probability_fn(model, variables, *, factorized=True):
+  """The model as DnCShap's fn: softmax probabilities, weights as arguments.
 
-  A `jax.tree_util.Partial` keeps the weights out of the compiled program's
-  constants (DnCShap passes them to its jitted core as arguments).
+  factorized=True: an `explain.FactorizedFn` over the model's
+  `encode_image` / `encode_speech` / `fuse` methods (every ParallelNet
+  variant has them), so DnCShap encodes each distinct masked input once.
+  For crossing 'before' / 'both' the N2 branches read both modalities, so
+  only N1, the adapter and the 1x1 projections P are cached per modality
+  and `fuse` runs N2 per coalition (fewer savings, same values).
+  factorized=False (or a model without those methods): a
+  `jax.tree_util.Partial` of the full forward pass.
+  Either way the weights reach the compiled program as arguments, not
+  constants, and the functions are reused per model (one compilation).
   """
-  def probs(variables, images, spectrograms):
+  encode_image, encode_speech, fuse, full = _model_functions(model)
+  if not (factorized and all(hasattr(model, m) for m in _FACTOR_METHODS)):
+    return jax.tree_util.Partial(full, variables)
+  return FactorizedFn(encode_image, encode_speech, fuse, variables)
+
+
+_FACTOR_METHODS = ('encode_image', 'encode_speech', 'fuse')
+
+
+@functools.lru_cache(maxsize=16)
+def _model_functions(model):
+  """(encode_image, encode_speech, fuse, full) for `model` (cached per model:
+  the same function objects give the same jit cache entries)."""
+  def encode_image(variables, images):
+    return model.apply(variables, images, method='encode_image')
+
+  def encode_speech(variables, spectrograms):
+    return model.apply(variables, spectrograms, method='encode_speech')
+
+  def fuse(variables, image_feats, speech_feats):
+    logits, _ = model.apply(variables, image_feats, speech_feats,
+                            method='fuse')
+    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+  def full(variables, images, spectrograms):
     logits, _ = model.apply(variables, images, spectrograms, train=False)
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-  return jax.tree_util.Partial(probs, variables)
+
+  return encode_image, encode_speech, fuse, full
 
 
 # --------------------------------------------------------------------------

@@ -185,50 +185,101 @@ class ParallelNet(nn.Module):
       raise ValueError(f'image batch {image.shape[0]} != spectrogram batch '
                        f'{spectrogram.shape[0]}.')
 
-  def _n1(self, name):
-    return ConvBranch(self.feature_dim, self.width, self.dtype,
-                      self.bn_momentum, name=name)
-
-  def _n2(self, backbone, name):
-    return BackboneBranch(backbone, self.feature_dim, self.width, self.dtype,
-                          self.bn_momentum, name=name)
-
-  def _head(self, name):
-    return Head(self.head_dim, self.num_classes, self.dtype, name=name)
-
-  @nn.compact
-  def __call__(self, image, spectrogram, train: bool):
-    self._check(image, spectrogram)
-    image = jnp.asarray(image, self.dtype)
-    speech = jnp.asarray(spectrogram, self.dtype)
-    out = {}
+  def setup(self):
+    # setup (not a compact __call__): encode_image / encode_speech / fuse are
+    # methods of their own (module.apply(..., method=...)), and a Linen module
+    # may define submodules inline in one compact method only. The attribute
+    # names are the parameter names.
+    if self.modalities not in MODALITIES:
+      raise ValueError(f'model.modalities={self.modalities!r}; expected one '
+                       f'of {MODALITIES}.')
+    if self.crossing not in CROSSINGS:
+      raise ValueError(f'model.crossing={self.crossing!r}; expected one of '
+                       f'{CROSSINGS}.')
     use_speech = self.modalities in ('both', 'speech')
     use_image = self.modalities in ('both', 'image')
+    n1 = lambda: ConvBranch(self.feature_dim, self.width, self.dtype,
+                            self.bn_momentum)
+    n2 = lambda b: BackboneBranch(b, self.feature_dim, self.width, self.dtype,
+                                  self.bn_momentum)
+    head = lambda: Head(self.head_dim, self.num_classes, self.dtype)
+    if use_speech:
+      self.N1_s = n1()
+      self.adapter = conv1x1(3, self.dtype, None)
+      self.N2_s = n2(self.speech_backbone)
+      self.head_sp = head()
+    if use_image:
+      self.N1_i = n1()
+      self.N2_i = n2(self.image_backbone)
+      self.head_img = head()
+    if self.modalities == 'both':
+      if self.crossing in ('before', 'both'):
+        self.P_is = conv1x1(3, self.dtype, None)
+        self.P_si = conv1x1(3, self.dtype, None)
+      self.head_mul = head()
+      self.theta = self.param('theta', _theta_init, (3,), jnp.float32)
 
-    if use_speech:
-      out['N1_s'] = self._n1('N1_s')(speech, train)
-      speech3 = conv1x1(3, self.dtype, 'adapter')(speech)
-    if use_image:
-      out['N1_i'] = self._n1('N1_i')(image, train)
-      image3 = image
-    if use_speech and use_image and self.crossing in ('before', 'both'):
+  @property
+  def crossed_inputs(self) -> bool:
+    """True when N2_s / N2_i read both modalities ('before' and 'both')."""
+    return self.modalities == 'both' and self.crossing in ('before', 'both')
+
+  def encode_image(self, image, train: bool = False):
+    """The image's share of the network, a dict (empty for 'speech').
+
+    'after': N1_i(image) and N2_i(image), everything that reads the image.
+    'before' / 'both': N2_i also reads the speech, so only N1_i(image), the
+    image itself (N2_i's own input) and P_is(image) (its contribution to
+    N2_s's input) are per-modality; `fuse` runs the N2 branches.
+    """
+    if self.modalities == 'speech':
+      return {}
+    image = jnp.asarray(image, self.dtype)
+    feats = {'N1_i': self.N1_i(image, train)}
+    if self.crossed_inputs:
+      feats['image3'] = image
+      feats['from_image'] = self.P_is(image)
+    else:
+      feats['N2_i'] = self.N2_i(image, train)
+    return feats
+
+  def encode_speech(self, spectrogram, train: bool = False):
+    """The spectrogram's share of the network, as `encode_image`."""
+    if self.modalities == 'image':
+      return {}
+    speech = jnp.asarray(spectrogram, self.dtype)
+    feats = {'N1_s': self.N1_s(speech, train)}
+    speech3 = self.adapter(speech)
+    if self.crossed_inputs:
+      feats['speech3'] = speech3
+      feats['from_speech'] = self.P_si(speech)
+    else:
+      feats['N2_s'] = self.N2_s(speech3, train)
+    return feats
+
+  def fuse(self, image_feats, speech_feats, train: bool = False):
+    """Eq. 1-2 from the two encodings: (logits O, intermediates).
+
+    For 'before' / 'both' this also runs N2_s and N2_i on the crossed inputs.
+    """
+    out = dict(image_feats)
+    out.update(speech_feats)
+    if self.crossed_inputs:
       # Criss-cross before N2: each backbone also sees the other modality.
-      from_image = conv1x1(3, self.dtype, 'P_is')(image)
-      from_speech = conv1x1(3, self.dtype, 'P_si')(speech)
-      speech3, image3 = (speech3 + _resize_like(from_image, speech3),
-                         image3 + _resize_like(from_speech, image3))
-    if use_speech:
-      out['N2_s'] = self._n2(self.speech_backbone, 'N2_s')(speech3, train)
-    if use_image:
-      out['N2_i'] = self._n2(self.image_backbone, 'N2_i')(image3, train)
+      speech3 = out.pop('speech3') + _resize_like(out.pop('from_image'),
+                                                  speech_feats['speech3'])
+      image3 = out.pop('image3') + _resize_like(out.pop('from_speech'),
+                                                image_feats['image3'])
+      out['N2_s'] = self.N2_s(speech3, train)
+      out['N2_i'] = self.N2_i(image3, train)
 
     if self.modalities == 'speech':
       out['F_s'] = out['N1_s'] + out['N2_s']
-      out['O_sp'] = self._head('head_sp')(out['F_s'])
+      out['O_sp'] = self.head_sp(out['F_s'])
       return jnp.asarray(out['O_sp'], jnp.float32), out
     if self.modalities == 'image':
       out['F_i'] = out['N1_i'] + out['N2_i']
-      out['O_img'] = self._head('head_img')(out['F_i'])
+      out['O_img'] = self.head_img(out['F_i'])
       return jnp.asarray(out['O_img'], jnp.float32), out
 
     if self.crossing == 'before':
@@ -238,14 +289,18 @@ class ParallelNet(nn.Module):
       out['F_i'] = out['N1_i'] + out['N2_s']
       out['F_s'] = out['N1_s'] + out['N2_i']
     out['F_mul'] = out['F_i'] * out['F_s']
-    out['O_sp'] = self._head('head_sp')(out['F_s'])
-    out['O_img'] = self._head('head_img')(out['F_i'])
-    out['O_mul'] = self._head('head_mul')(out['F_mul'])
+    out['O_sp'] = self.head_sp(out['F_s'])
+    out['O_img'] = self.head_img(out['F_i'])
+    out['O_mul'] = self.head_mul(out['F_mul'])
     # Eq. 2, in float32.
-    theta = self.param('theta', _theta_init, (3,), jnp.float32)
-    w = jax.nn.softmax(theta)
+    w = jax.nn.softmax(self.theta)
     out['fusion_weights'] = w
     logits = (w[0] * out['O_sp'].astype(jnp.float32)
               + w[1] * out['O_img'].astype(jnp.float32)
               + w[2] * out['O_mul'].astype(jnp.float32))
     return logits, out
+
+  def __call__(self, image, spectrogram, train: bool):
+    self._check(image, spectrogram)
+    return self.fuse(self.encode_image(image, train),
+                     self.encode_speech(spectrogram, train), train)
