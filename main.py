@@ -95,6 +95,11 @@ def main(argv):
     # Process 0 builds the dataset and writes checkpoints for all.
     mesh.check_shared_storage({'workdir': workdir,
                                'data_dir': config.dataset.data_dir})
+  if mode in ('train', 'cv', 'study'):
+    from parallelnet.models import pretrained  # pylint: disable=g-import-not-at-top
+    random_trunks = pretrained.random_trunks_warning(config)
+    if random_trunks:
+      logging.warning(random_trunks)
 
   if mode == 'train':
     metrics = train.train_and_evaluate(config, workdir)

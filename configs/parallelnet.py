@@ -48,9 +48,10 @@ def get_config(arg=None):
   # --- Input representation (SPEC §1) ---------------------------------------
   c.input = ml_collections.ConfigDict()
   c.input.image_size = 128  # Images are resized to image_size x image_size x 3.
-  # 'caffe': Keras vgg16.preprocess_input (BGR, ImageNet means subtracted,
-  # 0-255), what ImageNet VGG weights expect. 'unit': RGB scaled to [0, 1].
-  c.input.image_scaling = 'caffe'
+  # auto | caffe | tf | torch | unit (input_pipeline/image.py). 'auto': what
+  # model.image_weights expect (caffe for Keras VGG), else 'caffe'; an explicit
+  # mode contradicting the loaded weights is an error naming the right one.
+  c.input.image_scaling = 'auto'
   c.input.sample_rate = 16000  # Audio is resampled to this rate (Hz).
   c.input.n_fft = 1024  # STFT window (samples).
   c.input.hop_length = 512  # STFT hop (samples).
@@ -75,7 +76,11 @@ def get_config(arg=None):
   c.model.head_dim = 1024  # Hidden width of the three late-fusion heads.
   c.model.bn_momentum = 0.99  # BatchNorm momentum closing N1/N2 (Keras default 0.99).
   c.model.dtype = 'float32'  # Compute dtype (bfloat16 on accelerators); params stay float32.
-  c.model.pretrained = ''  # Optional .npz of trunk weights (Keras layer names); '' = random init.
+  # N2 trunk weights (README, 'Pretrained weights'): a Keras Applications .h5,
+  # a Keras 3 .weights.h5, our .npz, or a torchvision .pth (VGG); '' = random.
+  c.model.speech_weights = ''  # File for N2_s's trunk (speech_backbone); '' = random init.
+  c.model.image_weights = ''  # File for N2_i's trunk (image_backbone); '' = random init.
+  c.model.pretrained = ''  # Older form: one .npz for both trunks; excludes *_weights.
 
   # --- Training (SPEC §4) ---------------------------------------------------
   c.train = ml_collections.ConfigDict()

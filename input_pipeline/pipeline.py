@@ -1,7 +1,8 @@
 """tf.data pipelines that turn the built TFDS data into global jax.Arrays.
 
 Batch dicts (all global `jax.Array`s sharded on the mesh's 'data' axis):
-  train_batches: image (B, S, S, 3) float32 scaled per config.input.image_scaling,
+  train_batches: image (B, S, S, 3) float32 scaled per
+                 image.resolve_scaling(config) (input.image_scaling),
                  spectrogram (B, T, F, 1) float32 in [0, 1], label (B,) int32.
   eval_batches:  the same plus mask (B,) bool, False on padding.
 Each process reads its own contiguous shard of the split (process_split)
@@ -303,7 +304,7 @@ def train_dataset(config, *, epoch, start_step=0, process_index=None,
   ds = ds.shuffle(int(config.dataset.shuffle_buffer),
                   seed=epoch_seed(config.seed, epoch),
                   reshuffle_each_iteration=False)
-  ds = ds.map(_to_model_inputs(config.input.image_scaling),
+  ds = ds.map(_to_model_inputs(image_lib.resolve_scaling(config)),
               num_parallel_calls=tf.data.AUTOTUNE)
   # Every shard holds >= total // pc examples, so each process has `steps`
   # full local batches and all processes step together.
@@ -342,7 +343,7 @@ def eval_dataset(config, split='validation', *, process_index=None,
            for i in range(pc)]
   num_batches = math.ceil(max(sizes) / local_bs)
   ds = _read(b, process_split(b, full, pi, pc))
-  ds = ds.map(_to_model_inputs(config.input.image_scaling),
+  ds = ds.map(_to_model_inputs(image_lib.resolve_scaling(config)),
               num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.map(lambda ex: dict(ex, mask=tf.constant(True)))
   pad = tf.data.Dataset.from_tensors(
@@ -379,7 +380,7 @@ def load_examples(config, split='test', n=None):
   out['audio_path'] = np.array([e['audio_path'].decode() for e in exs])
   out['image_raw'] = out['image']
   out['image'] = image_lib.scale_image(out['image_raw'],
-                                       config.input.image_scaling)
+                                       image_lib.resolve_scaling(config))
   out['spectrogram'] = out['spectrogram'].astype(np.float32)
   out['label'] = out['label'].astype(np.int32)
   out['waveform'] = np.stack([audio_lib.load_waveform(p, config.input)
@@ -404,5 +405,6 @@ def preprocess_pair(config, image_path, audio_path):
     raise audio_lib.AudioError(f'audio {audio_path}: {e}') from e
   # float16 round trip: the same values the built dataset stores.
   spec = spec.astype(np.float16).astype(np.float32)
-  return dict(image=image_lib.scale_image(raw, config.input.image_scaling),
+  scaling = image_lib.resolve_scaling(config)
+  return dict(image=image_lib.scale_image(raw, scaling),
               image_raw=raw, spectrogram=spec, waveform=wav)

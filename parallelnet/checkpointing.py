@@ -37,8 +37,10 @@ from parallelnet import mesh as mesh_lib
 
 def model_config(config) -> dict[str, Any]:
   """The config fields that determine the variables' structure, flattened."""
+  # Init weight files do not change the structure.
+  init_files = ('pretrained', 'speech_weights', 'image_weights')
   out = {f'model.{k}': v for k, v in sorted(config.model.to_dict().items())
-         if k != 'pretrained'}  # Init weights do not change the structure.
+         if k not in init_files}
   out['dataset.classes'] = list(config.dataset.classes)
   for k in ('image_size', 'num_frames', 'n_mels'):
     out[f'input.{k}'] = config.input[k]

@@ -100,7 +100,7 @@ def _keys(config):
 
 
 def init_train_state(config, model, mesh) -> TrainState:
-  """Initial variables (pretrained trunks if config.model.pretrained), Adam,
+  """Initial variables (pretrained trunks if config.model.*_weights), Adam,
   plateau state and the training key, replicated over `mesh`.
 
   Every process computes the same values from config.seed.

@@ -13,7 +13,6 @@ from parallelnet import models
 from parallelnet import summary
 from parallelnet.models import common
 from parallelnet.models import parallelnet as parallelnet_lib
-from parallelnet.models import pretrained
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
@@ -573,70 +572,3 @@ def test_bfloat16_compute_keeps_float32_params():
     assert inter[name].dtype == jnp.bfloat16, name
   assert inter['fusion_weights'].dtype == jnp.float32
   assert logits.dtype == jnp.float32
-
-
-# --- Pretrained weights -------------------------------------------------------
-
-
-@pytest.mark.parametrize('name', ['vgg16', 'mobilenet_v2'])
-def test_keras_weights_import_gives_the_same_function(name):
-  keras = pytest.importorskip('keras')
-  ref = getattr(keras.applications, pretrained.KERAS_BUILDERS[name])(
-      weights=None, include_top=False, input_shape=(32, 32, 3))
-  rng = np.random.default_rng(0)
-  # Random weights everywhere (BatchNorm variances positive), so that a
-  # misplaced or mis-transposed weight would change the output.
-  ref.set_weights([
-      rng.uniform(0.5, 1.5, w.shape) if w.path.endswith('moving_variance')
-      else rng.normal(0.0, np.sqrt(2.0 / max(1, np.prod(w.shape[:-1]))),
-                      w.shape) for w in ref.weights])
-  net = models.get_backbone(name)
-  x = rng.normal(0.0, 1.0, (2, 32, 32, 3)).astype(np.float32)
-  shapes = jax.eval_shape(lambda k: net.init(k, x), jax.random.key(0))
-  variables = pretrained.load_trunk(
-      {'params': shapes['params'], 'batch_stats': shapes.get('batch_stats',
-                                                             {})},
-      pretrained.export_keras(ref, name), name)
-  variables = {k: v for k, v in variables.items() if v}
-  ours = jax.jit(lambda v, x: net.apply(v, x, train=False))(variables, x)
-  np.testing.assert_allclose(ours, np.asarray(ref(x, training=False)),
-                             rtol=1e-4, atol=1e-4 * float(np.abs(ours).max()))
-
-
-def test_pretrained_loading_is_strict_and_fills_n2(tmp_path):
-  config = tiny_config()
-  model = models.get_model(config)
-  variables = quick_variables(
-      lambda k: models.init_variables(model, config, k))
-  rng = np.random.default_rng(1)
-  arrays = {}
-  for branch, backbone in (('N2_s', 'vgg16'), ('N2_i', 'vgg19')):
-    for layer, vs in variables['params'][branch]['backbone'].items():
-      for var, x in vs.items():
-        arrays[f'{backbone}/{layer}/{var}'] = rng.normal(size=x.shape)
-  path = str(tmp_path / 'trunks.npz')
-  np.savez(path, **arrays)
-  config.model.pretrained = path
-  loaded = pretrained.load_into(variables, config)
-  np.testing.assert_allclose(
-      loaded['params']['N2_s']['backbone']['block5_conv3']['kernel'],
-      arrays['vgg16/block5_conv3/kernel'], rtol=1e-6)
-  np.testing.assert_allclose(
-      loaded['params']['N2_i']['backbone']['block5_conv4']['bias'],
-      arrays['vgg19/block5_conv4/bias'], rtol=1e-6)
-  # Everything else untouched.
-  np.testing.assert_array_equal(loaded['params']['N1_i']['dense']['kernel'],
-                                variables['params']['N1_i']['dense']['kernel'])
-  trunk = {'params': variables['params']['N2_s']['backbone'],
-           'batch_stats': {}}
-  missing = {k: v for k, v in arrays.items() if 'block1_conv1/bias' not in k}
-  with pytest.raises(ValueError, match='no weight for params/block1_conv1'):
-    pretrained.load_trunk(trunk, missing, 'vgg16')
-  extra = dict(arrays, **{'vgg16/block9_conv1/kernel': np.zeros(3)})
-  with pytest.raises(ValueError, match='block9_conv1.*no counterpart'):
-    pretrained.load_trunk(trunk, extra, 'vgg16')
-  wrong = dict(arrays, **{'vgg16/block1_conv1/bias': np.zeros(7)})
-  with pytest.raises(ValueError, match=r'shape \(7,\)'):
-    pretrained.load_trunk(trunk, wrong, 'vgg16')
-  with pytest.raises(ValueError, match="No weights for backbone 'resnet50'"):
-    pretrained.load_trunk(trunk, arrays, 'resnet50')

@@ -34,7 +34,8 @@ def _parallelnet(config) -> nn.Module:
       feature_dim=m.feature_dim,
       head_dim=m.head_dim,
       dtype=compute_dtype(m.dtype),
-      bn_momentum=m.bn_momentum)
+      bn_momentum=m.bn_momentum,
+      speech_scaling=pretrained.speech_input_scaling(config))
 
 
 # config.model.name -> factory(config) -> nn.Module
@@ -63,9 +64,10 @@ def init_variables(model: nn.Module, config, rng,
                    load_pretrained: bool = True) -> dict:
   """{'params', 'batch_stats'} of `model` for the config's input shapes.
 
-  Random init (jitted), then, if `config.model.pretrained` names a file and
-  `load_pretrained`, the N2 trunks are replaced by its weights (see
-  models/pretrained.py). With load_pretrained=False it works under
+  Random init (jitted), then, if `load_pretrained` and
+  `config.model.speech_weights` / `image_weights` (or the older
+  `model.pretrained`) name files, the N2 trunks are replaced by their weights
+  (see models/pretrained.py). With load_pretrained=False it works under
   `jax.eval_shape` (nothing is allocated then).
   """
   image, spectrogram = dummy_inputs(config)
@@ -84,7 +86,7 @@ def init_variables(model: nn.Module, config, rng,
     # compiles about 4x faster. Integer hashing is exact at any level.
     variables = init.lower(rng).compile(
         compiler_options={'xla_backend_optimization_level': 0})(rng)
-  if load_pretrained and config.model.get('pretrained'):
+  if load_pretrained and any(p for *_, p in pretrained.trunk_weights(config)):
     variables = pretrained.load_into(variables, config)
   return variables
 

@@ -8,7 +8,10 @@ Names follow SPEC §2 (the paper swaps N1 and N2 between two paragraphs; we use
   N2 (backbone branch): trunk M (registry name), BatchNorm, Flatten, Dense.
   adapter:              Conv1x1 with 3 filters turning the 1-channel spectrogram
                         into the 3 channels N2_s's trunk expects (N1_s reads
-                        the spectrogram directly).
+                        the spectrogram directly). With pretrained speech
+                        weights (`speech_scaling`, e.g. 'caffe') its output a
+                        is read as an RGB image in [0, 1] and scaled as those
+                        weights expect: scale_float(255 a, speech_scaling).
   Eq. 1 (criss-cross after N2, 'Configuration 3'):
     F_i = N1_i(image) + N2_s(speech),  F_s = N1_s(speech) + N2_i(image),
     F_mul = F_i * F_s  (Eq. 1 prints N1_i in F_s; the text says N2_i: we follow
@@ -54,6 +57,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from input_pipeline import image as image_lib
 from parallelnet.models import backbones
 from parallelnet.models import vgg
 from parallelnet.models.common import batch_norm
@@ -164,6 +168,9 @@ class ParallelNet(nn.Module):
   dtype: Any = jnp.float32
   # Momentum of the BatchNorms closing N1 and N2 (the trunks keep their own).
   bn_momentum: float = 0.99
+  # Input scaling of N2_s's pretrained trunk applied to the adapter output
+  # (input_pipeline/image.py modes); '' = adapter output fed as is.
+  speech_scaling: str = ''
 
   def _check(self, image, spectrogram):
     if self.modalities not in MODALITIES:
@@ -250,6 +257,9 @@ class ParallelNet(nn.Module):
     speech = jnp.asarray(spectrogram, self.dtype)
     feats = {'N1_s': self.N1_s(speech, train)}
     speech3 = self.adapter(speech)
+    if self.speech_scaling:
+      speech3 = image_lib.scale_float(
+          255.0 * speech3, self.speech_scaling).astype(self.dtype)
     if self.crossed_inputs:
       feats['speech3'] = speech3
       feats['from_speech'] = self.P_si(speech)
