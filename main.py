@@ -30,11 +30,13 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Directory for checkpoints, metrics and explanations.')
 _MODE = flags.DEFINE_enum(
-    'mode', 'train', ['train', 'eval', 'cv', 'explain', 'summary'],
+    'mode', 'train', ['train', 'eval', 'cv', 'explain', 'summary', 'study'],
     'train: train, evaluate on the test split (and explain if '
     'config.explain.after_train); eval: evaluate the best checkpoint; cv: '
     'k-fold cross-validation; explain: DnCShap for test examples or for '
-    '--image/--audio; summary: parameter counts per branch.')
+    '--image/--audio; summary: parameter counts per branch; study: train '
+    'and evaluate each row of config.study.rows (Table 2/3, N2 sweep) in '
+    '<workdir>/<row>/, then study.csv, study.md, study.png.')
 _IMAGE = flags.DEFINE_string('image', None, 'Explain this image (with --audio).')
 _AUDIO = flags.DEFINE_string('audio', None, 'Explain this audio (with --image).')
 _COORDINATOR = flags.DEFINE_string(
@@ -113,6 +115,11 @@ def main(argv):
     print(f"test_accuracy={metrics['accuracy']:.4f}")
   elif mode == 'cv':
     train.cross_validate(config, workdir)
+  elif mode == 'study':
+    from parallelnet import study  # pylint: disable=g-import-not-at-top
+    study.run_study(config, workdir,
+                    config_file=flags.FLAGS['config'].config_filename,
+                    overrides=flags.FLAGS['config'].override_values)
   elif mode == 'explain':
     from explain import run as explain_run  # pylint: disable=g-import-not-at-top
     if bool(_IMAGE.value) != bool(_AUDIO.value):

@@ -13,6 +13,8 @@ Usage:
   baseline2   criss-cross before N2, EfficientNet-B0 as N2.
   baseline3   criss-cross after N2, EfficientNet-B0 as N2.
   sentiment   B-T4SA with three sentiment classes (Table 3).
+  proposed    no change (the proposed model; a row name of --mode=study).
+  n2=<name>   the §4.3.2 N2 sweep: backbone <name> in both N2 trunks.
   runlocal    tiny widths and inputs so that a 2-core CPU runs it in seconds.
 """
 
@@ -21,8 +23,11 @@ import ml_collections
 EMOTIONS = ('anger', 'happy', 'hate', 'sad')
 SENTIMENTS = ('negative', 'neutral', 'positive')
 
-VARIANTS = ('ser_only', 'ier_only', 'baseline1', 'baseline2', 'baseline3',
-            'sentiment', 'runlocal')
+VARIANTS = ('proposed', 'ser_only', 'ier_only', 'baseline1', 'baseline2',
+            'baseline3', 'sentiment', 'n2=<backbone>', 'runlocal')
+# Table 2's rows, in the paper's order: --mode=study's default.
+TABLE2_ROWS = ('ser_only', 'ier_only', 'baseline1', 'baseline2', 'baseline3',
+               'proposed')
 
 
 def get_config(arg=None):
@@ -98,6 +103,9 @@ def get_config(arg=None):
   c.train.log_every_steps = 50  # Training-metric logging period (steps).
   c.train.checkpoint_every_steps = 0  # Mid-epoch checkpoint period; 0 = epoch ends only.
   c.train.max_steps_per_epoch = -1  # Cap for quick runs; -1 = the whole split.
+  # Learning-rate factor of the N2 trunks (fine-tuning): 1 = same as the rest,
+  # 0 = frozen (their parameters never change).
+  c.train.trunk_lr_multiplier = 1.0
 
   # --- Explanation (SPEC §5, §7) --------------------------------------------
   c.explain = ml_collections.ConfigDict()
@@ -117,6 +125,16 @@ def get_config(arg=None):
   c.explain.keep_percentile = 30.0  # Speech frames under this percentile are dropped.
   c.explain.after_train = False  # Explain test examples at the end of --mode=train.
 
+  # --- Study (--mode=study: Table 2/3 and the N2 sweep, §4.3) ---------------
+  c.study = ml_collections.ConfigDict()
+  # Comma-separated rows, each a variant of this file (proposed, ser_only,
+  # ier_only, baseline1-3, sentiment, n2=<backbone>); one <workdir>/<row>/ each.
+  c.study.rows = ','.join(TABLE2_ROWS)
+  c.study.cv = False  # True: each row is k-fold cross-validated (mean ± std).
+  # Folder of the b_t4sa manifest for the `sentiment` row (its manual_dir);
+  # '' = dataset.manual_dir.
+  c.study.sentiment_dir = ''
+
   for variant in (arg.split(',') if arg else ()):
     _apply_variant(c, variant.strip())
   return c
@@ -124,7 +142,16 @@ def get_config(arg=None):
 
 def _apply_variant(c, variant):
   """Modifies config `c` in place for one named variant."""
-  if variant == 'ser_only':
+  if variant == 'proposed':
+    pass
+  elif variant.startswith('n2='):
+    backbone = variant[len('n2='):].strip()
+    if not backbone:
+      raise ValueError(f'Config variant {variant!r} names no backbone; write '
+                       'e.g. n2=vgg16.')
+    c.model.speech_backbone = backbone
+    c.model.image_backbone = backbone
+  elif variant == 'ser_only':
     c.model.modalities = 'speech'
   elif variant == 'ier_only':
     c.model.modalities = 'image'

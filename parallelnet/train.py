@@ -66,9 +66,10 @@ def plateau_transform(factor: float, patience: int
 
 def create_train_state(model, variables: dict, train_key_data: jax.Array, *,
                        learning_rate: float, plateau_factor: float,
-                       plateau_patience: int) -> TrainState:
+                       plateau_patience: int,
+                       trunk_lr_multiplier: float = 1.0) -> TrainState:
   """A fresh TrainState around initial `variables` (pure; jit it)."""
-  tx = _adam(learning_rate)
+  tx = make_optimizer(learning_rate, trunk_lr_multiplier)
   return TrainState.create(
       apply_fn=model.apply, params=variables['params'], tx=tx,
       batch_stats=variables['batch_stats'],
@@ -77,20 +78,65 @@ def create_train_state(model, variables: dict, train_key_data: jax.Array, *,
       rng=train_key_data)
 
 
+# The N2 trunks' parameters: params[N2_s | N2_i]['backbone'] (models/).
+TRUNK_PATHS = (('N2_s', 'backbone'), ('N2_i', 'backbone'))
+
+
+def trunk_labels(params) -> Any:
+  """'trunk' for the N2 trunks' parameters, 'rest' for all others (the
+  labels of `make_optimizer`'s optax.multi_transform)."""
+  def label(path, _):
+    keys = tuple(getattr(k, 'key', None) for k in path[:2])
+    return 'trunk' if keys in TRUNK_PATHS else 'rest'
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def optimizer_layout(trunk_lr_multiplier: float) -> str:
+  """The optimizer-state layout `make_optimizer` gives: 'adam' (one Adam,
+  multiplier 1), 'adam+frozen_trunk' (0) or 'adam+trunk_adam' (other)."""
+  m = float(trunk_lr_multiplier)
+  if m < 0 or not math.isfinite(m):
+    raise errors.UserError(f'config.train.trunk_lr_multiplier={m}; it must be a '
+                    'finite number >= 0 (1 = same rate, 0 = frozen trunks).')
+  return {1.0: 'adam', 0.0: 'adam+frozen_trunk'}.get(m, 'adam+trunk_adam')
+
+
 @functools.lru_cache(maxsize=8)
-def _adam(learning_rate: float) -> optax.GradientTransformation:
-  # One object per rate: the jitted steps see equal static state fields.
-  return optax.adam(learning_rate)
+def make_optimizer(learning_rate: float, trunk_lr_multiplier: float = 1.0
+                   ) -> optax.GradientTransformation:
+  """Adam; the N2 trunks at `trunk_lr_multiplier` times the rate.
+
+  Multiplier 1 is plain Adam (the checkpoint layout of earlier versions);
+  otherwise optax.multi_transform over `trunk_labels`, the trunks getting
+  Adam at learning_rate * multiplier (Adam's step is linear in the rate), or
+  optax.set_to_zero at 0: frozen trunks get zero updates and no Adam moments,
+  so their parameters never change (bit for bit, except that a -0.0 entry
+  would become +0.0). Cached: one object per setting, so the jitted steps
+  see equal static state fields.
+  """
+  layout = optimizer_layout(trunk_lr_multiplier)
+  if layout == 'adam':
+    return optax.adam(learning_rate)
+  trunk = (optax.set_to_zero() if layout == 'adam+frozen_trunk'
+           else optax.adam(learning_rate * trunk_lr_multiplier))
+  return optax.multi_transform(
+      {'rest': optax.adam(learning_rate), 'trunk': trunk}, trunk_labels)
+
+
+def _optimizer(config) -> optax.GradientTransformation:
+  return make_optimizer(float(config.train.learning_rate),
+                        float(config.train.get('trunk_lr_multiplier', 1.0)))
 
 
 @functools.lru_cache(maxsize=8)
 def _jitted_state_factory(model, learning_rate, plateau_factor,
-                          plateau_patience, mesh):
+                          plateau_patience, trunk_lr_multiplier, mesh):
   return jax.jit(
       functools.partial(create_train_state, model,
                         learning_rate=learning_rate,
                         plateau_factor=plateau_factor,
-                        plateau_patience=plateau_patience),
+                        plateau_patience=plateau_patience,
+                        trunk_lr_multiplier=trunk_lr_multiplier),
       out_shardings=mesh_lib.replicated(mesh))
 
 
@@ -113,7 +159,7 @@ def init_train_state(config, model, mesh) -> TrainState:
   factory = _jitted_state_factory(
       model, float(config.train.learning_rate),
       float(config.train.plateau_factor), int(config.train.plateau_patience),
-      mesh)
+      float(config.train.get('trunk_lr_multiplier', 1.0)), mesh)
   return factory(variables, np.asarray(jax.random.key_data(train_key)))
 
 
@@ -129,7 +175,9 @@ def abstract_checkpoint_tree(config, model, mesh):
         model, variables, jax.random.key_data(train_key),
         learning_rate=config.train.learning_rate,
         plateau_factor=config.train.plateau_factor,
-        plateau_patience=config.train.plateau_patience))
+        plateau_patience=config.train.plateau_patience,
+        trunk_lr_multiplier=float(
+            config.train.get('trunk_lr_multiplier', 1.0))))
 
   return checkpointing.abstract_with_sharding(
       jax.eval_shape(make), mesh_lib.replicated(mesh))
@@ -420,8 +468,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     raise errors.UserError(
         f'The train split has {data.num_examples(config, "train")} examples, '
         f'fewer than one batch of config.train.batch_size={tc.batch_size}.')
+  layout = optimizer_layout(tc.get('trunk_lr_multiplier', 1.0))  # Checks it.
   ckpts = checkpointing.Checkpoints(workdir, config)
-  ckpts.restore_meta('latest')  # Refuse another model's workdir up front.
+  # Refuse another model's workdir (and optimizer layout) up front.
+  _, saved_meta = ckpts.restore_meta('latest')
+  if saved_meta is not None and saved_meta.get('optimizer', 'adam') != layout:
+    raise errors.UserError(
+        f'The checkpoint in {os.path.join(workdir, "checkpoints")} was '
+        f'trained with optimizer layout {saved_meta.get("optimizer", "adam")!r}'
+        f' but config.train.trunk_lr_multiplier={tc.trunk_lr_multiplier} '
+        f'gives {layout!r} (1 = plain Adam, 0 = frozen trunks, other = a '
+        f'second Adam for the trunks); resume with the old multiplier or use '
+        f'another --workdir.')
   # The full config, so the workdir alone can be restored (teachers, §3.1).
   checkpointing.write_config(config, workdir)
   steps = Steps(config, mesh)
@@ -434,8 +492,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if tree is None:
     state = init_train_state(config, model, mesh)
   else:  # No fresh init (it may read pretrained weights): all is restored.
-    state = TrainState(apply_fn=model.apply,
-                       tx=_adam(float(tc.learning_rate)), **tree)
+    state = TrainState(apply_fn=model.apply, tx=_optimizer(config), **tree)
     epoch, position = meta['epoch'], meta['position']
     loss_sum, acc_sum = meta['train_loss_sum'], meta['train_accuracy_sum']
     stopper = stopper.replace(**meta['early_stopping'])
@@ -444,7 +501,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   def meta_now():
     return dict(epoch=epoch, position=position, train_loss_sum=loss_sum,
-                train_accuracy_sum=acc_sum,
+                train_accuracy_sum=acc_sum, optimizer=layout,
                 early_stopping=dict(best_metric=stopper.best_metric,
                                     patience_count=stopper.patience_count,
                                     should_stop=bool(stopper.should_stop)))

@@ -151,6 +151,65 @@ def test_eq1_intermediate_fusion(proposed):
   assert float(jnp.abs(t['N2_s'] - t['N2_i']).max()) > 1e-3
 
 
+def test_eq1_against_separately_applied_branches(proposed):
+  """F_i, F_s, F_mul from N1_i, N1_s, N2_i, N2_s applied one by one, each as
+  its own module on its own slice of the variables (not the model's sums)."""
+  p, config = proposed, proposed['config']
+  v, m = p['variables'], config.model
+  image, speech = p['image'], p['spectrogram']
+
+  def branch(module, name, x):
+    return module.apply({'params': v['params'][name],
+                         'batch_stats': v['batch_stats'][name]}, x,
+                        train=False)
+
+  n1 = parallelnet_lib.ConvBranch(m.feature_dim, m.width,
+                                  bn_momentum=m.bn_momentum)
+  n2_s = parallelnet_lib.BackboneBranch(m.speech_backbone, m.feature_dim,
+                                        m.width, bn_momentum=m.bn_momentum)
+  n2_i = parallelnet_lib.BackboneBranch(m.image_backbone, m.feature_dim,
+                                        m.width, bn_momentum=m.bn_momentum)
+  adapter = parallelnet_lib.conv1x1(3, jnp.float32, 'adapter')
+  speech3 = adapter.apply({'params': v['params']['adapter']}, speech)
+  f_i = branch(n1, 'N1_i', image) + branch(n2_s, 'N2_s', speech3)
+  f_s = branch(n1, 'N1_s', speech) + branch(n2_i, 'N2_i', image)
+  t = p['inter']
+  np.testing.assert_allclose(t['F_i'], f_i, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(t['F_s'], f_s, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(t['F_mul'], f_i * f_s, rtol=1e-4, atol=1e-5)
+  # The text's reading (N2_i in F_s), not Eq. 1's misprint (N1_i in F_s):
+  # the two differ here.
+  misprint = branch(n1, 'N1_s', speech) + branch(n1, 'N1_i', image)
+  assert float(jnp.abs(misprint - t['F_s']).max()) > 1e-3
+
+
+def test_baseline1_crosses_n1_first_part_before_n2():
+  """Baseline 1 ('both'): N2_s's input holds P_is(N1a_i(image)), so
+  changing only N1_i's first block changes N2_s; in Baseline 2 ('before')
+  N2_s reads the raw image and does not see N1_i's weights at all."""
+  outs = {}
+  for crossing in ('both', 'before'):
+    config = tiny_config()
+    config.model.crossing = crossing
+    _, variables, apply = build(config)
+    image, spectrogram = random_inputs(config, jax.random.key(5))
+    _, t1 = apply(variables, image, spectrogram)
+    params = jax.tree.map(lambda x: x, variables['params'])
+    conv = params['N1_i']['convs']['block1_conv2']
+    params['N1_i']['convs']['block1_conv2'] = dict(
+        conv, bias=conv['bias'] + 0.5)
+    _, t2 = apply(dict(variables, params=params), image, spectrogram)
+    outs[crossing] = (t1, t2, variables)
+  t1, t2, variables = outs['both']
+  assert not np.array_equal(t1['N2_s'], t2['N2_s'])
+  np.testing.assert_array_equal(t1['N2_i'], t2['N2_i'])  # Speech side only.
+  # P_is reads N1a's 64*width channels (Baseline 2: the image's 3).
+  assert variables['params']['P_is']['kernel'].shape[2] == 4  # 64 / 16.
+  assert outs['before'][2]['params']['P_is']['kernel'].shape[2] == 3
+  t1, t2, _ = outs['before']
+  np.testing.assert_array_equal(t1['N2_s'], t2['N2_s'])
+
+
 def test_eq2_late_fusion(proposed):
   t = proposed['inter']
   theta = proposed['variables']['params']['theta']

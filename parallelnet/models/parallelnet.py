@@ -22,8 +22,9 @@ Names follow SPEC §2 (the paper swaps N1 and N2 between two paragraphs; we use
     y_hat = softmax(O). The module returns the logits O.
 
 Crossing position (`crossing`, Table 2's Baselines 1-3). The paper only says
-"a criss-cross is a position combining two different modalities' networks".
-Our reading:
+"a criss-cross is a position combining two different modalities' networks"
+and, of Baseline 1, that it "divides N1 into two parts and uses two
+criss-crosses before and after N2" (§4.3). Our reading:
   'after'  (proposed, Baseline 3): Eq. 1 as above.
   'before' (Baseline 2): the criss-cross sits at the inputs of the backbone
     branches. N2_s reads adapter(speech) + P_is(image) and N2_i reads
@@ -32,8 +33,17 @@ Our reading:
     branch's input is resized to it (bilinear, jax.image.resize). The branch
     outputs are then combined within each modality: F_s = N1_s + N2_s,
     F_i = N1_i + N2_i, F_mul = F_i * F_s.
-  'both'   (Baseline 1): the crossed inputs of 'before' AND the crossing of
-    'after': F_i = N1_i + N2_s, F_s = N1_s + N2_i.
+  'both'   (Baseline 1): N1 is divided into two parts, N1 = N1b o N1a, where
+    N1a is its first conv block (two 3x3 convs and the pool: H/2 x W/2 x 64
+    features) and N1b the rest (two blocks, BatchNorm, Flatten, Dense). The
+    first criss-cross, before N2, feeds each backbone the other modality's
+    N1a features: N2_s reads adapter(speech) + P_is(N1a_i(image)) and N2_i
+    reads image + P_si(N1a_s(speech)) (P: 1x1 conv to 3 channels, resized as
+    in 'before'). The second, after N2, is Eq. 1: F_i = N1_i + N2_s,
+    F_s = N1_s + N2_i, F_mul = F_i * F_s. So Baseline 2 crosses the raw
+    inputs once; Baseline 1 crosses N1's first-part features before N2 and
+    the branch outputs after it. Same modules as 'before' (P_is, P_si read
+    64*width channels instead of 3 / 1).
 Heads and late fusion are the same for all three.
 
 Unimodal variants (`modalities`, Table 2's SER Only / IER Only): 'speech' builds
@@ -98,10 +108,15 @@ class ConvBranch(nn.Module):
   bn_momentum: float = 0.99
 
   @nn.compact
-  def __call__(self, x, train: bool):
-    x = vgg.VGG(blocks=((64, 2), (128, 2), (256, 2)), width=self.width,
-                dtype=self.dtype, name='convs')(x)
-    return _bn_flatten_dense(x, train, self)
+  def __call__(self, x, train: bool, return_first_part: bool = False):
+    """N1(x); with `return_first_part`, (N1(x), N1a(x)), N1a being the first
+    conv block (Baseline 1's criss-cross before N2 reads it)."""
+    convs = vgg.VGG(blocks=((64, 2), (128, 2), (256, 2)), width=self.width,
+                    dtype=self.dtype, name='convs')
+    if not return_first_part:
+      return _bn_flatten_dense(convs(x), train, self)
+    x, first = convs(x, tap_block=1)
+    return _bn_flatten_dense(x, train, self), first
 
 
 class BackboneBranch(nn.Module):
@@ -236,16 +251,21 @@ class ParallelNet(nn.Module):
 
     'after': N1_i(image) and N2_i(image), everything that reads the image.
     'before' / 'both': N2_i also reads the speech, so only N1_i(image), the
-    image itself (N2_i's own input) and P_is(image) (its contribution to
+    image itself (N2_i's own input) and P_is(image) ('both': P_is(N1a_i),
+    the first part of N1_i; see the module docstring) (its contribution to
     N2_s's input) are per-modality; `fuse` runs the N2 branches.
     """
     if self.modalities == 'speech':
       return {}
     image = jnp.asarray(image, self.dtype)
-    feats = {'N1_i': self.N1_i(image, train)}
+    if self.crossing == 'both' and self.crossed_inputs:  # Baseline 1.
+      n1, n1a = self.N1_i(image, train, return_first_part=True)
+      feats = {'N1_i': n1}
+    else:
+      feats, n1a = {'N1_i': self.N1_i(image, train)}, image
     if self.crossed_inputs:
       feats['image3'] = image
-      feats['from_image'] = self.P_is(image)
+      feats['from_image'] = self.P_is(n1a)
     else:
       feats['N2_i'] = self.N2_i(image, train)
     return feats
@@ -255,14 +275,18 @@ class ParallelNet(nn.Module):
     if self.modalities == 'image':
       return {}
     speech = jnp.asarray(spectrogram, self.dtype)
-    feats = {'N1_s': self.N1_s(speech, train)}
+    if self.crossing == 'both' and self.crossed_inputs:  # Baseline 1.
+      n1, n1a = self.N1_s(speech, train, return_first_part=True)
+      feats = {'N1_s': n1}
+    else:
+      feats, n1a = {'N1_s': self.N1_s(speech, train)}, speech
     speech3 = self.adapter(speech)
     if self.speech_scaling:
       speech3 = image_lib.scale_float(
           255.0 * speech3, self.speech_scaling).astype(self.dtype)
     if self.crossed_inputs:
       feats['speech3'] = speech3
-      feats['from_speech'] = self.P_si(speech)
+      feats['from_speech'] = self.P_si(n1a)
     else:
       feats['N2_s'] = self.N2_s(speech3, train)
     return feats

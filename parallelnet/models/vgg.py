@@ -40,9 +40,15 @@ class VGG(nn.Module):
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, tap_block: int = 0):
+    """The trunk's output; with `tap_block` = b > 0, (output, output of
+    block b) (ParallelNet's Baseline 1 reads N1 after its first block)."""
     del train  # No BatchNorm or dropout in VGG; the backbone interface has it.
+    if not 0 <= tap_block <= len(self.blocks):
+      raise ValueError(f'tap_block={tap_block}; this VGG has '
+                       f'{len(self.blocks)} blocks.')
     x = jnp.asarray(x, self.dtype)
+    tapped = None
     for b, (filters, convs) in enumerate(self.blocks, start=1):
       for i in range(1, convs + 1):
         x = nn.Conv(scaled(filters, self.width), (3, 3), padding='SAME',
@@ -51,7 +57,9 @@ class VGG(nn.Module):
                     name=f'block{b}_conv{i}')(x)
         x = nn.relu(x)
       x = MaxPool(name=f'block{b}_pool')(x)
-    return x
+      if b == tap_block:
+        tapped = x
+    return x if not tap_block else (x, tapped)
 
 
 def vgg16(width: float = 1.0, dtype: Any = jnp.float32) -> VGG:

@@ -1,0 +1,340 @@
+"""`--mode=study`: the paper's Table 2, Table 3 and N2 sweep (§4.3) as one run.
+
+`config.study.rows` is a comma-separated list of row names. A row is a
+variant of the config file the run was given, written as it would be after
+the colon of --config:
+  proposed                 the model as configured (no variant).
+  ser_only, ier_only       Table 2's unimodal rows.
+  baseline1 ... baseline3  Table 2's crossing baselines (EfficientNet-B0 N2).
+  sentiment                Table 3: B-T4SA, three sentiment classes; its data
+                           folder is config.study.sentiment_dir (else
+                           dataset.manual_dir).
+  n2=<backbone>            §4.3.2's sweep: <backbone> in both N2 trunks.
+
+Row config = the config file's get_config(<variants after the colon>,<row>)
+with the command line's --config.* overrides applied again on top, so
+`--config=configs/demo.py:runlocal --config.train.num_epochs=3` trains every
+row at runlocal size for 3 epochs. (Overrides win over the row: overriding
+model.crossing would undo the baselines.)
+
+Each row trains and evaluates in `<workdir>/<row folder>/` exactly as
+--mode=train (or, with config.study.cv, --mode=cv) would there; explanations
+are not run (use --mode=explain on a row's folder). Row folders are the row
+names with '=' replaced by '_' (`n2=vgg16` -> `n2_vgg16`). A row whose
+eval_metrics.json (cv_metrics.json with cv) exists is reused, not retrained;
+an interrupted row resumes from its checkpoint. Every row name is checked
+(and every row config built) before anything trains.
+
+Outputs in `<workdir>/`: study.csv (rows in the given order; row, accuracy, macro_f1, cohen_kappa,
+trainable_params, train_seconds; with cv also <metric>_std over folds),
+study.md (a Markdown table laid out like the paper's Table 2: its rows in
+Table 2's order, then the N2 sweep and the sentiment row) and study.png
+(accuracy and macro-F1 per row; error bars are the std over folds with cv).
+"""
+
+import csv
+import importlib.util
+import json
+import math
+import os
+import re
+import time
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from input_pipeline.errors import UserError
+from parallelnet import models
+from parallelnet import train
+
+FIXED_ROWS = ('proposed', 'ser_only', 'ier_only', 'baseline1', 'baseline2',
+              'baseline3', 'sentiment')
+SWEEP_PREFIX = 'n2='
+METRICS = train.METRIC_KEYS  # accuracy, macro_f1, cohen_kappa.
+
+# The paper's names for the rows (Table 2, Table 3), and Table 2's grouping.
+_LABELS = {'proposed': "Proposed ('ParallelNet')", 'ser_only': 'SER Only',
+           'ier_only': 'IER Only', 'baseline1': 'Baseline 1',
+           'baseline2': 'Baseline 2', 'baseline3': 'Baseline 3',
+           'sentiment': 'ParallelNet, sentiment (B-T4SA, 3 classes; Table 3)'}
+_GROUPS = (('ser_only', 'ier_only'), ('baseline1', 'baseline2', 'baseline3'),
+           ('proposed',), (SWEEP_PREFIX,), ('sentiment',))
+
+
+def parse_rows(text: str) -> list[str]:
+  """Row names from config.study.rows; UserError for unknown or repeated
+  names (n2=<backbone> must name a registered backbone)."""
+  rows = [r.strip() for r in str(text).split(',') if r.strip()]
+  if not rows:
+    raise UserError('config.study.rows is empty; give comma-separated rows, '
+                    f'e.g. {",".join(FIXED_ROWS[:3])}.')
+  known = models.known_backbones()
+  for row in rows:
+    if row.startswith(SWEEP_PREFIX):
+      backbone = row[len(SWEEP_PREFIX):]
+      if backbone not in known:
+        raise UserError(
+            f'config.study.rows: {row!r} names no known backbone; known: '
+            f'{", ".join(known)} (e.g. n2=vgg16).')
+    elif row not in FIXED_ROWS:
+      raise UserError(
+          f'config.study.rows: unknown row {row!r}; known rows: '
+          f'{", ".join(FIXED_ROWS)}, n2=<backbone>.')
+  folders = [row_folder(r) for r in rows]
+  for f in folders:
+    if folders.count(f) > 1:
+      raise UserError(f'config.study.rows lists {f!r} twice ({text!r}).')
+  return rows
+
+
+def row_folder(row: str) -> str:
+  """The row's folder under the workdir: `n2=vgg16` -> `n2_vgg16`."""
+  folder = row.replace('=', '_')
+  if not re.fullmatch(r'[A-Za-z0-9_.-]+', folder) or folder in ('.', '..'):
+    raise UserError(f'config.study.rows: {row!r} does not make a folder name.')
+  return folder
+
+
+def row_label(row: str) -> str:
+  if row.startswith(SWEEP_PREFIX):
+    return f'N2 = {row[len(SWEEP_PREFIX):]} (both trunks)'
+  return _LABELS[row]
+
+
+def _load_config_module(path: str):
+  """The config file at `path` as a module (what ml_collections does)."""
+  if not os.path.isfile(path):
+    raise UserError(f'Config file {path!r} does not exist.')
+  name = f'_study_config_{abs(hash(os.path.abspath(path)))}'
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def row_configs(config: ml_collections.ConfigDict, config_file: str,
+                overrides: dict | None, rows: list[str]
+                ) -> dict[str, ml_collections.ConfigDict]:
+  """{row: config}: get_config(base variants + row) + `overrides`.
+
+  `config_file` is --config's value ('path/to/file.py[:variants]') and
+  `overrides` the flat {'a.b': value} of the --config.a.b flags
+  (config_flags' `override_values`). The base (no row) rebuilt the same way
+  must equal `config`, else the reconstruction is not trustworthy and this
+  raises.
+  """
+  path, _, base = config_file.partition(':')
+  module = _load_config_module(path)
+  overrides = dict(overrides or {})
+
+  def build(row):
+    arg = ','.join(v for v in (base, '' if row == 'proposed' else row) if v)
+    try:
+      c = module.get_config(arg or None)
+    except ValueError as e:
+      raise UserError(f'config.study.rows: row {row!r} is not a variant of '
+                      f'{path} ({e})') from e
+    c.update_from_flattened_dict(overrides)
+    return c
+
+  rebuilt = build('proposed')
+  if rebuilt.to_dict() != config.to_dict():
+    diff = sorted(k for k in set(_flat(rebuilt)) | set(_flat(config))
+                  if _flat(rebuilt).get(k) != _flat(config).get(k))
+    raise ValueError(
+        f'Rebuilding the config from {config_file} and the overrides '
+        f'{sorted(overrides)} does not give the run\'s config (differs in '
+        f'{diff[:5]}); the study cannot derive its rows from it.')
+  out = {row: build(row) for row in rows}
+  for row, c in out.items():
+    if row == 'sentiment':
+      with c.unlocked():
+        c.dataset.manual_dir = (c.study.sentiment_dir
+                                or c.dataset.manual_dir)
+      if not c.dataset.manual_dir:
+        raise UserError(
+            'The sentiment row needs a b_t4sa manifest folder (Table 3): '
+            'set --config.study.sentiment_dir=/path/to/folder.')
+  return out
+
+
+def _flat(c):
+  out = {}
+
+  def walk(prefix, d):
+    for k, v in d.items():
+      if isinstance(v, dict):
+        walk(f'{prefix}{k}.', v)
+      else:
+        out[prefix + k] = v
+  walk('', c.to_dict())
+  return out
+
+
+def trainable_params(config) -> int:
+  """Parameters that training changes (frozen N2 trunks excluded)."""
+  model = models.get_model(config)
+  params = jax.eval_shape(
+      lambda k: models.init_variables(model, config, k,
+                                      load_pretrained=False),
+      jax.random.key(0))['params']
+  total = models.count_params(params)
+  if float(config.train.get('trunk_lr_multiplier', 1.0)) == 0.0:
+    total -= sum(models.count_params(params[b]['backbone'])
+                 for b, _ in train.TRUNK_PATHS if b in params)
+  return total
+
+
+def _read_json(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+def run_row(row: str, config, row_dir: str, cv: bool, data=None) -> dict:
+  """Trains and evaluates one row in `row_dir` unless its metrics exist.
+  Returns {row, <metrics>, [<metric>_std], trainable_params, train_seconds,
+  reused}."""
+  metrics_path = os.path.join(
+      row_dir, 'cv_metrics.json' if cv else 'eval_metrics.json')
+  info_path = os.path.join(row_dir, 'study_row.json')
+  reused = os.path.exists(metrics_path)
+  if reused:
+    logging.info('Study row %s: reusing %s.', row, metrics_path)
+    seconds = (_read_json(info_path)['train_seconds']
+               if os.path.exists(info_path) else float('nan'))
+  else:
+    logging.info('Study row %s: training in %s.', row, row_dir)
+    t0 = time.time()
+    if cv:
+      train.cross_validate(config, row_dir, data=data)
+    else:
+      train.train_and_evaluate(config, row_dir, data=data)
+    seconds = time.time() - t0
+    if jax.process_index() == 0:
+      with open(info_path, 'w') as f:
+        json.dump({'row': row, 'train_seconds': seconds}, f, indent=2)
+  saved = _read_json(metrics_path)
+  out = {'row': row}
+  for m in METRICS:
+    if cv:
+      out[m], out[f'{m}_std'] = saved[m]['mean'], saved[m]['std']
+    else:
+      out[m] = saved[m]
+  out['trainable_params'] = trainable_params(config)
+  out['train_seconds'] = seconds
+  out['reused'] = reused
+  return out
+
+
+def run_study(config: ml_collections.ConfigDict, workdir: str, *,
+              config_file: str, overrides: dict | None = None,
+              data=None) -> list[dict]:
+  """Trains and evaluates every row of config.study.rows (see the module
+  docstring), then writes study.csv, study.md and study.png to `workdir`.
+  Returns one dict per row, in the rows' order."""
+  rows = parse_rows(config.study.rows)
+  cv = bool(config.study.cv)
+  configs = row_configs(config, config_file, overrides, rows)  # All checked.
+  results = []
+  for i, row in enumerate(rows):
+    logging.info('Study: row %d of %d (%s).', i + 1, len(rows), row)
+    results.append(run_row(row, configs[row],
+                           os.path.join(workdir, row_folder(row)), cv, data))
+  if jax.process_index() == 0:
+    write_csv(results, os.path.join(workdir, 'study.csv'), cv)
+    with open(os.path.join(workdir, 'study.md'), 'w') as f:
+      f.write(markdown_table(results, cv))
+    plot(results, os.path.join(workdir, 'study.png'), cv)
+  return results
+
+
+def _columns(cv):
+  cols = ['row'] + list(METRICS)
+  if cv:
+    cols += [f'{m}_std' for m in METRICS]
+  return cols + ['trainable_params', 'train_seconds']
+
+
+def write_csv(results, path, cv):
+  with open(path, 'w', newline='') as f:
+    w = csv.DictWriter(f, fieldnames=_columns(cv), extrasaction='ignore')
+    w.writeheader()
+    for r in results:
+      w.writerow({k: (f'{v:.6g}' if isinstance(v, float) else v)
+                  for k, v in r.items()})
+
+
+def _ordered(results):
+  """(results, group index of each) in Table 2's order: SER, IER | the
+  baselines | proposed | the N2 sweep (in the given order) | sentiment."""
+  def key(r):
+    for g, names in enumerate(_GROUPS):
+      if r['row'] in names:
+        return g, names.index(r['row'])
+      if names == (SWEEP_PREFIX,) and r['row'].startswith(SWEEP_PREFIX):
+        return g, 0  # sorted() is stable: the sweep keeps its order.
+    raise ValueError(f'No group for row {r["row"]!r}.')
+  ordered = sorted(results, key=key)
+  return ordered, [key(r)[0] for r in ordered]
+
+
+def _pct(r, m, cv):
+  if cv:
+    return f'{100 * r[m]:.2f} ± {100 * r[m + "_std"]:.2f}%'
+  return f'{100 * r[m]:.2f}%'
+
+
+def _num(r, m, cv):
+  if cv:
+    return f'{r[m]:.3f} ± {r[m + "_std"]:.3f}'
+  return f'{r[m]:.3f}'
+
+
+def markdown_table(results, cv) -> str:
+  """Table 2's layout (Model, Accuracy; groups in its order, a rule between
+  groups), plus macro-F1, Cohen's kappa, trainable parameters, time."""
+  ordered, groups = _ordered(results)
+  lines = ['| Model | Accuracy | Macro-F1 | Cohen\'s κ | Trainable params '
+           '| Train time |', '|---|---:|---:|---:|---:|---:|']
+  for k, r in enumerate(ordered):
+    if k and groups[k] != groups[k - 1]:
+      lines.append('| | | | | | |')  # Table 2's dashed rule between groups.
+    secs = r['train_seconds']
+    time_text = ('n/a' if secs is None or math.isnan(secs)
+                 else f'{secs / 60:.1f} min')
+    label = row_label(r['row'])
+    if r['row'] == 'proposed':
+      label = f'**{label}**'
+    lines.append(f'| {label} (`{r["row"]}`) | {_pct(r, "accuracy", cv)} | '
+                 f'{_num(r, "macro_f1", cv)} | {_num(r, "cohen_kappa", cv)} | '
+                 f'{r["trainable_params"]:,} | {time_text} |')
+  return '\n'.join(lines) + '\n'
+
+
+def plot(results, path, cv):
+  """Bar chart: accuracy and macro-F1 per row (error bars: std over folds)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  ordered, _ = _ordered(results)
+  x = np.arange(len(ordered))
+  fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(ordered) + 2), 3.6))
+  for k, (m, name) in enumerate((('accuracy', 'accuracy'),
+                                 ('macro_f1', 'macro-F1'))):
+    values = [r[m] for r in ordered]
+    err = [r[m + '_std'] for r in ordered] if cv else None
+    bars = ax.bar(x + (k - 0.5) * 0.38, values, 0.38, yerr=err, capsize=3,
+                  label=name)
+    for b, v in zip(bars, values):
+      ax.text(b.get_x() + b.get_width() / 2, v + 0.01, f'{v:.2f}',
+              ha='center', va='bottom', fontsize=7)
+  ax.set_xticks(x, [r['row'] for r in ordered], rotation=30, ha='right')
+  ax.set_ylim(0, 1.1)
+  ax.set_ylabel('test split' + (' (mean ± std over folds)' if cv else ''))
+  ax.legend(loc='upper left', ncols=2, fontsize=8)
+  ax.grid(axis='y', alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
