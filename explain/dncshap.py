@@ -61,6 +61,7 @@ from typing import Any, Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 import numpy as np
 
 MODES = ('exact', 'dnc')
@@ -380,14 +381,37 @@ def _map_chunks(f, rows, chunk):
       lambda y: y.reshape((num_chunks * chunk,) + y.shape[2:])[:num], out)
 
 
+def _map_rows(f, rows, chunk, axis=None):
+  """`_map_chunks`, or, with `axis` = (mesh axis name, size) inside
+  `shard_map`, each device maps its own block of the rows and the results
+  are all-gathered (every device then holds every row's output)."""
+  if axis is None:
+    return _map_chunks(f, rows, chunk)
+  name, n = axis
+  num = jax.tree.leaves(rows)[0].shape[0]
+  per = -(-num // n)
+  index = jax.lax.axis_index(name)
+
+  def local(x):
+    x = jnp.concatenate([x, jnp.repeat(x[-1:], n * per - num, axis=0)])
+    return jax.lax.dynamic_index_in_dim(
+        x.reshape((n, per) + x.shape[1:]), index, keepdims=False)
+
+  chunk = -(-per // -(-per // min(chunk, per)))  # Even chunks, <= chunk.
+  out = _map_chunks(f, jax.tree.map(local, rows), chunk)
+  return jax.tree.map(
+      lambda y: jax.lax.all_gather(y, name, tiled=True)[:num], out)
+
+
 def _evaluate(fn, image, spectrogram, base_image, base_spectrogram, masks,
-              image_leaf, speech_leaf, chunk, factors=None):
+              image_leaf, speech_leaf, chunk, factors=None, axis=None):
   """fn on every masked input: (M, 2L) leaf masks -> (M, C) outputs.
 
   Plain fn: chunks of `chunk[0]` full masked inputs. FactorizedFn: the
   distinct parts `factors` (see _exact_factors) are encoded in chunks of
   chunk[0] (images) and chunk[1] (spectrograms), then fused per row in
-  chunks of chunk[2].
+  chunks of chunk[2]. `axis`: spread the rows of every stage over a mesh
+  axis (see _map_rows).
   """
   num_leaves = masks.shape[1] // 2
   image_leaf = jnp.asarray(image_leaf)
@@ -406,15 +430,15 @@ def _evaluate(fn, image, spectrogram, base_image, base_spectrogram, masks,
       out = fn(masked_images(m[:, :num_leaves]),
                masked_spectrograms(m[:, num_leaves:]))
       return out.astype(jnp.float32)
-    return _map_chunks(one_chunk, masks, chunk[0])
+    return _map_rows(one_chunk, masks, chunk[0], axis)
 
   image_table, image_index, speech_table, speech_index = factors
-  image_feats = _map_chunks(
+  image_feats = _map_rows(
       lambda m: fn.encode_image(fn.variables, masked_images(m)),
-      jnp.asarray(image_table), chunk[0])
-  speech_feats = _map_chunks(
+      jnp.asarray(image_table), chunk[0], axis)
+  speech_feats = _map_rows(
       lambda m: fn.encode_speech(fn.variables, masked_spectrograms(m)),
-      jnp.asarray(speech_table), chunk[1])
+      jnp.asarray(speech_table), chunk[1], axis)
 
   def fuse_chunk(index):
     ii, si = index
@@ -423,12 +447,12 @@ def _evaluate(fn, image, spectrogram, base_image, base_spectrogram, masks,
                   jax.tree.map(take(si), speech_feats))
     return out.astype(jnp.float32)
 
-  return _map_chunks(fuse_chunk, (jnp.asarray(image_index),
-                                  jnp.asarray(speech_index)), chunk[2])
+  return _map_rows(fuse_chunk, (jnp.asarray(image_index),
+                                jnp.asarray(speech_index)), chunk[2], axis)
 
 
 def _explain_one(fn, image, spectrogram, base_image, base_spectrogram, target,
-                 key, *, depth, mode, context, chunk):
+                 key, *, depth, mode, context, chunk, axis=None):
   """Explains one example; returns a dict of arrays (pure, jit/vmap-able)."""
   d = depth + 1
   image_shape = tuple(image.shape[:2])
@@ -463,7 +487,7 @@ def _explain_one(fn, image, spectrogram, base_image, base_spectrogram, target,
   if isinstance(fn, FactorizedFn):
     factors = _exact_factors(d) if mode == 'exact' else _dnc_factors(masks, d)
   out = _evaluate(fn, image, spectrogram, base_image, base_spectrogram, masks,
-                  image_leaf, speech_leaf, chunk, factors)  # (M, C)
+                  image_leaf, speech_leaf, chunk, factors, axis)  # (M, C)
   if target is None:
     target = jnp.argmax(out[1])  # Row 1 is the unmasked input.
   target = jnp.asarray(target, jnp.int32)
@@ -510,18 +534,18 @@ def _explain_one(fn, image, spectrogram, base_image, base_spectrogram, target,
       node_values=tuple(nodes))
 
 
-@functools.partial(
-    jax.jit, static_argnames=('fn', 'depth', 'mode', 'context', 'chunk',
-                              'batched', 'base_axes', 'target_axis'))
+_STATIC = ('depth', 'mode', 'context', 'chunk', 'batched', 'base_axes',
+           'target_axis', 'spread')
+
+
+@functools.partial(jax.jit, static_argnames=('fn',) + _STATIC)
 def _run_static(image, spectrogram, base_image, base_spectrogram, target, key,
                 *, fn, **kwargs):
   return _run(fn, image, spectrogram, base_image, base_spectrogram, target,
               key, **kwargs)
 
 
-@functools.partial(
-    jax.jit, static_argnames=('depth', 'mode', 'context', 'chunk', 'batched',
-                              'base_axes', 'target_axis'))
+@functools.partial(jax.jit, static_argnames=_STATIC)
 def _run_dynamic(fn, image, spectrogram, base_image, base_spectrogram, target,
                  key, **kwargs):
   return _run(fn, image, spectrogram, base_image, base_spectrogram, target,
@@ -529,15 +553,60 @@ def _run_dynamic(fn, image, spectrogram, base_image, base_spectrogram, target,
 
 
 def _run(fn, image, spectrogram, base_image, base_spectrogram, target, key, *,
-         depth, mode, context, chunk, batched, base_axes, target_axis):
-  one = functools.partial(_explain_one, fn, depth=depth, mode=mode,
-                          context=context, chunk=chunk)
-  if not batched:
-    return one(image, spectrogram, base_image, base_spectrogram, target, key)
-  num = image.shape[0]
-  keys = None if key is None else jax.random.split(key, num)
-  return jax.vmap(one, in_axes=(0, 0) + base_axes + (target_axis, 0))(
-      image, spectrogram, base_image, base_spectrogram, target, keys)
+         depth, mode, context, chunk, batched, base_axes, target_axis,
+         spread=None):
+  """The explanation(s), on one device or spread over a mesh.
+
+  spread: None; ('examples', mesh): examples padded to a multiple of the
+  device count (copies of the last one, dropped after) and split over the
+  devices with `shard_map`; ('coalitions', mesh): every device holds every
+  example and evaluates its block of each example's masked inputs.
+  """
+  kind, mesh = spread or (None, None)
+  axis = None
+  if kind == 'coalitions':
+    axis = (mesh.axis_names[0], mesh.size)
+  one = functools.partial(_explain_one, depth=depth, mode=mode,
+                          context=context, chunk=chunk, axis=axis)
+  pytree_fn = isinstance(fn, (jax.tree_util.Partial, FactorizedFn))
+  static_fn = None if pytree_fn else fn  # No arrays: closed over.
+
+  def explain(fn, *args):
+    fn = static_fn if fn is None else fn
+    if not batched:
+      return one(fn, *args)
+    return jax.vmap(functools.partial(one, fn),
+                    in_axes=(0, 0) + base_axes + (target_axis, 0))(*args)
+
+  if not pytree_fn:
+    fn = None
+  if batched:
+    num = image.shape[0]
+    # Keys before any padding: example i's key never depends on the mesh.
+    key = None if key is None else jax.random.split(key, num)
+  args = (image, spectrogram, base_image, base_spectrogram, target, key)
+  if kind is None:
+    return explain(fn, *args)
+  name = mesh.axis_names[0]
+  if kind == 'coalitions':
+    # Replicated by the all-gathers of _map_rows, which check_vma cannot
+    # see through the per-device row selection.
+    return jax.shard_map(explain, mesh=mesh, in_specs=P(), out_specs=P(),
+                         check_vma=False)(fn, *args)
+  per_example = (True, True) + tuple(a == 0 for a in base_axes) + (
+      target_axis == 0, True)
+  pad = -num % mesh.size
+
+  def padded(x, batch):
+    if x is None or not batch or not pad:
+      return x
+    return jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)])
+
+  args = tuple(padded(x, b) for x, b in zip(args, per_example))
+  specs = tuple(P(name) if b else P() for b in per_example)
+  out = jax.shard_map(explain, mesh=mesh, in_specs=(P(),) + specs,
+                      out_specs=P(name))(fn, *args)
+  return jax.tree.map(lambda x: x[:num], out)
 
 
 # --------------------------------------------------------------------------
@@ -594,7 +663,7 @@ def dncshap(fn: Callable, image, spectrogram, *, depth: int, mode: str = 'dnc',
 def dncshap_batch(fn: Callable, images, spectrograms, *, depth: int,
                   mode: str = 'dnc', baseline=None, target=None,
                   context: str = 'absent', key=None,
-                  max_batch: int = 256) -> Explanation:
+                  max_batch: int = 256, devices=None) -> Explanation:
   """`dncshap` over a leading batch axis, vectorised with `jax.vmap`.
 
   `images` (E, H, W, 3), `spectrograms` (E, T, F, 1). Each baseline entry is
@@ -606,10 +675,20 @@ def dncshap_batch(fn: Callable, images, spectrograms, *, depth: int,
   E <= max_batch.
   Every field of the returned `Explanation` gains a leading (E,) axis (boxes
   excepted); `.example(i)` gives one example.
+
+  `devices`: where to run, default every local device
+  (`jax.local_devices()`; a multi-process driver gives each process its
+  own examples). With several devices and E >= their number the examples
+  are split over them (`shard_map` on a 1-D mesh; E padded to a multiple
+  with copies of the last example, dropped from the result); with fewer
+  examples than devices each device evaluates its share of every example's
+  masked inputs and the outputs are all-gathered. max_batch then bounds
+  the rows of a forward pass per device. Results do not depend on the
+  devices (per-example keys are fixed before any split).
   """
   return _explain(fn, images, spectrograms, depth=depth, mode=mode,
                   baseline=baseline, target=target, context=context, key=key,
-                  max_batch=max_batch, batched=True)
+                  max_batch=max_batch, batched=True, devices=devices)
 
 
 def _check_shape(name, x, trailing_channels, batched):
@@ -691,7 +770,7 @@ def _num_classes(fn, one_image, one_speech):
 
 
 def _explain(fn, image, spectrogram, *, depth, mode, baseline, target,
-             context, key, max_batch, batched):
+             context, key, max_batch, batched, devices=None):
   if not callable(fn):
     raise TypeError(f'fn must be callable; got {type(fn).__name__}.')
   if not isinstance(depth, (int, np.integer)) or isinstance(depth, bool) or (
@@ -766,6 +845,18 @@ def _explain(fn, image, spectrogram, *, depth, mode, baseline, target,
     target_axis = 0 if batched else None
 
   num_examples = image.shape[0] if batched else None
+  spread = None
+  if batched:
+    devices = list(jax.local_devices() if devices is None else devices)
+    if not devices:
+      raise ValueError('devices must name at least one device.')
+    if len(devices) > 1:
+      mesh = jax.sharding.Mesh(np.asarray(devices), ('explain',))
+      if num_examples >= len(devices):
+        spread = ('examples', mesh)
+        num_examples = -(-num_examples // len(devices))  # Per device.
+      else:
+        spread = ('coalitions', mesh)
   pairs = num_evaluations(depth, mode)
   if isinstance(fn, FactorizedFn):
     chunk = tuple(_chunk_size(n, max_batch, num_examples)
@@ -774,7 +865,7 @@ def _explain(fn, image, spectrogram, *, depth, mode, baseline, target,
     chunk = (_chunk_size(pairs, max_batch, num_examples),)
   static = dict(depth=depth, mode=mode, context=context, chunk=chunk,
                 batched=batched, base_axes=tuple(base_axes),
-                target_axis=target_axis)
+                target_axis=target_axis, spread=spread)
   args = (image, spectrogram, bases[0], bases[1], target, key)
   if isinstance(fn, (jax.tree_util.Partial, FactorizedFn)):
     out = _run_dynamic(fn, *args, **static)

@@ -302,6 +302,14 @@ def _settings(config, step, baseline):
 def explain_dataset(config, workdir, *, split='test'):
   """Explains the first config.explain.num_examples examples of `split`.
 
+  Batches of config.explain.batch_size examples go round-robin to the
+  processes of a multi-process run (batch b to process b % count); each
+  process spreads its batches over its local devices (`dncshap_batch`) and
+  writes only its examples' files. The per-example records are then
+  all-gathered and process 0 writes summary.json. A batch's key is
+  `fold_in(key(seed), start)` whoever explains it, so results do not depend
+  on the process or device count.
+
   Returns the summary dict (also written to <workdir>/explain/summary.json).
   """
   import input_pipeline  # pylint: disable=g-import-not-at-top
@@ -317,10 +325,10 @@ def explain_dataset(config, workdir, *, split='test'):
   os.makedirs(out_dir, exist_ok=True)
   num = len(ex['id'])
   key = jax.random.key(config.seed)
-  records, image_hits, speech_hits = [], [], []
-  image_chance, speech_chance = [], []
+  records = []
   seconds = 0.0
-  for start in range(0, num, int(c.batch_size)):
+  starts = range(0, num, int(c.batch_size))
+  for start in starts[jax.process_index()::jax.process_count()]:
     stop = min(num, start + int(c.batch_size))
     t0 = time.time()
     e = explain_batch(
@@ -336,13 +344,13 @@ def explain_dataset(config, workdir, *, split='test'):
                            image_raw=ex['image_raw'][j],
                            waveform=ex['waveform'][j], label=ex['label'][j])
       rec['correct'] = rec['predicted'] == rec['true']
+      rec['_index'] = j
       cue_box = ex.get('image_cue_box')
       if cue_box is not None and np.all(cue_box[j] >= 0):
         hit, chance = top_image_hit(np.asarray(one.image_regions.values),
                                     one.image_regions.boxes, cue_box[j])
         rec['top_image_region_hits_cue'] = hit
-        image_hits.append(hit)
-        image_chance.append(chance)
+        rec['_image_chance'] = chance
       cue_span = ex.get('speech_cue_span')
       if cue_span is not None and np.all(cue_span[j] >= 0):
         spans = leaf_time_spans(one.speech_regions.boxes,
@@ -352,9 +360,23 @@ def explain_dataset(config, workdir, *, split='test'):
         hit, chance = top_speech_hit(np.asarray(one.speech_regions.values),
                                      spans, cue_span[j])
         rec['top_speech_span_hits_cue'] = hit
-        speech_hits.append(hit)
-        speech_chance.append(chance)
+        rec['_speech_chance'] = chance
       records.append(rec)
+  gathered = _gather_json(dict(records=records, seconds=seconds))
+  records = sorted((r for g in gathered for r in g['records']),
+                   key=lambda r: r['_index'])
+  assert [r['_index'] for r in records] == list(range(num)), 'lost examples'
+  image_hits = [r['top_image_region_hits_cue'] for r in records
+                if '_image_chance' in r]
+  image_chance = [r.pop('_image_chance') for r in records
+                  if '_image_chance' in r]
+  speech_hits = [r['top_speech_span_hits_cue'] for r in records
+                 if '_speech_chance' in r]
+  speech_chance = [r.pop('_speech_chance') for r in records
+                   if '_speech_chance' in r]
+  for r in records:
+    del r['_index']
+  seconds = max(g['seconds'] for g in gathered)  # The slowest process.
   summary = dict(
       split=split, num_examples=num, **_settings(config, step, baseline),
       seconds_dncshap=seconds,
@@ -376,6 +398,21 @@ def explain_dataset(config, workdir, *, split='test'):
                summary.get('image_cue_hit_rate'),
                summary.get('speech_cue_hit_rate'))
   return summary
+
+
+def _gather_json(obj):
+  """[obj of process 0, obj of process 1, ...] (JSON-able objects), on every
+  process; a collective, so it also waits until every process got here."""
+  if jax.process_count() == 1:
+    return [obj]
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+  sizes = multihost_utils.process_allgather(np.int32(len(data)))
+  padded = np.zeros(int(np.max(sizes)), np.uint8)
+  padded[:len(data)] = data
+  rows = multihost_utils.process_allgather(padded)
+  return [json.loads(bytes(row[:int(n)]).decode())
+          for row, n in zip(rows, np.ravel(sizes))]
 
 
 def explain_files(config, workdir, image_path, audio_path):
