@@ -1,4 +1,4 @@
-"""Tests of parallelnet.losses against Keras' definition and by hand."""
+"""Tests of parallelnet.losses against Keras' own losses and by hand."""
 
 import jax
 import jax.numpy as jnp
@@ -7,25 +7,35 @@ import numpy as np
 from parallelnet import losses
 
 
-def _keras_focal(probs, labels, gamma, alpha):
-  # Keras CategoricalFocalCrossentropy with one-hot targets, written out.
-  onehot = np.eye(probs.shape[1])[labels]
-  return np.sum(alpha * (1 - probs) ** gamma * -onehot * np.log(probs), axis=1)
-
-
-def test_focal_and_ce_match_definitions():
+def test_focal_and_ce_match_keras():
+  """Against Keras' own CategoricalFocalCrossentropy and
+  CategoricalCrossentropy (the losses the paper trains with), per example,
+  for several gamma/alpha and for confident (large-logit) examples."""
+  import keras  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
-  logits = rng.normal(size=(7, 4)).astype(np.float32) * 3
-  labels = rng.integers(0, 4, size=7)
-  probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+  logits = rng.normal(size=(9, 4)).astype(np.float32) * 3
+  logits[0] = [12.0, -3.0, 0.0, 1.0]  # p_t near 1: (1 - p_t)^gamma matters.
+  labels = rng.integers(0, 4, size=9)
+  labels[0] = 0
+  onehot = np.eye(4, dtype=np.float32)[labels]
+  for gamma, alpha in ((2.0, 0.25), (0.0, 1.0), (3.5, 0.6)):
+    ours = losses.categorical_focal_loss(jnp.asarray(logits),
+                                         jnp.asarray(labels), gamma=gamma,
+                                         alpha=alpha)
+    theirs = keras.losses.CategoricalFocalCrossentropy(
+        alpha=alpha, gamma=gamma, from_logits=True, reduction=None)(
+            onehot, logits)
+    # atol: float32 resolution of log p_t near 12 (the confident example),
+    # where ours (log-softmax) and Keras (softmax, then log) round apart.
+    np.testing.assert_allclose(ours, np.asarray(theirs), rtol=1e-5,
+                               atol=5e-7)
+  ce = losses.cross_entropy(jnp.asarray(logits), jnp.asarray(labels))
+  keras_ce = keras.losses.CategoricalCrossentropy(
+      from_logits=True, reduction=None)(onehot, logits)
+  np.testing.assert_allclose(ce, np.asarray(keras_ce), rtol=1e-5, atol=5e-7)
   focal = losses.categorical_focal_loss(jnp.asarray(logits),
                                         jnp.asarray(labels), gamma=2.0,
                                         alpha=0.25)
-  np.testing.assert_allclose(focal, _keras_focal(probs, labels, 2.0, 0.25),
-                             rtol=1e-5)
-  ce = losses.cross_entropy(jnp.asarray(logits), jnp.asarray(labels))
-  np.testing.assert_allclose(ce, -np.log(probs[np.arange(7), labels]),
-                             rtol=1e-5)
   total = losses.per_example_loss(
       jnp.asarray(logits), jnp.asarray(labels), ce_weight=1.0,
       focal_weight=0.5, focal_gamma=2.0, focal_alpha=0.25)
