@@ -8,6 +8,7 @@ of a non-square image must give Keras' output on Keras' preprocess_input.
 
 import builtins
 import functools
+import re
 
 import h5py
 import jax
@@ -164,6 +165,55 @@ def test_with_top_file_loads_the_trunk_and_skips_the_top(keras_files,
   notop = _trunk(_load(_config('vgg16', keras_files('vgg16')['legacy'])),
                  'N2_i')
   jax.tree.map(np.testing.assert_array_equal, trunk, notop)
+
+
+def _rewrite_legacy(src, dst, layer_name, weight_name):
+  """A copy of legacy .h5 `src` with layer and weight names rewritten, the way
+  older Keras wrote the files keras.applications downloads."""
+  with h5py.File(src, 'r') as fin, h5py.File(dst, 'w') as fout:
+    names = pretrained._attr_list(fin, 'layer_names')  # pylint: disable=protected-access
+    fout.attrs['layer_names'] = [layer_name(n).encode() for n in names]
+    for n in names:
+      g = fout.create_group(layer_name(n))
+      weights = pretrained._attr_list(fin[n], 'weight_names')  # pylint: disable=protected-access
+      new = [weight_name(layer_name(n), w) for w in weights]
+      g.attrs['weight_names'] = [w.encode() for w in new]
+      for w, v in zip(weights, new):
+        g.create_dataset(v, data=fin[n][w][()])
+
+
+def test_older_keras_naming_loads(keras_files, tmp_path):
+  """Keras 1 weight names (VGG's block1_conv1_W_1:0), Keras 2's '/' in
+  DenseNet layer names and Inception-v3 auto-names counted from 1."""
+  def keras1(layer, w):
+    return f'{layer}_{"W" if w.endswith("kernel") else "b"}_1:0'
+
+  def inception_name(n):
+    m = re.fullmatch(r'(conv2d|batch_normalization)(?:_(\d+))?', n)
+    return f'{m.group(1)}_{int(m.group(2) or 0) + 1}' if m else n
+
+  cases = [
+      ('vgg16', lambda n: n, keras1),
+      ('densenet121', lambda n: re.sub(r'^(conv\d|pool\d)_', r'\1/', n),
+       lambda layer, w: f'{layer}/{w.rsplit("/", 1)[-1]}:0'),
+      ('inception_v3', inception_name,
+       lambda layer, w: f'{layer}/{w.rsplit("/", 1)[-1]}:0'),
+  ]
+  for name, layer_name, weight_name in cases:
+    files = keras_files(name)
+    path = str(tmp_path / f'{name}_old.h5')
+    _rewrite_legacy(files['legacy'], path, layer_name, weight_name)
+    read = lambda p: [(n, [w for w, _ in ws]) for n, ws in  # pylint: disable=protected-access
+                      pretrained._read_h5(p) if ws]
+    old_names, new_names = read(path), read(files['legacy'])
+    assert len(old_names) == len(new_names)
+    assert all(o != n for o, n in zip(old_names, new_names))  # All renamed.
+    config = _config(name, path, image_size=max(SIZES[name]))
+    shapes = _shapes(config)
+    old = _trunk(_load(config, shapes), 'N2_i')
+    config.model.image_weights = files['keras3']
+    jax.tree.map(np.testing.assert_array_equal, old,
+                 _trunk(_load(config, shapes), 'N2_i'))
 
 
 def test_wrong_architecture_fails_naming_the_layer(keras_files):
