@@ -1,16 +1,20 @@
 """Preemption-safe orbax checkpoints: the latest one and the best one.
 
 Layout under `<workdir>/checkpoints/`:
-  latest/<step>/{state,meta}  kept: 1. Written at every epoch end and every
+  latest/<step>/{state,meta}  kept: 2. Written at every epoch end and every
                               `train.checkpoint_every_steps`; training resumes
-                              from it.
+                              from the newest that restores.
   best/<step>/{state,meta}    kept: 1. Written when the validation loss
                               improves; the final test evaluation, --mode=eval
                               and the explanations read it.
+  damaged/<which>_<step>      checkpoints that failed to restore, set aside
+                              by a resume that fell back to an older step.
 `state` is a pytree (step, params, batch_stats, opt_state, plateau, rng);
 `meta` is JSON: epoch, position in the epoch, early-stopping state, running
-train-loss sums and `model_config`, the fields that fix the parameter shapes
-(compared on restore, so a checkpoint of another model is refused by name).
+train-loss sums, `model_config`, the fields that fix the parameter shapes
+(compared on restore, so a checkpoint of another model is refused by name),
+and `state_crc32`, a checksum per array (compared on restore, so damaged
+values are refused rather than trained on).
 Two managers rather than one with `best_fn`: a best_fn manager with
 max_to_keep=1 would delete the latest checkpoint whenever it is not the best.
 
@@ -23,16 +27,29 @@ teachers use it).
 import json
 import os
 from typing import Any
+import zlib
 
 from absl import logging
+from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from input_pipeline import errors
 
 from parallelnet import mesh as mesh_lib
+
+
+# Steps kept of each kind: two `latest`, so that a damaged newest one (bit
+# rot, a partial copy) has an older one to fall back to.
+KEEP = {'latest': 2, 'best': 1}
+
+
+def _absolute(path: str) -> str:
+  """os.path.abspath for local paths; URLs (gs://...) unchanged."""
+  return path if '://' in path else os.path.abspath(path)
 
 
 def model_config(config) -> dict[str, Any]:
@@ -61,8 +78,8 @@ class MissingCheckpointError(errors.UserError, FileNotFoundError):
 
 def has_checkpoint(workdir: str, which: str = 'best') -> bool:
   """Whether `workdir` holds a `which` checkpoint; reads, creates nothing."""
-  root = os.path.join(os.path.abspath(workdir), 'checkpoints', which)
-  return os.path.isdir(root) and any(n.isdigit() for n in os.listdir(root))
+  root = epath.Path(_absolute(workdir)) / 'checkpoints' / which
+  return root.is_dir() and any(p.name.isdigit() for p in root.iterdir())
 
 
 def check_model_config(saved: dict, config, path: str):
@@ -78,22 +95,68 @@ def check_model_config(saved: dict, config, path: str):
           f'Use another --workdir or the checkpoint\'s configuration.')
 
 
+class DamagedCheckpointError(errors.UserError):
+  """A checkpoint that cannot be read back intact (bit rot, partial copy)."""
+
+
+# What the precheck and the orbax restore of a damaged checkpoint raise:
+# tensorstore's ValueError (DATA_LOSS, CRC mismatch) or a plain Exception
+# ("Encountered error while reading array index"), OSError for missing files.
+_READ_ERRORS = (Exception,)
+
+
+def tree_checksums(tree) -> dict[str, int]:
+  """CRC-32 of every leaf's bytes, keyed by its tree path.
+
+  Saved in `meta` and compared on restore: OCDBT checksums its b-tree nodes
+  but not the array chunks, so a flipped byte in the data would otherwise
+  restore silently as wrong weights. (zlib's CRC-32 runs at GB/s; hashlib
+  digests are slower and guard against nothing more here.)
+  """
+  out = {}
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    out[jax.tree_util.keystr(path)] = zlib.crc32(
+        np.ascontiguousarray(np.asarray(leaf)).view(np.uint8))
+  return out
+
+
+def _reason(e: BaseException) -> str:
+  """The first line of a read error, without tensorstore's spec dump."""
+  text = str(e).strip().split('\n')[0]
+  for cut in (' See full TensorStore details', ' [tensorstore_spec'):
+    text = text.split(cut)[0]
+  return text[:400]
+
+
+def _all_processes_agree(ok: bool) -> bool:
+  """True only if `ok` on every process: they fall back together (shared
+  storage makes a disagreement rare, but one would desynchronise them)."""
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.min(multihost_utils.process_allgather(np.int32(ok))))
+
+
 class Checkpoints:
   """The `latest` and `best` CheckpointManagers of one workdir."""
 
   def __init__(self, workdir: str, config, *, async_save: bool = True):
     self.config = config
-    root = os.path.join(os.path.abspath(workdir), 'checkpoints')
-    opts = ocp.CheckpointManagerOptions(
-        max_to_keep=1, create=True, cleanup_tmp_directories=True,
-        enable_async_checkpointing=async_save)
+    self.root = epath.Path(_absolute(workdir)) / 'checkpoints'
     self.managers = {
-        which: ocp.CheckpointManager(os.path.join(root, which), options=opts,
-                                     item_names=('state', 'meta'))
+        which: ocp.CheckpointManager(
+            self.root / which, item_names=('state', 'meta'),
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=KEEP[which], create=True,
+                cleanup_tmp_directories=True,
+                enable_async_checkpointing=async_save))
         for which in ('latest', 'best')}
 
   def latest_step(self, which: str = 'latest') -> int | None:
     return self.managers[which].latest_step()
+
+  def path(self, which: str, step: int) -> str:
+    return str(self.root / which / str(step))
 
   def save(self, which: str, step: int, state_tree, meta: dict):
     """Saves (async) `state_tree` and `meta` as `which` at `step`."""
@@ -106,38 +169,59 @@ class Checkpoints:
       # The best checkpoint must be on disk before a `latest` that refers to
       # it, or a kill in between would resume with a stale best.
       self.managers['best'].wait_until_finished()
-    meta = dict(meta, model_config=model_config(self.config))
     # Private copies: the async save reads them after training has moved on
     # and the step function has donated (reused) the originals' buffers.
     state_tree = jax.tree.map(lambda x: x.copy(), state_tree)
+    meta = dict(meta, model_config=model_config(self.config),
+                state_crc32=tree_checksums(state_tree))
     mgr.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state_tree),
         meta=ocp.args.JsonSave(meta)))
 
+  def _read_meta(self, which: str, step: int) -> dict:
+    try:
+      return self.managers[which].restore(step, args=ocp.args.Composite(
+          meta=ocp.args.JsonRestore()))['meta']
+    except _READ_ERRORS as e:
+      raise DamagedCheckpointError(
+          f'its meta is unreadable: {_reason(e)}') from e
+
   def restore_meta(self, which: str, step: int | None = None):
-    """(step, meta) of the `which` checkpoint, checked against the config;
-    (None, None) when there is none."""
-    mgr = self.managers[which]
-    step = mgr.latest_step() if step is None else step
-    if step is None:
-      return None, None
-    meta = mgr.restore(step, args=ocp.args.Composite(
-        meta=ocp.args.JsonRestore()))['meta']
+    """(step, meta) of the `which` checkpoint (default: the newest whose
+    meta reads), checked against the config; (None, None) when none."""
+    steps = ([step] if step is not None else
+             sorted(self.managers[which].all_steps(), reverse=True))
+    for s in steps:
+      try:
+        meta = self._read_meta(which, s)
+      except DamagedCheckpointError:
+        if step is not None:
+          raise
+        continue  # restore() reports it.
+      check_model_config(meta['model_config'], self.config,
+                         self.path(which, s))
+      return s, meta
+    return None, None
+
+  def _check_btree(self, which: str, step: int):
+    """Lists the state's OCDBT database: reads (and CRC-checks) every b-tree
+    node. Cheap, and it fails cleanly where orbax's restore would leave
+    pending reads that print 'Event loop is closed' tracebacks."""
+    state_dir = self.root / which / str(step) / 'state'
+    if not (state_dir / 'manifest.ocdbt').exists():
+      return  # Not OCDBT: orbax's restore does the checking.
+    import tensorstore as ts  # pylint: disable=g-import-not-at-top
+    url = str(state_dir) + '/'
+    if '://' not in url:
+      url = 'file://' + url
+    ts.KvStore.open({'driver': 'ocdbt', 'base': url}).result().list().result()
+
+  def _restore_step(self, which: str, step: int, abstract_state,
+                    partial: bool):
+    """(state, meta) of one step; DamagedCheckpointError if unreadable."""
+    meta = self._read_meta(which, step)
     check_model_config(meta['model_config'], self.config,
-                       str(mgr.directory / str(step)))
-    return step, meta
-
-  def restore(self, which: str, abstract_state, step: int | None = None, *,
-              partial: bool = False):
-    """(state_tree, meta) of the `which` checkpoint, or (None, None).
-
-    `abstract_state` gives structure, shapes, dtypes and shardings (e.g.
-    `jax.eval_shape` output with `.sharding` set). With `partial`, it may
-    name a subset of the saved top-level entries; only those are read.
-    """
-    step, meta = self.restore_meta(which, step)
-    if step is None:
-      return None, None
+                       self.path(which, step))
     if partial:
       args = ocp.args.PyTreeRestore(
           abstract_state, partial_restore=True,
@@ -145,10 +229,90 @@ class Checkpoints:
               abstract_state))
     else:
       args = ocp.args.StandardRestore(abstract_state)
-    state = self.managers[which].restore(step, args=ocp.args.Composite(
-        state=args))['state']
-    logging.info('Restored %s checkpoint at step %d.', which, step)
+    try:
+      self._check_btree(which, step)
+      state = self.managers[which].restore(step, args=ocp.args.Composite(
+          state=args))['state']
+    except _READ_ERRORS as e:
+      raise DamagedCheckpointError(
+          f'its state is unreadable: {_reason(e)}') from e
+    saved = meta.get('state_crc32')
+    if saved is not None:  # Absent in checkpoints written before it was.
+      for key, crc in tree_checksums(state).items():
+        if key in saved and saved[key] != crc:
+          raise DamagedCheckpointError(
+              f'the values of {key} do not match the checksum saved with '
+              'them')
     return state, meta
+
+  def restore(self, which: str, abstract_state, step: int | None = None, *,
+              partial: bool = False, fallback: bool = False):
+    """(state_tree, meta) of the `which` checkpoint, or (None, None).
+
+    `abstract_state` gives structure, shapes, dtypes and shardings (e.g.
+    `jax.eval_shape` output with `.sharding` set). With `partial`, it may
+    name a subset of the saved top-level entries; only those are read.
+
+    A damaged checkpoint (unreadable, or values that do not match their
+    saved checksums) raises DamagedCheckpointError naming it; with
+    `fallback` (training's resume) it is logged, set aside under
+    `checkpoints/damaged/` and the next older step is tried, and only when
+    none restores does the error come, naming the folder.
+    """
+    mgr = self.managers[which]
+    steps = ([step] if step is not None else
+             sorted(mgr.all_steps(), reverse=True))
+    damaged = []
+    for s in steps:
+      try:
+        state, meta = self._restore_step(which, s, abstract_state, partial)
+        failure = None
+      except DamagedCheckpointError as e:
+        state, failure = None, e
+      if not _all_processes_agree(failure is None):
+        reason = failure or 'it is unreadable on another process'
+        if not fallback:
+          raise DamagedCheckpointError(
+              f'The {which!r} checkpoint {self.path(which, s)} is damaged: '
+              f'{reason}. Restore that folder from a backup, use another '
+              'checkpoint, or train again.')
+        logging.error('Checkpoint %s is damaged (%s); trying an older one.',
+                      self.path(which, s), reason)
+        damaged.append((s, reason))
+        continue
+      if damaged:
+        self._set_aside(which, [d for d, _ in damaged])
+        logging.warning(
+            'Resuming from %s, the newest %r checkpoint that restores; the '
+            'damaged step(s) %s were moved to %s.', self.path(which, s),
+            which, ', '.join(str(d) for d, _ in damaged),
+            self.root / 'damaged')
+      logging.info('Restored %s checkpoint at step %d.', which, s)
+      return state, meta
+    if damaged:
+      raise DamagedCheckpointError(
+          f'No {which!r} checkpoint in {self.root / which} restores: ' +
+          '; '.join(f'step {d}: {r}' for d, r in damaged) +
+          '. Restore the folder from a backup, or move it away to train '
+          'from scratch.')
+    return None, None
+
+  def _set_aside(self, which: str, steps: list[int]):
+    """Moves damaged steps out of the manager's folder, so that training can
+    write those steps again (orbax saves no step below its latest)."""
+    if jax.process_index() == 0:
+      dest = self.root / 'damaged'
+      dest.mkdir(parents=True, exist_ok=True)
+      for s in steps:
+        target = dest / f'{which}_{s}'
+        n = 1
+        while target.exists():
+          target, n = dest / f'{which}_{s}.{n}', n + 1
+        (self.root / which / str(s)).rename(target)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices('parallelnet damaged set aside')
+    self.managers[which].reload()
 
   def wait(self):
     for mgr in self.managers.values():

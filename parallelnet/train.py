@@ -488,7 +488,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   stopper = make_early_stopping(tc.early_stopping_patience)
   epoch, position, loss_sum, acc_sum = 0, 0, 0.0, 0.0
-  tree, meta = ckpts.restore('latest', abstract)
+  # A damaged newest checkpoint: logged, set aside, the previous one used.
+  tree, meta = ckpts.restore('latest', abstract, fallback=True)
   if tree is None:
     state = init_train_state(config, model, mesh)
   else:  # No fresh init (it may read pretrained weights): all is restored.
