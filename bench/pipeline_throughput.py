@@ -32,14 +32,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
-import jax  # pylint: disable=g-import-not-at-top
-
 from bench import common  # pylint: disable=g-import-not-at-top
-from bench import train_throughput  # pylint: disable=g-import-not-at-top
 
 
 def pipeline_rate(config, epochs):
   """(examples/s, examples timed, build seconds) of train_batches."""
+  import jax  # pylint: disable=g-import-not-at-top
   import input_pipeline  # pylint: disable=g-import-not-at-top
   from parallelnet import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
@@ -63,6 +61,9 @@ def pipeline_rate(config, epochs):
 
 def step_rate(config, rounds, min_seconds=2.0):
   """Examples/s of the jitted training step at config.train.batch_size."""
+  # Imported here: the --build children measure a process without them.
+  import jax  # pylint: disable=g-import-not-at-top
+  from bench import train_throughput  # pylint: disable=g-import-not-at-top
   bs = config.train.batch_size
   step = train_throughput.OursStep(config, train_throughput._batch(config, bs))  # pylint: disable=protected-access
   for _ in range(2):
