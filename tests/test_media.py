@@ -366,11 +366,11 @@ def test_build_writes_what_the_decoders_give_and_counts_fits(tmp_path):
   from input_pipeline import builders  # pylint: disable=g-import-not-at-top
   from input_pipeline import manifest  # pylint: disable=g-import-not-at-top
   tfds.display_progress_bar(False)
-  _folder(tmp_path / 'd', 30)
+  _folder(tmp_path / 'd', 24)
   b, settings = _build(tmp_path, tmp_path / 'd')
   md = b.info.metadata
   assert (md['clips_padded'], md['clips_exact'], md['clips_cropped']) == (
-      10, 10, 10)
+      8, 8, 8)
   rows, _ = manifest.read_manifest(str(tmp_path / 'd'), parallelnet.EMOTIONS)
   by_id = {r['id']: r for r in rows}
   seen = 0
@@ -381,7 +381,7 @@ def test_build_writes_what_the_decoders_give_and_counts_fits(tmp_path):
     np.testing.assert_array_equal(ex['image_cue_box'], want['image_cue_box'])
     assert ex['label'] == want['label']
     seen += 1
-  assert seen == 30
+  assert seen == 24
   line = builders.build_summary(30, dict(padded=10, cropped=10, exact=10), 2,
                                 1.0, 0.992)
   assert '10 padded' in line and '10 cropped' in line and '2 bad' in line
@@ -427,7 +427,7 @@ def test_build_memory_does_not_grow_with_examples(tmp_path, monkeypatch):
   tfds.display_progress_bar(False)
   monkeypatch.setattr(shuffle, 'MAX_MEM_BUFFER_SIZE', 64 << 10)
   peaks = {}
-  n = 48
+  n = 32
   for count in (n, 4 * n):
     folder = tmp_path / f'd{count}'
     _folder(folder, count)
