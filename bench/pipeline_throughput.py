@@ -18,6 +18,9 @@ each in a fresh subprocess, ours and the hold-everything build of commit
 --baseline (the build before streaming), in the same run:
 
   nice -n 10 python bench/pipeline_throughput.py --build
+
+(--rounds builds of each, alternating which goes first; median rate, largest
+RSS.)
 """
 
 import argparse
@@ -139,9 +142,11 @@ def _build_child(n, work, code_dir):
       worker_rss_mib=child / 1024)))
 
 
-def build_rows(sizes, baseline):
-  """[(label, n, result dict)] for ours and the baseline commit, per size."""
-  results = []
+def build_rows(sizes, baseline, rounds):
+  """[(label, n, result dict)] for ours and the baseline commit, per size:
+  `rounds` builds each, in alternating order (ours first in even rounds),
+  combined as the median rate and the largest RSS."""
+  runs = []
   with tempfile.TemporaryDirectory(prefix='bench_build_') as tmp:
     old = os.path.join(tmp, 'baseline_code')
     os.makedirs(old)
@@ -149,28 +154,41 @@ def build_rows(sizes, baseline):
         ['git', '-C', common.REPO, 'archive', baseline, 'input_pipeline',
          'configs'], check=True, capture_output=True).stdout
     subprocess.run(['tar', '-x', '-C', old], input=archive, check=True)
+    contenders = [('streaming (ours)', common.REPO),
+                  (f'hold-all ({baseline})', old)]
     for n in sizes:
-      for label, code in (('streaming (ours)', common.REPO),
-                          (f'hold-all ({baseline})', old)):
-        work = tempfile.mkdtemp(dir=tmp)
-        out = subprocess.run(
-            [sys.executable, os.path.abspath(__file__), '--_child', str(n),
-             work, code], check=True, capture_output=True, text=True)
-        line = [l for l in out.stdout.splitlines() if l.startswith('RESULT ')]
-        results.append((label, n, json.loads(line[-1][len('RESULT '):])))
-        r = results[-1][2]
-        print(f'{label:24s} n={n:6d}  {r["rate"]:7.1f} ex/s  '
-              f'RSS {r["rss_mib"]:6.0f} MiB  worker RSS '
-              f'{r["worker_rss_mib"]:5.0f} MiB', flush=True)
+      for k in range(rounds):
+        for label, code in contenders[::1 if k % 2 == 0 else -1]:
+          work = tempfile.mkdtemp(dir=tmp)
+          out = subprocess.run(
+              [sys.executable, os.path.abspath(__file__), '--_child', str(n),
+               work, code], check=True, capture_output=True, text=True)
+          line = [l for l in out.stdout.splitlines()
+                  if l.startswith('RESULT ')]
+          r = json.loads(line[-1][len('RESULT '):])
+          runs.append((label, n, r))
+          print(f'{label:24s} n={n:6d}  {r["rate"]:7.1f} ex/s  '
+                f'RSS {r["rss_mib"]:6.0f} MiB  worker RSS '
+                f'{r["worker_rss_mib"]:5.0f} MiB  ({common.machine()})',
+                flush=True)
+  results = []
+  for n in sizes:
+    for label, _ in contenders:
+      rs = [r for l, m, r in runs if (l, m) == (label, n)]
+      results.append((label, n, dict(
+          rate=common.median([r['rate'] for r in rs]),
+          rss_mib=max(r['rss_mib'] for r in rs),
+          worker_rss_mib=max(r['worker_rss_mib'] for r in rs))))
   return results
 
 
 def build_main(a):
   machine = common.machine()
   sizes = [int(x) for x in a.build_sizes.split(',')]
-  results = build_rows(sizes, a.baseline)
+  results = build_rows(sizes, a.baseline, a.rounds)
   common.print_table(
-      f'Dataset build (iitr_sier, runlocal settings, tiny files), {machine}',
+      f'Dataset build (iitr_sier, runlocal settings, tiny files; median of '
+      f'{a.rounds} alternating builds), {machine}',
       ['build', 'examples', 'examples/s', 'peak RSS (MiB)',
        'largest worker RSS (MiB)'],
       [[label, str(n), f'{r["rate"]:.0f}', f'{r["rss_mib"]:.0f}',
@@ -208,6 +226,8 @@ def main(argv=None):
   p.add_argument('--build', action='store_true',
                  help='measure the dataset build instead (see above).')
   p.add_argument('--build_sizes', default='500,20000')
+  p.add_argument('--rounds', type=int, default=2,
+                 help='--build: builds per contender and size (alternating).')
   p.add_argument('--baseline', default=BASELINE,
                  help='commit whose input_pipeline is the baseline build.')
   p.add_argument('--_child', nargs=3, help=argparse.SUPPRESS)
