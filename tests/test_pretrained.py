@@ -204,7 +204,7 @@ def test_older_keras_naming_loads(keras_files, tmp_path):
     path = str(tmp_path / f'{name}_old.h5')
     _rewrite_legacy(files['legacy'], path, layer_name, weight_name)
     read = lambda p: [(n, [w for w, _ in ws]) for n, ws in  # pylint: disable=protected-access
-                      pretrained._read_h5(p) if ws]
+                      pretrained._read_h5(p, name) if ws]
     old_names, new_names = read(path), read(files['legacy'])
     assert len(old_names) == len(new_names)
     assert all(o != n for o, n in zip(old_names, new_names))  # All renamed.
@@ -214,6 +214,23 @@ def test_older_keras_naming_loads(keras_files, tmp_path):
     config.model.image_weights = files['keras3']
     jax.tree.map(np.testing.assert_array_equal, old,
                  _trunk(_load(config, shapes), 'N2_i'))
+
+
+def test_keras3_file_without_layer_names_loads(keras_files, tmp_path):
+  """Keras 3 versions that do not record names: keys map via the model."""
+  files = keras_files('mobilenet_v2')
+  path = str(tmp_path / 'unnamed.weights.h5')
+  with h5py.File(files['keras3'], 'r') as fin, h5py.File(path, 'w') as fout:
+    fin.copy(fin['layers'], fout, 'layers')
+    for group in fout['layers'].values():
+      group['vars'].attrs.pop('name', None)
+    assert not any('name' in g['vars'].attrs for g in fout['layers'].values())
+  config = _config('mobilenet_v2', path)
+  shapes = _shapes(config)
+  unnamed = _trunk(_load(config, shapes), 'N2_i')
+  config.model.image_weights = files['keras3']
+  jax.tree.map(np.testing.assert_array_equal, unnamed,
+               _trunk(_load(config, shapes), 'N2_i'))
 
 
 def test_wrong_architecture_fails_naming_the_layer(keras_files):

@@ -9,7 +9,8 @@ file for the trunk of N2_s / N2_i, in any of these formats:
     `weight_names` on each layer's group, weights in Keras' order.
   * A Keras 3 `.weights.h5` (`model.save_weights`): groups
     `layers/<class>[_k]/vars/<i>`, the layer's name in the `vars` group's
-    `name` attribute.
+    `name` attribute (files without it: the keys are mapped through the
+    Keras model built with weights=None).
   * Our .npz: keys `<backbone>/<keras layer>/<keras weight>`, e.g.
     `vgg16/block1_conv1/kernel`; one file may hold several backbones (written
     by the exporter at the bottom; `config.model.pretrained` is the older
@@ -128,32 +129,71 @@ def _read_legacy_h5(f):
   return layers
 
 
-def _read_keras3_h5(f, path):
-  import h5py  # pylint: disable=g-import-not-at-top
-  layers = []
+def _snake_case(name):
+  """Keras 3's naming.to_snake_case: the key a .weights.h5 gives a layer."""
+  name = re.sub(r'\W+', '', name)
+  name = re.sub('(.)([A-Z][a-z]+)', r'\1_\2', name)
+  return re.sub('([a-z])([A-Z])', r'\1_\2', name).lower()
 
-  def visit(group):
+
+def _keras3_layer_keys(backbone):
+  """{.weights.h5 layer key: Keras layer name} for `backbone`'s Keras model.
+
+  Keras 3 keys a Functional model's layers by class (`conv2d`, `conv2d_1`,
+  ... in model.layers order); files from Keras versions that do not record
+  the name need this map, taken from the model built with weights=None
+  (nothing downloaded). The top's layers come last, so they do not shift
+  the trunk's keys.
+  """
+  if backbone not in KERAS_BUILDERS:
+    raise UserError(f'A .weights.h5 without layer names loads only into the '
+                    f'Keras-backed trunks ({", ".join(KERAS_BUILDERS)}).')
+  import keras  # pylint: disable=g-import-not-at-top
+  model = getattr(keras.applications, KERAS_BUILDERS[backbone])(
+      weights=None, include_top=False)
+  used, keys = {}, {}
+  for layer in model.layers:
+    base = _snake_case(type(layer).__name__)
+    used[base] = used.get(base, -1) + 1
+    keys[base if used[base] == 0 else f'{base}_{used[base]}'] = layer.name
+  return keys
+
+
+def _read_keras3_h5(f, path, backbone):
+  import h5py  # pylint: disable=g-import-not-at-top
+  layers, unnamed = [], []
+
+  def visit(group, key):
     vs = group.get('vars')
     if isinstance(vs, h5py.Group) and len(vs):
+      weights = [(None, np.asarray(vs[str(i)])) for i in range(len(vs))]
       name = vs.attrs.get('name')
       if name is None:
-        raise UserError(
-            f'{path}: this Keras 3 .weights.h5 does not record layer names '
-            '(written by an older Keras 3); load it into the Keras model and '
-            're-save it with model.save_weights, or use the legacy .h5.')
-      name = name.decode('utf8') if isinstance(name, bytes) else str(name)
-      layers.append((name, [(None, np.asarray(vs[str(i)]))
-                            for i in range(len(vs))]))
+        unnamed.append((key, weights))
+      else:
+        name = name.decode('utf8') if isinstance(name, bytes) else str(name)
+        layers.append((name, weights))
     sub = group.get('layers')
     if isinstance(sub, h5py.Group):
-      for key in sub:
-        visit(sub[key])
+      for k in sub:
+        visit(sub[k], k)
 
-  visit(f)
+  visit(f, '')
+  if unnamed:  # Written by a Keras 3 that does not record layer names.
+    keys = _keras3_layer_keys(backbone)
+    for key, weights in unnamed:
+      if key in keys:
+        layers.append((keys[key], weights))
+      elif re.fullmatch(r'dense(_\d+)?', key):
+        continue  # The top's Dense layers (fc1, fc2, predictions).
+      else:
+        raise UserError(f'{path}: layer key {key!r} matches no layer of '
+                        f'Keras {KERAS_BUILDERS[backbone]}; is it a file for '
+                        'another network?')
   return sorted(layers, key=lambda lw: _natural_key(lw[0]))
 
 
-def _read_h5(path):
+def _read_h5(path, backbone):
   import h5py  # pylint: disable=g-import-not-at-top
   try:
     f = h5py.File(path, 'r')
@@ -164,7 +204,7 @@ def _read_h5(path):
     if 'layer_names' in g.attrs or 'layer_names0' in g.attrs:
       return _read_legacy_h5(f)
     if 'layers' in f:
-      return _read_keras3_h5(f, path)
+      return _read_keras3_h5(f, path, backbone)
   raise UserError(f'{path}: an HDF5 file but not Keras weights (no '
                   '`layer_names` attribute, no `layers` group).')
 
@@ -260,7 +300,7 @@ def read_layers(path: str, backbone: str):
   elif lower.endswith('.npz'):
     layers = _read_npz(path, backbone)
   elif lower.endswith(('.h5', '.hdf5')):
-    layers = _read_h5(path)
+    layers = _read_h5(path, backbone)
   else:
     raise UserError(f'{path}: unknown weights format; use a Keras .h5 / '
                     '.weights.h5, an .npz from our exporter or a torchvision '
