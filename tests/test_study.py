@@ -19,7 +19,7 @@ import soundfile as sf
 from input_pipeline.errors import UserError
 from parallelnet import study
 from parallelnet import train
-from parallelnet.models import common
+from parallelnet import summary
 import train_helpers
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
@@ -33,6 +33,11 @@ TINY = {'model.width': 1 / 32, 'model.feature_dim': 8, 'model.head_dim': 8,
         'model.speech_backbone': 'vgg16', 'model.image_backbone': 'vgg16',
         'train.learning_rate': 3e-3, 'train.num_epochs': 1,
         'train.max_steps_per_epoch': -1}
+
+
+def summary_params(config):
+  lines = summary.summarize(config).splitlines()
+  return int(lines[-2].split('=')[1])  # trainable_params=N (--mode=summary).
 
 
 def _parse(argv):
@@ -98,35 +103,34 @@ def test_row_configs_are_variants_plus_command_line_overrides():
 
 def test_two_rows_write_the_files_and_a_second_call_retrains_nothing(
     tmp_path, monkeypatch):
-  config, file, over = _parse([f'--config={PAPER}:runlocal',
-                               '--config.study.rows=ier_only,ser_only']
+  # Two rows whose models are the same (TINY sets both trunks): one XLA
+  # compilation serves both.
+  config, file, over = _parse([f'--config={PAPER}:runlocal,ser_only',
+                               '--config.study.rows=n2=vgg19,proposed']
                               + _flags(TINY))
   data = train_helpers.ArrayData(config, sizes=(16, 8, 8))
   workdir = tmp_path / 'study'
   first = study.run_study(config, str(workdir), config_file=file,
                           overrides=over, data=data)
-  assert [r['row'] for r in first] == ['ier_only', 'ser_only']
+  assert [r['row'] for r in first] == ['n2=vgg19', 'proposed']
   assert not any(r['reused'] for r in first)
-  for row in ('ier_only', 'ser_only'):
+  for row in ('n2_vgg19', 'proposed'):
     saved = json.loads((workdir / row / 'eval_metrics.json').read_text())
-    got = next(r for r in first if r['row'] == row)
+    got = next(r for r in first if study.row_folder(r['row']) == row)
     assert got['accuracy'] == saved['accuracy']
   with open(workdir / 'study.csv') as f:
     table = list(csv.DictReader(f))
-  assert [r['row'] for r in table] == ['ier_only', 'ser_only']
+  assert [r['row'] for r in table] == ['n2=vgg19', 'proposed']
   assert list(table[0]) == ['row', 'accuracy', 'macro_f1', 'cohen_kappa',
                             'trainable_params', 'train_seconds']
-  # The image row's N1 reads 3 channels, not 1 (3x3 kernels, c filters), and
-  # it has no speech adapter (a 1x1 conv 1 -> 3: 6 parameters).
-  c = common.scaled(64, TINY['model.width'])
-  assert (int(table[0]['trainable_params'])
-          - int(table[1]['trainable_params'])) == 9 * 2 * c - 6
+  assert int(table[0]['trainable_params']) == summary_params(
+      config) == int(table[1]['trainable_params'])
   assert float(table[0]['train_seconds']) > 0
   md = (workdir / 'study.md').read_text().splitlines()
   assert md[0].startswith('| Model | Accuracy |')
-  # Table 2's order (SER before IER), whatever the rows' order.
-  assert md[2].startswith('| SER Only (`ser_only`) |')
-  assert md[3].startswith('| IER Only (`ier_only`) |')
+  # Table 2's order (proposed before the sweep), whatever the rows' order.
+  assert md[2].startswith("| **Proposed ('ParallelNet')** (`proposed`) |")
+  assert md[4].startswith('| N2 = vgg19 (both trunks) (`n2=vgg19`) |')
   png = Image.open(workdir / 'study.png')
   assert png.size[0] > 300 and png.size[1] > 200
 
@@ -146,12 +150,12 @@ def test_two_rows_write_the_files_and_a_second_call_retrains_nothing(
 
   # An interrupted row (checkpoints, no metrics) resumes: it is the only one
   # called, and it takes no further training step.
-  (workdir / 'ser_only' / 'eval_metrics.json').unlink()
-  before = sorted(os.listdir(workdir / 'ser_only' / 'checkpoints' / 'latest'))
+  (workdir / 'proposed' / 'eval_metrics.json').unlink()
+  before = sorted(os.listdir(workdir / 'proposed' / 'checkpoints' / 'latest'))
   third = study.run_study(config, str(workdir), config_file=file,
                           overrides=over, data=data)
-  assert calls == ['ser_only']
-  assert sorted(os.listdir(workdir / 'ser_only' / 'checkpoints' /
+  assert calls == ['proposed']
+  assert sorted(os.listdir(workdir / 'proposed' / 'checkpoints' /
                            'latest')) == before
   assert third[1]['accuracy'] == first[1]['accuracy']
 
