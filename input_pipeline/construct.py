@@ -534,28 +534,42 @@ def _process_row(task):
   return out
 
 
-def _worker_init():
+def _warm_up(speech_spec):
+  """librosa loads its parts lazily on first use: do it before timing rows."""
+  if speech_spec and speech_spec.get('kind') == 'spectrogram':
+    from input_pipeline import audio as audio_lib  # pylint: disable=g-import-not-at-top
+    ic = types.SimpleNamespace(
+        **{k: v for k, v in speech_spec.items() if k != 'kind'})
+    audio_lib.log_mel(np.ones(audio_lib.num_samples(ic), np.float32), ic)
+
+
+def _worker_init(speech_spec):
   import threadpoolctl  # pylint: disable=g-import-not-at-top
   threadpoolctl.threadpool_limits(1)  # One BLAS thread per worker process.
+  _warm_up(speech_spec)
 
 
 class _Runner:
   """Maps _process_row over chunks, in a process pool when workers > 1,
   keeping a few chunks in flight (bounded memory) and their order."""
 
-  def __init__(self, workers):
+  def __init__(self, workers, speech_spec):
     self.workers = workers
     self.pool = None
-    if workers > 1:
+    if workers <= 1:
+      _warm_up(speech_spec)
+    else:
       with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='.*fork.*')
         # forkserver: workers do not inherit the parent's JAX/TF threads.
         ctx = multiprocessing.get_context('forkserver')
-        # Imported once in the fork server, so each worker starts warm.
-        ctx.set_forkserver_preload(['input_pipeline.construct',
-                                    'input_pipeline.audio',
+        # Imported once in the fork server, so each worker starts warm
+        # (not this module: a `python -m` run re-executes it in each worker
+        # as __mp_main__, which must find it unimported).
+        ctx.set_forkserver_preload(['input_pipeline.audio',
                                     'input_pipeline.image'])
-        self.pool = ctx.Pool(workers, initializer=_worker_init)
+        self.pool = ctx.Pool(workers, initializer=_worker_init,
+                             initargs=(speech_spec,))
 
   def map_chunks(self, chunk_tasks):
     """Yields the results of each chunk's task list, in order."""
@@ -722,7 +736,7 @@ def construct_dataset(source, out, *, tts, ser_teacher=None, ier_teacher=None,
             for r in chunks[k]]
 
   timing = dict(tts_s=0.0, decode_s=0.0, teachers_s=0.0)
-  runner = _Runner(min(workers, max(1, len(todo) * batch_size)))
+  runner = _Runner(min(workers, max(1, len(todo) * batch_size)), speech_spec)
   bar = progress_lib.Progress(sum(len(chunks[k]) for k in todo),
                               'constructing', unit='rows',
                               enabled=show_progress)
@@ -1004,4 +1018,7 @@ def run():
 
 
 if __name__ == '__main__':
-  run()
+  # Through the module's own name, so worker processes can find (unpickle)
+  # its functions and classes; __main__'s copies would not be importable.
+  from input_pipeline import construct as _construct  # pylint: disable=g-import-not-at-top,import-self
+  _construct.run()

@@ -234,7 +234,7 @@ def test_command_line_with_callable_teachers(tmp_path):
          '--ser_teacher=construct_helpers:speech_uniformish_teacher',
          '--ier_teacher=construct_helpers:image_red_teacher',
          '--tts_cmd=' + construct_helpers.sine_tts_template(str(tmp_path)),
-         '--workers=1']
+         '--workers=2']
   p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
   assert p.returncode == 0, p.stderr
   assert 'of 4 rows kept' in p.stdout
