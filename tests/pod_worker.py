@@ -1,5 +1,6 @@
 """One process of a 2-process run on localhost: shared-storage check, the
-build barrier in both arrival orders, and process-0-only writes.
+build barrier in both arrival orders, process-0-only writes, and a resume
+past a damaged checkpoint in a shared workdir.
 
   python tests/pod_worker.py ROOT OUT.json --process_id=I --coordinator=HOST:PORT
 
@@ -97,6 +98,36 @@ def main():
   train._write_eval_outputs(c0, mine, np.eye(classes, dtype=int), 7, 'test')  # pylint: disable=protected-access
   checkpointing.write_config(c0, mine)
   out['written'] = sorted(os.listdir(mine)) if os.path.isdir(mine) else []
+
+  # 5. A damaged newest checkpoint in the shared workdir: both processes
+  # fall back to the previous step together.
+  import glob  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  from input_pipeline import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
+  mesh = mesh_lib.make_mesh()
+  repl = mesh_lib.replicated(mesh)
+  work = os.path.join(shared, 'work')
+  ckpts = checkpointing.Checkpoints(work, c0, async_save=False)
+  for step in (1, 2):
+    w = jax.make_array_from_process_local_data(
+        repl, np.full((64, 64), step, np.float32))
+    ckpts.save('latest', step, {'w': w}, {'epoch': step})
+  ckpts.close()
+  pipeline_lib.wait_for_all_processes('saved')
+  if me == 0:
+    for path in glob.glob(os.path.join(work, 'checkpoints', 'latest', '2',
+                                       'state', 'd', '*')):
+      with open(path, 'r+b') as f:
+        f.seek(100)
+        f.write(b'\x5a' * 200)
+  pipeline_lib.wait_for_all_processes('damaged')
+  ckpts = checkpointing.Checkpoints(work, c0, async_save=False)
+  abstract = {'w': jax.ShapeDtypeStruct((64, 64), np.float32, sharding=repl)}
+  tree, meta = ckpts.restore('latest', abstract, fallback=True)
+  out['restored_epoch'] = meta['epoch']
+  out['restored_w'] = float(np.asarray(tree['w']).mean())
+  out['latest_after'] = sorted(ckpts.managers['latest'].all_steps())
+  ckpts.close()
   with open(a.out, 'w') as f:
     json.dump(out, f)
 

@@ -1,6 +1,6 @@
 """Multi-host behaviour with 2 processes on localhost (jax.distributed, CPU):
 the shared-storage check, the build barrier whichever process arrives first,
-and process-0-only writes. Both processes run tests/pod_worker.py."""
+process-0-only writes, and the fallback past a damaged checkpoint. Both processes run tests/pod_worker.py."""
 
 import json
 import os
@@ -60,3 +60,11 @@ def test_two_processes_storage_check_build_barrier_and_writes(tmp_path):
   assert p0['written'] == ['config.json', 'confusion_matrix.png',
                            'eval_metrics.json']
   assert p1['written'] == []
+
+  # A damaged newest checkpoint: both processes restored step 1, and the
+  # damaged step was set aside once.
+  for out in (p0, p1):
+    assert out['restored_epoch'] == 1 and out['restored_w'] == 1.0
+    assert out['latest_after'] == [1]
+  assert os.listdir(tmp_path / 'shared' / 'work' / 'checkpoints' /
+                    'damaged') == ['latest_2']
