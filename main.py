@@ -30,13 +30,16 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Directory for checkpoints, metrics and explanations.')
 _MODE = flags.DEFINE_enum(
-    'mode', 'train', ['train', 'eval', 'cv', 'explain', 'summary', 'study'],
+    'mode', 'train',
+    ['train', 'eval', 'cv', 'explain', 'summary', 'study', 'predict'],
     'train: train, evaluate on the test split (and explain if '
     'config.explain.after_train); eval: evaluate the best checkpoint; cv: '
     'k-fold cross-validation; explain: DnCShap for test examples or for '
     '--image/--audio; summary: parameter counts per branch; study: train '
     'and evaluate each row of config.study.rows (Table 2/3, N2 sweep) in '
-    '<workdir>/<row>/, then study.csv, study.md, study.png.')
+    '<workdir>/<row>/, then study.csv, study.md, study.png; predict: '
+    'class probabilities of the best checkpoint for the test split or '
+    'config.predict.manual_dir in <workdir>/predictions.csv.')
 _IMAGE = flags.DEFINE_string('image', None, 'Explain this image (with --audio).')
 _AUDIO = flags.DEFINE_string('audio', None, 'Explain this audio (with --image).')
 _COORDINATOR = flags.DEFINE_string(
@@ -129,6 +132,16 @@ def main(argv):
       explain_run.explain_files(config, workdir, _IMAGE.value, _AUDIO.value)
     else:
       explain_run.explain_dataset(config, workdir)
+  elif mode == 'predict':
+    from parallelnet import predict  # pylint: disable=g-import-not-at-top
+    if _IMAGE.value or _AUDIO.value:
+      raise UserError('--mode=predict scores config.predict.manual_dir (or '
+                      'the test split), not --image/--audio; list the pair '
+                      'in a manifest folder, or use --mode=explain.')
+    out = predict.predict(config, workdir)
+    print(f"wrote {out['path']} ({out['num_examples']} examples" + (
+        '' if out['accuracy'] is None else
+        f", accuracy {out['accuracy']:.4f}") + ')')
 
 
 # ------------------------------------------------------------- user errors --

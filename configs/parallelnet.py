@@ -135,6 +135,10 @@ def get_config(arg=None):
   # '' = dataset.manual_dir.
   c.study.sentiment_dir = ''
 
+  # --- Prediction (--mode=predict) -----------------------------------------
+  c.predict = ml_collections.ConfigDict()
+  c.predict.manual_dir = ''  # A manifest folder to score (label optional); '' = the dataset's test split.
+
   for variant in (arg.split(',') if arg else ()):
     _apply_variant(c, variant.strip())
   return c

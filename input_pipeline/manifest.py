@@ -63,8 +63,11 @@ def _parse_floats(text, n):
   return vals
 
 
-def read_manifest(folder, classes):
+def read_manifest(folder, classes, *, require_label=True):
   """Reads and checks manifest.csv; returns (rows, bad).
+
+  require_label=False (scoring unlabelled data): the `label` column may be
+  missing or empty; such rows get label -1.
 
   rows: dicts with id, label (int), image/audio (absolute paths), split
   (normalised or None), text, image_cue_box, speech_cue_span.
@@ -80,7 +83,8 @@ def read_manifest(folder, classes):
   with open(path, newline='', encoding='utf-8-sig') as f:  # Excel's BOM too.
     reader = csv.DictReader(f)
     header = reader.fieldnames or []
-    missing = [c for c in REQUIRED_COLUMNS if c not in header]
+    missing = [c for c in REQUIRED_COLUMNS if c not in header
+               and (require_label or c != 'label')]
     if missing:
       raise ValueError(f'{path}: header lacks column(s) {missing}; got {header}.')
     raw = list(reader)
@@ -95,7 +99,9 @@ def read_manifest(folder, classes):
       reasons.append('duplicate id')
     seen.add(rid)
     label = (r.get('label') or '').strip()
-    if label not in label_index:
+    if not label and not require_label:
+      pass  # Unlabelled: label -1.
+    elif label not in label_index:
       reasons.append(f'unknown label {label!r} (classes: {", ".join(classes)})')
     files = {}
     for col in ('image', 'audio'):
@@ -116,7 +122,8 @@ def read_manifest(folder, classes):
     if reasons:
       bad.append((rid, shown, '; '.join(reasons)))
       continue
-    rows.append(dict(id=rid, label=label_index[label], image=files['image'],
+    rows.append(dict(id=rid, label=label_index.get(label, -1),
+                     image=files['image'],
                      audio=files['audio'], split=SPLIT_ALIASES.get(split),
                      text=r.get('text') or '', image_cue_box=box,
                      speech_cue_span=span))

@@ -332,9 +332,10 @@ def train_batches(config, mesh, *, epoch, start_step=0):
 
 
 def eval_dataset(config, split='validation', *, process_index=None,
-                 process_count=None):
+                 process_count=None, with_id=False):
   """This process's local eval batches; every process yields the same
-  number of batches, padded at the end with mask=False."""
+  number of batches, padded at the end with mask=False (and id '' with
+  with_id=True, which keeps the examples' ids)."""
   pi = jax.process_index() if process_index is None else process_index
   pc = jax.process_count() if process_count is None else process_count
   b = get_builder(config)
@@ -344,8 +345,10 @@ def eval_dataset(config, split='validation', *, process_index=None,
            for i in range(pc)]
   num_batches = math.ceil(max(sizes) / local_bs)
   ds = _read(b, process_split(b, full, pi, pc))
-  ds = ds.map(_to_model_inputs(image_lib.resolve_scaling(config)),
-              num_parallel_calls=tf.data.AUTOTUNE)
+  to_inputs = _to_model_inputs(image_lib.resolve_scaling(config))
+  if with_id:
+    to_inputs = lambda ex, f=to_inputs: dict(f(ex), id=ex['id'])
+  ds = ds.map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.map(lambda ex: dict(ex, mask=tf.constant(True)))
   pad = tf.data.Dataset.from_tensors(
       {k: tf.zeros(s.shape, s.dtype) for k, s in ds.element_spec.items()}

@@ -1,0 +1,134 @@
+"""--mode=predict (parallelnet/predict.py) on a real TFDS test split and on
+a manifest folder without labels."""
+
+import csv
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import parallelnet as parallelnet_config
+from parallelnet import checkpointing
+from parallelnet import models
+from parallelnet import predict
+from parallelnet import train
+
+pytestmark = pytest.mark.usefixtures('fast_compile')
+
+
+def _config(tmp_path):
+  c = parallelnet_config.get_config('runlocal')
+  c.dataset.name = 'synthetic_sier'
+  c.dataset.data_dir = str(tmp_path / 'tfds')
+  c.dataset.synthetic_size = 40
+  c.model.width = 1 / 32
+  c.model.feature_dim = 8
+  c.model.head_dim = 8
+  c.model.speech_backbone = 'vgg16'
+  c.model.image_backbone = 'vgg16'
+  c.train.eval_batch_size = 8
+  return c
+
+
+def _checkpoint(config, workdir):
+  """A 'best' checkpoint of freshly initialised variables (no training)."""
+  model = models.get_model(config)
+  v = models.init_variables(model, config, jax.random.key(3),
+                            load_pretrained=False)
+  ckpts = checkpointing.Checkpoints(workdir, config, async_save=False)
+  ckpts.save('best', 5, dict(step=jnp.int32(5), params=v['params'],
+                             batch_stats=v['batch_stats']), {})
+  ckpts.wait()
+  ckpts.close()
+  return model, v
+
+
+def _rows(path):
+  with open(path, newline='') as f:
+    return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope='module')
+def scored(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp('predict')
+  config = _config(tmp)
+  workdir = str(tmp / 'work')
+  model, variables = _checkpoint(config, workdir)
+  metrics = train.evaluate(config, workdir)
+  out = predict.predict(config, workdir)
+  return config, workdir, model, variables, metrics, out
+
+
+def test_test_split_accuracy_equals_eval(scored):
+  config, workdir, _, _, metrics, out = scored
+  classes = list(config.dataset.classes)
+  rows = _rows(os.path.join(workdir, 'predictions.csv'))
+  with open(os.path.join(workdir, 'eval_metrics.json')) as f:
+    written = json.load(f)
+  total = int(np.sum(written['confusion_matrix']))
+  assert len(rows) == total == out['num_examples']
+  assert len({r['id'] for r in rows}) == total  # Every example once.
+  assert list(rows[0]) == (['id', 'label', 'predicted'] +
+                           [f'p_{c}' for c in classes])
+  accuracy = np.mean([r['label'] == r['predicted'] for r in rows])
+  assert accuracy == pytest.approx(metrics['accuracy'], abs=1e-9)
+  assert out['accuracy'] == pytest.approx(written['accuracy'], abs=1e-9)
+  for r in rows:
+    p = np.array([float(r[f'p_{c}']) for c in classes])
+    assert p.sum() == pytest.approx(1.0, abs=1e-4)
+    assert classes[int(np.argmax(p))] == r['predicted']
+
+
+def test_unlabelled_manifest_folder(scored, tmp_path):
+  config, workdir, model, variables, _, _ = scored
+  import input_pipeline  # pylint: disable=g-import-not-at-top
+  from input_pipeline import manifest  # pylint: disable=g-import-not-at-top
+  # Three pairs of the synthetic corpus, copied and listed without labels.
+  corpus, _ = _corpus_rows(config)
+  folder = tmp_path / 'new'
+  folder.mkdir()
+  with open(folder / 'manifest.csv', 'w', newline='') as f:
+    w = csv.writer(f)
+    w.writerow(['id', 'image', 'audio'])
+    for i, row in enumerate(corpus[:3]):
+      names = [f'{i}_{os.path.basename(row[c])}' for c in ('image', 'audio')]
+      for col, name in zip(('image', 'audio'), names):
+        shutil.copy(row[col], folder / name)
+      w.writerow([f'new{i}'] + names)
+  rows_read, bad = manifest.read_manifest(str(folder), config.dataset.classes,
+                                          require_label=False)
+  assert not bad and [r['label'] for r in rows_read] == [-1, -1, -1]
+  cfg = config.copy_and_resolve_references()
+  cfg.predict.manual_dir = str(folder)
+  # The same checkpoint, another workdir for the output.
+  out_dir = tmp_path / 'out'
+  out_dir.mkdir()
+  os.symlink(os.path.join(workdir, 'checkpoints'), out_dir / 'checkpoints')
+  out = predict.predict(cfg, str(out_dir))
+  assert out['accuracy'] is None and out['num_examples'] == 3
+  rows = _rows(out_dir / 'predictions.csv')
+  assert [r['id'] for r in rows] == ['new0', 'new1', 'new2']
+  assert 'label' not in rows[0]
+  # The probabilities are the model's on the preprocessed pairs.
+  for r, row in zip(rows, rows_read):
+    pair = input_pipeline.preprocess_pair(cfg, row['image'], row['audio'])
+    logits, _ = model.apply(variables, pair['image'][None],
+                            pair['spectrogram'][None], train=False)
+    want = np.asarray(jax.nn.softmax(logits, -1))[0]
+    got = np.array([float(r[f'p_{c}']) for c in cfg.dataset.classes])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def _corpus_rows(config):
+  """The synthetic corpus's manifest rows (absolute paths)."""
+  import glob  # pylint: disable=g-import-not-at-top
+  from input_pipeline import manifest  # pylint: disable=g-import-not-at-top
+  found = glob.glob(os.path.join(config.dataset.data_dir, '**',
+                                 'manifest.csv'), recursive=True)
+  assert found, 'no synthetic corpus manifest under data_dir'
+  return manifest.read_manifest(os.path.dirname(found[0]),
+                                config.dataset.classes)
