@@ -544,7 +544,11 @@ def _warm_up(speech_spec):
 
 
 def _worker_init(speech_spec):
+  import signal  # pylint: disable=g-import-not-at-top
   import threadpoolctl  # pylint: disable=g-import-not-at-top
+  # Ctrl-C is the main process's to handle (it stops the pool); workers
+  # would only print a traceback each.
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
   threadpoolctl.threadpool_limits(1)  # One BLAS thread per worker process.
   _warm_up(speech_spec)
 
@@ -688,10 +692,10 @@ def construct_dataset(source, out, *, tts, ser_teacher=None, ier_teacher=None,
     raise UserError(f'--threshold={threshold} must be in [0, 1].')
   if batch_size < 1 or workers < 1:
     raise UserError('--batch_size and --workers must be at least 1.')
-  class_map = parse_class_map(DEFAULT_CLASS_MAP if class_map is None
-                              else class_map) if isinstance(
-                                  class_map, (str, type(None))) else dict(
-                                      class_map)
+  if class_map is None:
+    class_map = DEFAULT_CLASS_MAP
+  class_map = (parse_class_map(class_map) if isinstance(class_map, str)
+               else dict(class_map))
   teachers = {}
   for who, t, modality in (('SER teacher', ser_teacher, 'speech'),
                            ('IER teacher', ier_teacher, 'image')):
@@ -1015,6 +1019,10 @@ def run():
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
+  except KeyboardInterrupt:
+    print('interrupted: run the same command again to resume (finished '
+          'chunks are kept).', file=sys.stderr)
+    sys.exit(130)
 
 
 if __name__ == '__main__':

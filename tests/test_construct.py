@@ -128,6 +128,14 @@ def test_tts_backends_write_complete_wavs(tmp_path):
 # -------------------------------------------- bad input, callable teachers --
 
 
+def test_file_names_from_ids():
+  assert construct._safe_name('tw_001-a') == 'tw_001-a'
+  odd = ['../x', 'a/b', 'a b', 'a_b', 'é', '.hidden', 'a/b/']
+  names = [construct._safe_name(i) for i in odd]
+  assert len(set(names)) == len(odd)
+  assert all(n[0].isalnum() and '/' not in n and '.' not in n for n in names)
+
+
 def _callable_teachers():
   ier = construct.load_callable_teacher(
       'construct_helpers:image_red_teacher', 'image', EMOTIONS)
@@ -168,6 +176,8 @@ def test_bad_input_strict_and_skip_bad(tmp_path):
                  "id='tw006': image: undecodable image"):
     assert needle in msg, msg
   assert not (out / 'manifest.csv').exists()
+  with pytest.raises(UserError, match='other settings.*batch_size'):
+    construct.construct_dataset(str(src), str(out), **dict(kw, batch_size=2))
 
   # --skip_bad: recorded as bad_input and left out (the journal is reused).
   stats = construct.construct_dataset(str(src), str(out), skip_bad=True, **kw)
