@@ -113,6 +113,17 @@ def _config(backbone, weights, image_size=32, modalities='image'):
 
 
 def _shapes(config):
+  """ShapeDtypeStructs of the model's variables (traced once per structure)."""
+  m = config.model
+  return _shapes_of(m.modalities, m.speech_backbone, m.image_backbone,
+                    m.width, config.input.image_size)
+
+
+@functools.cache
+def _shapes_of(modalities, speech_backbone, image_backbone, width, size):
+  config = _config(image_backbone, '', size, modalities)
+  config.model.speech_backbone = speech_backbone
+  config.model.width = width
   model = models.get_model(config)
   return jax.eval_shape(lambda k: models.init_variables(
       model, config, k, load_pretrained=False), jax.random.key(0))
