@@ -120,9 +120,10 @@ def main(argv):
     train.cross_validate(config, workdir)
   elif mode == 'study':
     from parallelnet import study  # pylint: disable=g-import-not-at-top
-    study.run_study(config, workdir,
-                    config_file=flags.FLAGS['config'].config_filename,
-                    overrides=flags.FLAGS['config'].override_values)
+    results = study.run_study(
+        config, workdir, config_file=flags.FLAGS['config'].config_filename,
+        overrides=flags.FLAGS['config'].override_values)
+    print(study.markdown_table(results, config.study.cv), end='')
   elif mode == 'explain':
     from explain import run as explain_run  # pylint: disable=g-import-not-at-top
     if bool(_IMAGE.value) != bool(_AUDIO.value):

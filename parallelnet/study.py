@@ -327,12 +327,14 @@ def plot(results, path, cv):
     err = [r[m + '_std'] for r in ordered] if cv else None
     bars = ax.bar(x + (k - 0.5) * 0.38, values, 0.38, yerr=err, capsize=3,
                   label=name)
-    for b, v in zip(bars, values):
-      ax.text(b.get_x() + b.get_width() / 2, v + 0.01, f'{v:.2f}',
+    for b, v, e in zip(bars, values, err or [0.0] * len(values)):
+      ax.text(b.get_x() + b.get_width() / 2, v + e + 0.01, f'{v:.2f}',
               ha='center', va='bottom', fontsize=7)
   ax.set_xticks(x, [r['row'] for r in ordered], rotation=30, ha='right')
   ax.set_ylim(0, 1.1)
-  ax.set_ylabel('test split' + (' (mean ± std over folds)' if cv else ''))
+  ax.set_ylabel('test split')
+  if cv:
+    ax.set_title('mean ± std over the folds', fontsize=9)
   ax.legend(loc='upper left', ncols=2, fontsize=8)
   ax.grid(axis='y', alpha=0.3)
   fig.tight_layout()
