@@ -49,6 +49,7 @@ class WorkdirTeacher:
           f'{modality} teacher is a {modality}-only model (train one with '
           f'configs/parallelnet.py:{variant}).')
     self.modality = modality
+    self.workdir = workdir
     self.config = config
     self.classes = tuple(config.dataset.classes)
     self.description = f'workdir {os.path.abspath(workdir)} ({which}, step {step})'

@@ -413,3 +413,28 @@ def test_end_to_end_command_tts_resume_skips_done_rows(teachers, tmp_path):
   kept = [r for r in dec if r['decision'] == 'kept']
   assert len(kept) == len(_read_csv(out / 'manifest.csv'))
   assert {r['decision'] for r in dec} <= set(construct.DECISIONS)
+
+
+_MESH_SCRIPT = """
+import sys, numpy as np
+from parallelnet import teachers
+t = teachers.WorkdirTeacher(sys.argv[1], 'image', batch_size=6)
+assert t.mesh.devices.size == 4 and t.batch_size == 8, (t.mesh, t.batch_size)
+np.save(sys.argv[3], t.predict(np.load(sys.argv[2])))
+"""
+
+
+def test_teacher_inference_on_a_4_device_mesh(teachers, tmp_path):
+  """The same probabilities with the batch sharded over 4 (simulated) CPU
+  devices as on 1, padding included (5 inputs, batch 8)."""
+  x = np.random.default_rng(0).random((5, 32, 32, 3)).astype(np.float32)
+  np.save(tmp_path / 'x.npy', x)
+  env = dict(os.environ, PYTHONPATH=ROOT,
+             XLA_FLAGS='--xla_force_host_platform_device_count=4')
+  p = subprocess.run([sys.executable, '-c', _MESH_SCRIPT,
+                      teachers['image'].workdir, str(tmp_path / 'x.npy'),
+                      str(tmp_path / 'p.npy')], env=env, capture_output=True,
+                     text=True)
+  assert p.returncode == 0, p.stderr[-3000:]
+  np.testing.assert_allclose(np.load(tmp_path / 'p.npy'),
+                             teachers['image'].predict(x), atol=1e-5)
