@@ -12,16 +12,28 @@ code 1; --verbose (or PARALLELNET_VERBOSE=1) adds the traceback.
 
 import os
 import sys
+import time
 import traceback
 
-# TensorFlow's C++ INFO lines (oneDNN notices) on import; TF only feeds data.
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+
+def _full_logs(argv):
+  """Whether the user asked for the libraries' logs (--verbosity, --verbose
+  or PARALLELNET_VERBOSE=1); otherwise progress.quiet_logs applies."""
+  return (os.environ.get('PARALLELNET_VERBOSE', '') not in ('', '0') or
+          any(a.split('=')[0] in ('--verbosity', '-v', '--verbose')
+              for a in argv[1:]))
+
+
+if not _full_logs(sys.argv):
+  # TensorFlow's C++ log lines (its data pipeline only feeds JAX).
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 from absl import app
 from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from input_pipeline import progress
 from input_pipeline.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -61,7 +73,7 @@ def _import_tensorflow_quietly():
   """TensorFlow's C++ code prints INFO lines (oneDNN, CPU features) while it
   is imported, before any log level applies: they go to /dev/null unless
   --verbose or --verbosity asks for more."""
-  if _verbose() or flags.FLAGS.verbosity > 0:
+  if _full_logs(sys.argv):
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     return tf
   sys.stderr.flush()
@@ -83,6 +95,8 @@ def main(argv):
   # TF serves only the input pipeline: keep it off the accelerators JAX uses.
   tf = _import_tensorflow_quietly()
   tf.config.set_visible_devices([], 'GPU')
+  if not _full_logs(sys.argv):
+    progress.quiet_logs()
 
   config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
   if (_IMAGE.value or _AUDIO.value) and mode not in ('explain', 'predict'):
@@ -105,10 +119,11 @@ def main(argv):
     random_trunks = pretrained.random_trunks_warning(config)
     if random_trunks:
       logging.warning(random_trunks)
+  started = time.time()
 
   if mode == 'train':
     metrics = train.train_and_evaluate(config, workdir)
-    logging.info('Test metrics: %s', metrics)
+    logging.vlog(1, 'Test metrics: %s', metrics)
     print(f"test_accuracy={metrics['accuracy']:.4f}")
     if config.explain.after_train:
       from explain import run as explain_run  # pylint: disable=g-import-not-at-top
@@ -117,7 +132,10 @@ def main(argv):
     metrics = train.evaluate(config, workdir)
     print(f"test_accuracy={metrics['accuracy']:.4f}")
   elif mode == 'cv':
-    train.cross_validate(config, workdir)
+    result = train.cross_validate(config, workdir)
+    print(f"cv ({result['num_folds']} folds): " + ', '.join(
+        f"{m} {result[m]['mean']:.4f} ± {result[m]['std']:.4f}"
+        for m in train.METRIC_KEYS))
   elif mode == 'study':
     from parallelnet import study  # pylint: disable=g-import-not-at-top
     results = study.run_study(
@@ -143,6 +161,28 @@ def main(argv):
     print(f"wrote {out['path']} ({out['num_examples']} examples" + (
         '' if out['accuracy'] is None else
         f", accuracy {out['accuracy']:.4f}") + ')')
+
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() == 0:
+    print(written_summary(workdir, started))
+
+
+def written_summary(workdir, since):
+  """One line naming what this run wrote (or rewrote) in `workdir`."""
+  entries = []
+  if os.path.isdir(workdir):
+    for name in sorted(os.listdir(workdir)):
+      path = os.path.join(workdir, name)
+      if os.path.isdir(path):
+        n = sum(1 for root, _, files in os.walk(path) for f in files
+                if os.path.getmtime(os.path.join(root, f)) >= since)
+        if n:
+          entries.append(f'{name}/ ({n} file{"s" if n > 1 else ""})')
+      elif os.path.getmtime(path) >= since:
+        entries.append(name)
+  if not entries:
+    return f'Nothing written in {workdir}.'
+  return f'Wrote in {workdir}: ' + ', '.join(entries)
 
 
 # ------------------------------------------------------------- user errors --

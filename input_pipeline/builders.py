@@ -351,6 +351,15 @@ class _SierBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _source_folder(self, dl_manager):
     return dl_manager.manual_dir
 
+  # TFDS prints these two with print(), whatever the log level; one log
+  # line each instead ("download" means nothing here).
+  def _log_download_bytes(self):
+    logging.info('Building %s into %s (first use of these settings).',
+                 self.name, self.data_dir)
+
+  def _log_download_done(self):
+    logging.info('Built %s in %s.', self.name, self.data_dir)
+
   def _download_and_prepare(self, dl_manager, download_config):  # pylint: disable=arguments-differ
     # Local scratch for _Spill ($TMPDIR; data_dir may be a bucket).
     with tempfile.TemporaryDirectory(prefix=f'{self.name}_build_') as tmp:

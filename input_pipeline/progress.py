@@ -1,4 +1,7 @@
-"""A small progress line for long steps (builds, epochs, explanations, folds).
+"""Progress lines for long steps, and the quiet default log.
+
+Progress: a small progress line for long steps (builds, epochs, explanations,
+folds).
 
 `Progress(total, 'building train')` and `.update(n)` print
 `building train: 120/450 (27%)  31.2/s  0:00:10 left` to stderr at most every
@@ -9,6 +12,8 @@ the one format every mode shares. Only process 0 prints in multi-process runs
 (callers pass `enabled=jax.process_index() == 0`).
 """
 
+import logging
+import os
 import sys
 import time
 
@@ -97,3 +102,60 @@ class Progress:
     elif self._tty and self._printed >= 0:
       self.stream.write('\n')
     return False
+
+
+# ------------------------------------------------------------ quiet logs --
+
+# Libraries whose warnings are noise for a user (TFDS: "Using custom data
+# configuration", deprecations); their errors still show.
+_WARNING_NOISE = ('tensorflow_datasets', 'tensorflow', 'orbax', 'clu',
+                  'absl', 'jax')
+_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _is_ours(pathname):
+  path = os.path.abspath(pathname or '')
+  return (path.startswith(_PROJECT_ROOT + os.sep)
+          and os.sep + 'site-packages' + os.sep not in path)
+
+
+class _QuietFilter(logging.Filter):
+  """Keeps the project's INFO lines and everyone's errors; drops third-party
+  INFO (orbax saves, TFDS readers, clu's writer) and library warnings."""
+
+  def filter(self, record):
+    if _is_ours(record.pathname):
+      return True
+    if record.levelno >= logging.ERROR:
+      return True
+    if record.levelno >= logging.WARNING:
+      return not any(f'{os.sep}{lib}{os.sep}' in record.pathname
+                     for lib in _WARNING_NOISE)
+    return False
+
+
+class _PlainFormatter(logging.Formatter):
+  """The message alone; warnings and errors say so."""
+
+  def format(self, record):
+    text = super().format(record)
+    if record.levelno >= logging.WARNING:
+      text = f'{record.levelname.lower()}: {text}'
+    return text
+
+
+def quiet_logs():
+  """The default console log: project lines as plain text, third-party INFO
+  and progress bars off. main.py calls it unless --verbosity or --verbose is
+  given. Idempotent."""
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  handler = absl_logging.get_absl_handler()
+  if not any(isinstance(f, _QuietFilter) for f in handler.filters):
+    handler.addFilter(_QuietFilter())
+  handler.setFormatter(_PlainFormatter('%(message)s'))
+  absl_logging.set_verbosity(absl_logging.INFO)
+  try:  # TFDS' tqdm bars ("Generating splits...", "Shuffling ...").
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    tfds.disable_progress_bar()
+  except ImportError:
+    pass

@@ -287,7 +287,7 @@ class Checkpoints:
             'damaged step(s) %s were moved to %s.', self.path(which, s),
             which, ', '.join(str(d) for d, _ in damaged),
             self.root / 'damaged')
-      logging.info('Restored %s checkpoint at step %d.', which, s)
+      logging.vlog(1, 'Restored %s checkpoint at step %d.', which, s)
       return state, meta
     if damaged:
       raise DamagedCheckpointError(

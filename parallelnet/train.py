@@ -34,6 +34,7 @@ import numpy as np
 import optax
 
 from input_pipeline import errors
+from input_pipeline import progress
 from parallelnet import checkpointing
 from parallelnet import losses
 from parallelnet import mesh as mesh_lib
@@ -497,8 +498,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     epoch, position = meta['epoch'], meta['position']
     loss_sum, acc_sum = meta['train_loss_sum'], meta['train_accuracy_sum']
     stopper = stopper.replace(**meta['early_stopping'])
-    logging.info('Resuming at epoch %d, step %d of the epoch (global step '
-                 '%d).', epoch, position, int(state.step))
+    if epoch >= tc.num_epochs or stopper.should_stop:
+      logging.info('Training in %s had finished (%d epochs%s); evaluating '
+                   'its best checkpoint.', workdir, epoch,
+                   ', stopped early' if stopper.should_stop else '')
+    else:
+      logging.info('Resuming at epoch %d, step %d of the epoch (global step '
+                   '%d).', epoch + 1, position, int(state.step))
 
   def meta_now():
     return dict(epoch=epoch, position=position, train_loss_sum=loss_sum,
@@ -511,8 +517,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   step = int(state.step)  # Tracked on the host from here on.
   t0, step0 = time.time(), step
   while epoch < tc.num_epochs and not stopper.should_stop:
+    epoch_t0 = time.time()
     batches = data.train_batches(config, mesh, epoch=epoch,
                                  start_step=position)
+    # Progress within the epoch, only when it takes long (paper size).
+    bar = progress.Progress(steps_per_epoch, f'epoch {epoch + 1}',
+                            unit='steps', interval_s=30.0,
+                            enabled=jax.process_index() == 0)
+    bar.done = position
     # The metrics of step k are read after step k + 1 is dispatched, so the
     # host never waits for a step before queueing the next one.
     pending = []
@@ -532,10 +544,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       consume()
       pending.append((step, out))
       step, position = step + 1, position + 1
+      bar.update()
       if tc.log_every_steps > 0 and step % tc.log_every_steps == 0:
         rate = (step - step0) / max(time.time() - t0, 1e-9)
         eta = (total_steps - step) / max(rate, 1e-9)
-        logging.info('epoch %d step %d/%d  loss %.4f  %.2f steps/s  ETA %s '
+        logging.vlog(1, 'epoch %d step %d/%d  loss %.4f  %.2f steps/s  ETA %s '
                      '(if all %d epochs run)', epoch + 1, position,
                      steps_per_epoch, float(out['loss']), rate,
                      _fmt_time(eta), tc.num_epochs)
@@ -545,6 +558,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         consume()
         ckpts.save('latest', step, checkpoint_tree(state), meta_now())
     consume()
+    bar.close()
     if position < steps_per_epoch:
       raise ValueError(
           f'Epoch {epoch} yielded {position} training batches; expected '
@@ -563,11 +577,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                **{f'val/{k}': val[k] for k in METRIC_KEYS}}
     writer.write_scalars(step, scalars)
     writer.flush()
-    logging.info('epoch %d/%d done: %s; val confusion %s%s', epoch + 1,
+    logging.vlog(1, 'epoch %d/%d done: %s; val confusion %s', epoch + 1,
                  tc.num_epochs,
                  ', '.join(f'{k} {v:.4g}' for k, v in scalars.items()),
-                 val['confusion_matrix'],
-                 ' (best so far)' if stopper.has_improved else '')
+                 val['confusion_matrix'])
+    logging.info(
+        'epoch %*d/%d  loss %.4f  acc %.3f  val loss %.4f  val acc %.3f  '
+        'lr %.3g  %.1f s%s', len(str(tc.num_epochs)), epoch + 1,
+        tc.num_epochs, scalars['train/loss'], scalars['train/accuracy'],
+        val_loss, val['accuracy'], scalars['lr'], time.time() - epoch_t0,
+        '  (best)' if stopper.has_improved else '')
     epoch, position, loss_sum, acc_sum = epoch + 1, 0, 0.0, 0.0
     tree = checkpoint_tree(state)
     if stopper.has_improved:
@@ -623,13 +642,20 @@ def cross_validate(config: ml_collections.ConfigDict, workdir: str, *,
     raise ValueError(f'config.dataset.num_folds={k}; cross-validation needs '
                      'at least 2 folds.')
   folds = []
+  t0 = time.time()
   for fold in range(k):
     cfg = copy.deepcopy(config)
     with cfg.unlocked():
       cfg.dataset.fold = fold
-    logging.info('Cross-validation: fold %d of %d.', fold + 1, k)
+    logging.info('Cross-validation: training fold %d of %d.', fold + 1, k)
     folds.append(train_and_evaluate(cfg, os.path.join(workdir, f'fold_{fold}'),
                                     data=data))
+    elapsed = time.time() - t0
+    logging.info('Cross-validation: fold %d/%d test accuracy %.4f, macro-F1 '
+                 '%.4f  (%s elapsed, about %s left)', fold + 1, k,
+                 folds[-1]['accuracy'], folds[-1]['macro_f1'],
+                 _fmt_time(elapsed),
+                 _fmt_time(elapsed / (fold + 1) * (k - fold - 1)))
   result = {'num_folds': k, 'folds': [
       {m: f[m] for m in METRIC_KEYS + ('num_examples', 'checkpoint_step')}
       for f in folds]}
