@@ -31,6 +31,7 @@ from explain.dncshap import dncshap_batch
 from explain.dncshap import FactorizedFn
 from explain.dncshap import num_evaluations
 from explain import figures
+from input_pipeline import progress
 from explain import speech as speech_lib
 
 
@@ -299,6 +300,12 @@ def _settings(config, step, baseline):
                   int(c.depth), c.mode))
 
 
+def _used_modalities(config):
+  """('image', 'speech'), or the one a unimodal model reads."""
+  m = config.model.get('modalities', 'both')
+  return ('image', 'speech') if m == 'both' else (m,)
+
+
 def explain_dataset(config, workdir, *, split='test'):
   """Explains the first config.explain.num_examples examples of `split`.
 
@@ -327,8 +334,14 @@ def explain_dataset(config, workdir, *, split='test'):
   key = jax.random.key(config.seed)
   records = []
   seconds = 0.0
+  # A unimodal model (SER/IER only) is scored on its own modality only.
+  used = _used_modalities(config)
   starts = range(0, num, int(c.batch_size))
-  for start in starts[jax.process_index()::jax.process_count()]:
+  mine = starts[jax.process_index()::jax.process_count()]
+  bar = progress.Progress(
+      sum(min(num, s + int(c.batch_size)) - s for s in mine), 'explaining',
+      unit='examples', interval_s=20.0, enabled=jax.process_index() == 0)
+  for start in mine:
     stop = min(num, start + int(c.batch_size))
     t0 = time.time()
     e = explain_batch(
@@ -345,13 +358,13 @@ def explain_dataset(config, workdir, *, split='test'):
                            waveform=ex['waveform'][j], label=ex['label'][j])
       rec['correct'] = rec['predicted'] == rec['true']
       rec['_index'] = j
-      cue_box = ex.get('image_cue_box')
+      cue_box = ex.get('image_cue_box') if 'image' in used else None
       if cue_box is not None and np.all(cue_box[j] >= 0):
         hit, chance = top_image_hit(np.asarray(one.image_regions.values),
                                     one.image_regions.boxes, cue_box[j])
         rec['top_image_region_hits_cue'] = hit
         rec['_image_chance'] = chance
-      cue_span = ex.get('speech_cue_span')
+      cue_span = ex.get('speech_cue_span') if 'speech' in used else None
       if cue_span is not None and np.all(cue_span[j] >= 0):
         spans = leaf_time_spans(one.speech_regions.boxes,
                                 config.input.hop_length,
@@ -362,6 +375,8 @@ def explain_dataset(config, workdir, *, split='test'):
         rec['top_speech_span_hits_cue'] = hit
         rec['_speech_chance'] = chance
       records.append(rec)
+      bar.update()
+  bar.close()
   gathered = _gather_json(dict(records=records, seconds=seconds))
   records = sorted((r for g in gathered for r in g['records']),
                    key=lambda r: r['_index'])
@@ -393,10 +408,13 @@ def explain_dataset(config, workdir, *, split='test'):
   if jax.process_index() == 0:
     with open(os.path.join(out_dir, 'summary.json'), 'w') as f:
       json.dump(summary, f, indent=2)
-  logging.info('Explained %d examples in %.1f s (DnCShap only); cue hit '
-               'rates image=%s speech=%s', num, seconds,
-               summary.get('image_cue_hit_rate'),
-               summary.get('speech_cue_hit_rate'))
+  rates = ', '.join(
+      f'{m} {summary[f"{m}_cue_hit_rate"]:.2f} (chance '
+      f'{summary[f"{m}_cue_chance_rate"]:.2f})'
+      for m in used if f'{m}_cue_hit_rate' in summary)
+  logging.info('Explained %d examples in %.1f s (DnCShap only)%s.', num,
+               seconds, f'; top region on the planted cue: {rates}'
+               if rates else '')
   return summary
 
 

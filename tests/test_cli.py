@@ -23,6 +23,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _env(env=None):
   full_env = dict(os.environ)
   full_env.pop('PARALLELNET_VERBOSE', None)
+  # Importing jax (conftest) sets TF_CPP_MIN_LOG_LEVEL=1 here; a user's
+  # shell does not have it.
+  full_env.pop('TF_CPP_MIN_LOG_LEVEL', None)
   full_env.update(env or {})
   return full_env
 
@@ -199,3 +202,47 @@ def test_corrupt_and_missing_files_name_the_file(tmp_path):
   with pytest.raises(errors.UserError, match=r'image .*nope\.png: missing'):
     pipeline.preprocess_pair(config, str(tmp_path / 'nope.png'),
                              str(tmp_path / 'corrupt.wav'))
+
+
+# ------------------------------------------------------- the demo's log --
+
+
+def test_demo_log_is_short_and_a_rerun_says_it_had_finished(tmp_path):
+  """The demo (shrunk: 80 examples, 2 epochs, 2 explanations at depth 1)
+  through main.py with default logging: under 40 lines, one per epoch, no
+  third-party INFO or progress bars, a closing line naming what was written.
+  A second run of the finished training says so and evaluates; --verbosity
+  brings the detail back."""
+  workdir = tmp_path / 'demo'
+  args = ['--config=configs/demo.py', f'--workdir={workdir}',
+          f'--config.dataset.data_dir={tmp_path / "tfds"}',
+          '--config.dataset.synthetic_size=80', '--config.train.num_epochs=2',
+          '--config.explain.num_examples=2', '--config.explain.depth=1',
+          '--config.model.width=0.0625']
+  env = {'JAX_DISABLE_MOST_OPTIMIZATIONS': '1'}  # Compile time dominates.
+  code, out, err = run_main(*args, env=env)
+  assert code == 0, err
+  lines = (out + err).splitlines()
+  assert len(lines) < 40, '\n'.join(lines)
+  text = '\n'.join(lines)
+  assert [l.split('  ')[0] for l in lines if l.startswith('epoch ')] == [
+      'epoch 1/2', 'epoch 2/2'], text
+  epoch_line = next(l for l in lines if l.startswith('epoch 1/2'))
+  for field in ('loss', 'acc', 'val loss', 'val acc', 'lr', ' s'):
+    assert field in epoch_line, epoch_line
+  for noise in ('orbax', 'Generating splits', 'Shuffling', 'I1', 'W1',
+                'oneDNN', 'Downloading', 'tfrecord'):
+    assert noise not in text, (noise, text)
+  assert 'test_accuracy=' in out
+  last = out.splitlines()[-1]  # stdout: results and the closing summary.
+  assert last.startswith(f'Wrote in {workdir}: ') and all(
+      w in last for w in ('checkpoints/', 'eval_metrics.json', 'explain/')), last
+
+  code, out2, err2 = run_main(*args, '--config.explain.after_train=False',
+                              '--verbosity=1', env=env)
+  assert code == 0, err2
+  assert 'Training in' in err2 and 'had finished (2 epochs' in err2, err2
+  assert 'Resuming' not in err2
+  assert 'Restored best checkpoint' in err2  # A --verbosity=1 line.
+  assert out2.splitlines()[0] == [l for l in out.splitlines()
+                                  if l.startswith('test_accuracy=')][0]
