@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from input_pipeline import image as image_lib
 from input_pipeline.errors import UserError
 from parallelnet import checkpointing
 from parallelnet import mesh as mesh_lib
@@ -61,8 +62,9 @@ class WorkdirTeacher:
                              num_frames=int(c.num_frames),
                              duration_s=float(c.duration_s))
     else:
+      # 'auto' resolves as in the input pipeline (the weights' scaling).
       self.input_spec = dict(kind='image', image_size=int(c.image_size),
-                             image_scaling=str(c.image_scaling))
+                             image_scaling=image_lib.resolve_scaling(config))
     self.mesh = mesh or mesh_lib.make_mesh()
     n_dev = self.mesh.devices.size
     self.batch_size = -(-int(batch_size) // n_dev) * n_dev

@@ -438,3 +438,22 @@ def test_teacher_inference_on_a_4_device_mesh(teachers, tmp_path):
   assert p.returncode == 0, p.stderr[-3000:]
   np.testing.assert_allclose(np.load(tmp_path / 'p.npy'),
                              teachers['image'].predict(x), atol=1e-5)
+
+
+def test_teacher_uses_the_pipelines_image_scaling(teachers, tmp_path):
+  """A workdir trained with image_scaling='auto' decodes as the input
+  pipeline resolves it (no pretrained weights: caffe)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  from parallelnet import teachers as teachers_lib  # pylint: disable=g-import-not-at-top
+  assert teachers['image'].input_spec == dict(kind='image', image_size=32,
+                                              image_scaling='unit')
+  workdir = tmp_path / 'auto'
+  shutil.copytree(teachers['image'].workdir, workdir)
+  config = json.loads((workdir / 'config.json').read_text())
+  config['input']['image_scaling'] = 'auto'
+  (workdir / 'config.json').write_text(json.dumps(config))
+  t = teachers_lib.WorkdirTeacher(str(workdir), 'image')
+  assert t.input_spec['image_scaling'] == 'caffe'
+  assert teachers['speech'].input_spec == dict(
+      kind='spectrogram', sample_rate=8000, n_fft=512, hop_length=256,
+      n_mels=32, num_frames=32, duration_s=31 * 256 / 8000)
