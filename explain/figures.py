@@ -1,11 +1,24 @@
 """One figure per explained example, like the paper's Fig. 5.
 
-Left: the image with its DnCShap heat map overlaid (red = pushes towards the
-predicted class, blue = away; symmetric colour scale). Right: the waveform,
-each stretch coloured by the importance of its spectrogram frame, with the
-kept segments (SPEC §5) shaded. The title gives the predicted label, its
-softmax score and the true label when known. Matplotlib's Agg backend: no
-display needed.
+Panels (only the modalities the model reads; a SER-only model gets the
+speech panel alone):
+  * Image: the input in its own colours, the regions that support the
+    prediction most outlined (a black line on a white halo, visible on any
+    colour).
+  * Image scores: the same image in grey under a translucent map of each
+    leaf region's score, in a purple-green scale that no image colour is
+    confused with (green: pushes towards the predicted class, purple: away).
+  * Speech: the waveform in grey over bands coloured by the score of each
+    time band (its speech leaf regions summed over frequency); the kept
+    segments (SPEC §5) are the black bar under it.
+
+Units: with the leaf regions given, the colours are region scores, which sum
+to the modality's score (Owen/Shapley efficiency), and the image and speech
+colour bars share one scale; the title gives the predicted probability p, the
+blank input's probability v(∅) and how p - v(∅) splits between the
+modalities, so a small score under a high v(∅) reads as what it is. Without
+regions, the colours fall back to per-pixel / per-frame values, labelled so.
+Matplotlib's Agg backend: no display needed.
 """
 
 from typing import Optional, Sequence
@@ -13,13 +26,64 @@ from typing import Optional, Sequence
 import matplotlib
 
 matplotlib.use('Agg')
-from matplotlib import collections as mcollections  # pylint: disable=g-import-not-at-top
+from matplotlib import cm as mcm  # pylint: disable=g-import-not-at-top
+from matplotlib import colors as mcolors  # pylint: disable=g-import-not-at-top
 from matplotlib import figure as mfigure  # pylint: disable=g-import-not-at-top
+from matplotlib import patheffects  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-IMAGE_TITLE = 'Image: DnCShap heat map'
-SPEECH_TITLE = 'Speech: waveform coloured by frame importance'
+IMAGE_TITLE = 'Image'
+IMAGE_SCORES_TITLE = 'Image: region scores'
+SPEECH_TITLE = 'Speech: waveform over time-band scores'
+CMAP = 'PRGn'  # Purple (against) - white - green (for the predicted class).
+OVERLAY_ALPHA = 0.6
+OUTLINE_SHARE = 0.5  # Outline regions scoring >= this share of the top one.
 MAX_WAVE_POINTS = 4000  # Waveform points drawn (decimated above this).
+
+
+def region_map(values, boxes, shape):
+  """(H, W) map holding each leaf region's score on its box (y0 x0 y1 x1)."""
+  out = np.zeros(shape, np.float64)
+  for v, (y0, x0, y1, x1) in zip(np.asarray(values, np.float64),
+                                 np.asarray(boxes)):
+    out[y0:y1, x0:x1] = v
+  return out
+
+
+def time_bands(values, boxes):
+  """[(t0, t1, score)] of the speech leaf regions summed per time span
+  (boxes are t0 f0 t1 f1 in spectrogram frames / mel bins)."""
+  bands = {}
+  for v, (t0, _, t1, _) in zip(np.asarray(values, np.float64),
+                               np.asarray(boxes)):
+    bands[(int(t0), int(t1))] = bands.get((int(t0), int(t1)), 0.0) + v
+  return [(t0, t1, s) for (t0, t1), s in sorted(bands.items())]
+
+
+def _grey(image):
+  x = np.asarray(image, np.float64)
+  if x.max() > 1.0:
+    x = x / 255.0
+  if x.ndim == 3:
+    x = x[..., :3] @ np.array([0.299, 0.587, 0.114])
+  return x
+
+
+def _outline(ax, mask, extent):
+  """Draws the edge of `mask` (H, W bool) as a black line on a white halo."""
+  if not mask.any() or mask.all():
+    return
+  h, w = mask.shape
+  x0, x1, y1, y0 = extent
+  xs = np.linspace(x0, x1, w + 1)
+  ys = np.linspace(y0, y1, h + 1)
+  padded = np.pad(mask.astype(np.float64), 1)
+  # Contour of the mask on a grid of pixel corners: the box edges exactly.
+  gx = np.concatenate([[xs[0]], (xs[:-1] + xs[1:]) / 2, [xs[-1]]])
+  gy = np.concatenate([[ys[0]], (ys[:-1] + ys[1:]) / 2, [ys[-1]]])
+  ax.contour(gx, gy, padded, levels=[0.5], colors='black', linewidths=1.4,
+             path_effects=[patheffects.withStroke(linewidth=3.5,
+                                                  foreground='white')])
 
 
 def make_figure(*, image_raw, image_map, waveform, sample_rate: int,
@@ -27,84 +91,150 @@ def make_figure(*, image_raw, image_map, waveform, sample_rate: int,
                 predicted: str, probability: float,
                 true_label: Optional[str] = None,
                 modality_scores: Optional[Sequence[float]] = None,
-                title: Optional[str] = None) -> mfigure.Figure:
+                title: Optional[str] = None,
+                baseline_probability: Optional[float] = None,
+                image_regions=None, speech_regions=None,
+                modalities: Sequence[str] = ('image', 'speech')
+                ) -> mfigure.Figure:
   """Builds the Fig. 5-style figure (not shown, not saved).
 
   Args:
     image_raw: (h, w, 3) uint8 (or floats in [0, 1]) image for display; the
-      heat map is stretched over it whatever its resolution.
-    image_map: (H, W) per-pixel image attribution.
+      scores are stretched over it whatever its resolution.
+    image_map: (H, W) per-pixel image attribution (used without regions).
     waveform: (num_samples,) clip; frame t covers the hop-centred samples
       around t * hop_length (see explain.speech).
-    frame_importance: (T,) speech importance per frame.
+    frame_importance: (T,) speech importance per frame (used without
+      regions).
     segments: (K, 2) kept (start, end) seconds.
-    predicted, probability: predicted label and its softmax score.
+    predicted, probability: predicted label and its softmax score p.
     true_label: shown when given.
-    modality_scores: optional (image, speech) scores shown in the panel
-      titles.
+    modality_scores: (image, speech) scores.
     title: optional prefix (e.g. the example id).
+    baseline_probability: v(∅), the predicted class's probability on the
+      blank input (every region removed).
+    image_regions, speech_regions: optional (values, boxes) of the leaf
+      regions; with them the colours are region scores.
+    modalities: the modalities the model reads; the others get no panel.
   """
-  image_raw = np.asarray(image_raw)
+  modalities = tuple(modalities)
+  if not modalities or set(modalities) - {'image', 'speech'}:
+    raise ValueError(f'modalities must be image and/or speech; got '
+                     f'{modalities}.')
+  scores = {}
+  if modality_scores is not None:
+    scores = dict(zip(('image', 'speech'), map(float, modality_scores)))
+
+  # Colour values in score units when the regions are known.
   image_map = np.asarray(image_map, np.float64)
-  waveform = np.asarray(waveform, np.float64)
+  if image_regions is not None:
+    image_values = region_map(*image_regions, image_map.shape)
+    image_unit = 'score of each region (regions sum to the image score)'
+  else:
+    image_values = image_map
+    image_unit = 'per-pixel score (the map sums to the image score)'
   importance = np.asarray(frame_importance, np.float64)
+  if speech_regions is not None:
+    bands = time_bands(*speech_regions)
+    speech_unit = ('score of each time band (bands sum to the speech '
+                   'score)')
+  else:
+    bands = [(t, t + 1, float(v)) for t, v in enumerate(importance)]
+    speech_unit = 'frame importance (speech map averaged over mel bins)'
+  shared = image_regions is not None and speech_regions is not None
+  limits = {'image': float(np.abs(image_values).max()),
+            'speech': max([abs(s) for _, _, s in bands], default=0.0)}
+  if shared:
+    both = max(limits[m] for m in modalities)
+    limits = {m: both for m in limits}
+  norms = {m: mcolors.Normalize(-(limits[m] or 1.0), limits[m] or 1.0)
+           for m in limits}
+  cmap = matplotlib.colormaps[CMAP]
 
-  fig = mfigure.Figure(figsize=(11, 4), dpi=100)
-  ax_image, ax_wave = fig.subplots(1, 2, gridspec_kw=dict(
-      width_ratios=[1, 1.8]))
+  ratios = ([1, 1] if 'image' in modalities else []) + (
+      [2] if 'speech' in modalities else [])
+  fig = mfigure.Figure(figsize=(1.4 + 3.1 * sum(ratios), 4.3), dpi=100)
+  axes = list(np.atleast_1d(fig.subplots(1, len(ratios), gridspec_kw=dict(
+      width_ratios=ratios))))
 
-  # Image with its heat map.
-  h, w = image_raw.shape[:2]
-  ax_image.imshow(image_raw, extent=(0, w, h, 0))
-  limit = float(np.abs(image_map).max()) or 1.0
-  heat = ax_image.imshow(image_map, cmap='bwr', vmin=-limit, vmax=limit,
-                         alpha=0.5, extent=(0, w, h, 0),
-                         interpolation='nearest')
-  fig.colorbar(heat, ax=ax_image, fraction=0.046, pad=0.04)
-  image_title = IMAGE_TITLE
-  if modality_scores is not None:
-    image_title += f'\nimage score {float(modality_scores[0]):+.3f}'
-  ax_image.set_title(image_title, fontsize=9)
-  ax_image.set_axis_off()
+  if 'image' in modalities:
+    ax_image, ax_scores = axes.pop(0), axes.pop(0)
+    image_raw = np.asarray(image_raw)
+    h, w = image_raw.shape[:2]
+    extent = (0, w, h, 0)
+    top = image_values.max()
+    strong = (image_values >= OUTLINE_SHARE * top) if top > 0 else (
+        np.zeros(image_values.shape, bool))
+    ax_image.imshow(image_raw, extent=extent)
+    _outline(ax_image, strong, extent)
+    ax_image.set_title(f'{IMAGE_TITLE} (outlined: strongest support)',
+                       fontsize=9)
+    ax_image.set_axis_off()
+    ax_scores.imshow(_grey(image_raw), cmap='gray', vmin=0, vmax=1,
+                     extent=extent)
+    heat = ax_scores.imshow(image_values, cmap=cmap, norm=norms['image'],
+                            alpha=OVERLAY_ALPHA, extent=extent,
+                            interpolation='nearest')
+    _outline(ax_scores, strong, extent)
+    scores_title = IMAGE_SCORES_TITLE
+    if 'image' in scores:
+      scores_title += f'\nimage score {scores["image"]:+.3f}'
+    ax_scores.set_title(scores_title, fontsize=9)
+    ax_scores.set_axis_off()
+    bar = fig.colorbar(mcm.ScalarMappable(norms['image'], cmap), ax=ax_scores,
+                       fraction=0.046, pad=0.04)
+    bar.set_label(image_unit, fontsize=7)
+    bar.ax.tick_params(labelsize=7)
+    del heat
 
-  # Waveform coloured by the importance of each sample's frame.
-  n = waveform.shape[0]
-  step = max(1, -(-n // MAX_WAVE_POINTS))
-  idx = np.arange(0, n, step)
-  times = idx / sample_rate
-  frame = np.clip((idx + hop_length // 2) // hop_length, 0,
-                  importance.shape[0] - 1)  # Hop-centred frame of a sample.
-  points = np.stack([times, waveform[idx]], axis=1)
-  lines = mcollections.LineCollection(
-      np.stack([points[:-1], points[1:]], axis=1), cmap='coolwarm',
-      linewidths=0.8)
-  ilimit = float(np.abs(importance).max()) or 1.0
-  lines.set_array(importance[frame[:-1]])
-  lines.set_clim(-ilimit, ilimit)
-  ax_wave.add_collection(lines)
-  for k, (start, end) in enumerate(np.asarray(segments).reshape(-1, 2)):
-    ax_wave.axvspan(start, end, color='gold', alpha=0.25,
-                    label='kept speech' if k == 0 else None)
-  amplitude = float(np.abs(waveform).max()) or 1.0
-  ax_wave.set_xlim(0, max(n, 1) / sample_rate)
-  ax_wave.set_ylim(-1.1 * amplitude, 1.1 * amplitude)
-  ax_wave.set_xlabel('time (s)')
-  ax_wave.set_ylabel('amplitude')
-  fig.colorbar(lines, ax=ax_wave, fraction=0.046, pad=0.04,
-               label='frame importance')
-  speech_title = SPEECH_TITLE
-  if modality_scores is not None:
-    speech_title += f'\nspeech score {float(modality_scores[1]):+.3f}'
-  ax_wave.set_title(speech_title, fontsize=9)
-  if len(segments):
-    ax_wave.legend(loc='upper right', fontsize=8)
+  if 'speech' in modalities:
+    ax_wave = axes.pop(0)
+    waveform = np.asarray(waveform, np.float64)
+    n = waveform.shape[0]
+    duration = max(n, 1) / sample_rate
+    for t0, t1, s in bands:  # Frame t is centred on sample t * hop_length.
+      a = max(0.0, (t0 * hop_length - hop_length / 2) / sample_rate)
+      b = min(duration, (t1 * hop_length - hop_length / 2) / sample_rate)
+      ax_wave.axvspan(a, b, color=cmap(norms['speech'](s)), alpha=0.8,
+                      linewidth=0)
+    step = max(1, -(-n // MAX_WAVE_POINTS))
+    idx = np.arange(0, n, step)
+    ax_wave.plot(idx / sample_rate, waveform[idx], color='#333333',
+                 linewidth=0.6)
+    amplitude = float(np.abs(waveform).max()) or 1.0
+    kept = np.asarray(segments, np.float64).reshape(-1, 2)
+    if len(kept):
+      ax_wave.broken_barh([(a, b - a) for a, b in kept],
+                          (-1.28 * amplitude, 0.08 * amplitude),
+                          facecolors='black', label='kept speech')
+      ax_wave.legend(loc='upper right', fontsize=8)
+    ax_wave.set_xlim(0, duration)
+    ax_wave.set_ylim(-1.32 * amplitude, 1.1 * amplitude)
+    ax_wave.set_xlabel('time (s)')
+    ax_wave.set_ylabel('amplitude')
+    bar = fig.colorbar(mcm.ScalarMappable(norms['speech'], cmap), ax=ax_wave,
+                       fraction=0.046, pad=0.04)
+    bar.set_label(speech_unit, fontsize=7)
+    bar.ax.tick_params(labelsize=7)
+    speech_title = SPEECH_TITLE
+    if 'speech' in scores:
+      speech_title += f'\nspeech score {scores["speech"]:+.3f}'
+    ax_wave.set_title(speech_title, fontsize=9)
 
-  heading = f'predicted: {predicted} (softmax {float(probability):.3f})'
+  heading = f'predicted: {predicted}, p = {float(probability):.3f}'
   if true_label is not None:
     heading += f'   true: {true_label}'
   if title:
     heading = f'{title}   {heading}'
-  fig.suptitle(heading)
+  if baseline_probability is not None:
+    b = float(baseline_probability)
+    split = ' + '.join(f'{m} {scores[m]:+.3f}' for m in modalities
+                       if m in scores)
+    heading += (f'\nblank input v(∅) = {b:.3f};  p - v(∅) = '
+                f'{float(probability) - b:+.3f}')
+    if split:
+      heading += f' = {split}'
+  fig.suptitle(heading, fontsize=10)
   fig.tight_layout()
   return fig
 

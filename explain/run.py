@@ -266,7 +266,13 @@ def _write_example(config, out_dir, ex_id, e, *, image_raw, waveform,
       frame_importance=sp.frame_importance, segments=sp.segments,
       predicted=classes[target], probability=float(e.probability),
       true_label=None if label is None else classes[int(label)],
-      modality_scores=np.asarray(e.modality_scores), title=str(ex_id))
+      modality_scores=np.asarray(e.modality_scores), title=str(ex_id),
+      baseline_probability=float(e.baseline_probability),
+      image_regions=(np.asarray(e.image_regions.values),
+                     e.image_regions.boxes),
+      speech_regions=(np.asarray(e.speech_regions.values),
+                      e.speech_regions.boxes),
+      modalities=_used_modalities(config))
   np.savez(
       os.path.join(out_dir, f'{name}.npz'),
       image_map=np.asarray(e.image_map), speech_map=np.asarray(e.speech_map),
@@ -283,8 +289,9 @@ def _write_example(config, out_dir, ex_id, e, *, image_raw, waveform,
       id=str(ex_id), predicted=classes[target],
       probability=float(e.probability),
       baseline_probability=float(e.baseline_probability),
-      modality_scores=dict(image=float(e.modality_scores[0]),
-                           speech=float(e.modality_scores[1])),
+      modality_scores={m: float(e.modality_scores[i])
+                       for i, m in enumerate(('image', 'speech'))
+                       if m in _used_modalities(config)},
       segments_s=[[float(a), float(b)] for a, b in sp.segments],
       true=None if label is None else classes[int(label)])
 
@@ -440,6 +447,8 @@ def explain_files(config, workdir, image_path, audio_path):
   c = config.explain
   # The files first: a bad file is reported before the model loads.
   pair = input_pipeline.preprocess_pair(config, image_path, audio_path)
+  if pair.get('audio_notice'):
+    logging.info('%s', pair['audio_notice'])
   model, variables, step = checkpointing.restore_for_inference(
       config, workdir, which='best')
   baseline = make_baseline(config, pair['image'].shape,
@@ -461,9 +470,10 @@ def explain_files(config, workdir, image_path, audio_path):
   name = _safe_name(ex_id)
   with open(os.path.join(out_dir, f'{name}.json'), 'w') as f:
     json.dump(summary, f, indent=2)
-  print(f"prediction: {rec['predicted']} (softmax {rec['probability']:.4f})")
-  print(f"modality scores: image {rec['modality_scores']['image']:+.4f}  "
-        f"speech {rec['modality_scores']['speech']:+.4f}")
+  print(f"prediction: {rec['predicted']} (softmax {rec['probability']:.4f}; "
+        f"blank input {rec['baseline_probability']:.4f})")
+  print('modality scores: ' + '  '.join(
+      f'{m} {v:+.4f}' for m, v in rec['modality_scores'].items()))
   print(f'kept speech segments (s): {rec["segments_s"]}')
   print(f'wrote {os.path.join(out_dir, name)}.png/.npz/_kept.wav/.json')
   return summary

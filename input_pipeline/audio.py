@@ -164,12 +164,35 @@ def decode_clip(path, input_config):
   """(clip, fit): the clip as the spectrogram sees it and how the file met
   duration_s: 'padded' (shorter, zeros appended), 'cropped' (longer, the
   first duration_s kept) or 'exact'. Reads only the span the clip keeps."""
+  return decode_clip_and_length(path, input_config)[:2]
+
+
+def decode_clip_and_length(path, input_config):
+  """decode_clip plus the file's length in samples at the model's rate."""
   check_duration(input_config)
   n = num_samples(input_config)
   wav, full_length = _decode(path, input_config.sample_rate, n)
   fit = ('padded' if full_length < n else
          'cropped' if full_length > n else 'exact')
-  return pad_or_crop(wav, n), fit
+  return pad_or_crop(wav, n), fit, full_length
+
+
+def fit_notice(path, file_samples, input_config):
+  """One line telling a user how their file met the model's clip length, or
+  None when it fits: a longer file is cut to its first duration_s (the rest
+  is neither classified nor explained), a shorter one padded with silence.
+  `file_samples` is decode_clip_and_length's length (at the model's rate)."""
+  n = num_samples(input_config)
+  if file_samples == n:
+    return None
+  sr = input_config.sample_rate
+  have, clip = file_samples / sr, n / sr
+  if file_samples > n:
+    return (f'audio {path} is {have:.2f} s long; the model hears its first '
+            f'{clip:.2f} s (config.input.duration_s), the rest is not used.')
+  return (f'audio {path} is {have:.2f} s long, shorter than the model\'s '
+          f'{clip:.2f} s clip: silence fills the remaining '
+          f'{clip - have:.2f} s.')
 
 
 def load_waveform(path, input_config):

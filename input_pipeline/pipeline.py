@@ -397,18 +397,25 @@ def preprocess_pair(config, image_path, audio_path):
   """One user pair through the dataset's preprocessing (unbatched numpy).
 
   Returns image (model-scaled), image_raw (uint8), spectrogram (T, F, 1),
-  waveform. Errors name the file and the reason.
+  waveform, audio_seconds (the file's length) and audio_notice (a line for
+  the user when the file is longer or shorter than the model's clip, else
+  None; callers show it). Errors name the file and the reason.
   """
   try:
     raw = image_lib.load_image(image_path, int(config.input.image_size))
   except image_lib.ImageError as e:
     raise image_lib.ImageError(f'image {image_path}: {e}') from e
   try:
-    spec, wav = audio_lib.load_spectrogram(audio_path, config.input)
+    wav, _, file_samples = audio_lib.decode_clip_and_length(audio_path,
+                                                           config.input)
   except audio_lib.AudioError as e:
     raise audio_lib.AudioError(f'audio {audio_path}: {e}') from e
+  notice = audio_lib.fit_notice(audio_path, file_samples, config.input)
   # float16 round trip: the same values the built dataset stores.
+  spec = audio_lib.log_mel(wav, config.input)
   spec = spec.astype(np.float16).astype(np.float32)
   scaling = image_lib.resolve_scaling(config)
   return dict(image=image_lib.scale_image(raw, scaling),
-              image_raw=raw, spectrogram=spec, waveform=wav)
+              image_raw=raw, spectrogram=spec, waveform=wav,
+              audio_seconds=file_samples / config.input.sample_rate,
+              audio_notice=notice)

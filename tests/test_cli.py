@@ -246,3 +246,25 @@ def test_demo_log_is_short_and_a_rerun_says_it_had_finished(tmp_path):
   assert 'Restored best checkpoint' in err2  # A --verbosity=1 line.
   assert out2.splitlines()[0] == [l for l in out.splitlines()
                                   if l.startswith('test_accuracy=')][0]
+
+
+def test_audio_longer_or_shorter_than_the_clip_gets_a_notice(tmp_path):
+  from configs import demo  # pylint: disable=g-import-not-at-top
+  from input_pipeline import audio  # pylint: disable=g-import-not-at-top
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  config = demo.get_config()  # 8 kHz, a 0.992 s clip (7936 samples).
+  Image.new('RGB', (40, 30)).save(tmp_path / 'ok.png')
+  n = audio.num_samples(config.input)
+  notices = {}
+  for name, length in (('long', 12000), ('short', 4000), ('exact', n)):
+    sf.write(tmp_path / f'{name}.wav', np.full(length, 0.1, np.float32), 8000)
+    pair = pipeline.preprocess_pair(config, str(tmp_path / 'ok.png'),
+                                    str(tmp_path / f'{name}.wav'))
+    notices[name] = pair['audio_notice']
+    assert pair['audio_seconds'] == pytest.approx(length / 8000)
+    assert pair['waveform'].shape == (n,)
+  assert 'long.wav is 1.50 s long' in notices['long']
+  assert 'first 0.99 s' in notices['long']
+  assert 'short.wav is 0.50 s long' in notices['short']
+  assert "model's 0.99 s clip" in notices['short']
+  assert notices['exact'] is None

@@ -5,11 +5,17 @@ import numpy as np
 
 from explain import figures
 
+IMAGE_VALUES = np.array([0.4, -0.05, -0.02, -0.03])  # Sum: image score 0.3.
+IMAGE_BOXES = np.array([[0, 0, 8, 8], [0, 8, 8, 16], [8, 0, 16, 8],
+                        [8, 8, 16, 16]])
+SPEECH_VALUES = np.array([0.05, 0.01, -0.1, -0.06])  # Sum: speech -0.1.
+SPEECH_BOXES = np.array([[0, 0, 16, 16], [0, 16, 16, 32], [16, 0, 32, 16],
+                         [16, 16, 32, 32]])  # Two time bands x two halves.
+
 
 def _kwargs():
   rng = np.random.default_rng(0)
-  image_map = np.zeros((16, 16))
-  image_map[:8, :8] = 1.0  # One hot region, top left.
+  image_map = figures.region_map(IMAGE_VALUES, IMAGE_BOXES, (16, 16)) / 64
   return dict(
       image_raw=rng.integers(0, 255, (32, 32, 3), dtype=np.uint8),
       image_map=image_map,
@@ -18,25 +24,64 @@ def _kwargs():
       frame_importance=np.linspace(-1, 1, 32),
       segments=np.array([[0.05, 0.12], [0.2, 0.248]]),
       predicted='happy', probability=0.875, true_label='sad',
-      modality_scores=(0.3, -0.1), title='ex7')
+      modality_scores=(0.3, -0.1), title='ex7', baseline_probability=0.675,
+      image_regions=(IMAGE_VALUES, IMAGE_BOXES),
+      speech_regions=(SPEECH_VALUES, SPEECH_BOXES))
 
 
-def test_figure_has_the_paper_panels_and_labels():
+def _axes(fig, title):
+  return [ax for ax in fig.axes if ax.get_title().startswith(title)]
+
+
+def test_colours_are_region_scores_and_the_title_relates_them():
   fig = figures.make_figure(**_kwargs())
-  titles = [ax.get_title() for ax in fig.axes]
-  assert any(t.startswith(figures.IMAGE_TITLE) and '+0.300' in t
-             for t in titles)
-  assert any(t.startswith(figures.SPEECH_TITLE) and '-0.100' in t
-             for t in titles)
+  (scores_ax,) = _axes(fig, figures.IMAGE_SCORES_TITLE)
+  (wave_ax,) = _axes(fig, figures.SPEECH_TITLE)
+  assert '+0.300' in scores_ax.get_title()
+  assert '-0.100' in wave_ax.get_title()
   heading = fig._suptitle.get_text()  # pylint: disable=protected-access
-  assert 'happy' in heading and '0.875' in heading and 'sad' in heading
-  wave_ax = next(ax for ax in fig.axes if ax.get_title().startswith(
-      figures.SPEECH_TITLE))
-  # The two kept segments are shaded, the waveform drawn as coloured lines.
+  for part in ('happy', 'p = 0.875', 'true: sad', 'v(∅) = 0.675',
+               'p - v(∅) = +0.200', 'image +0.300 + speech -0.100'):
+    assert part in heading, (part, heading)
+  # The overlay holds each region's score (the values sum to the image
+  # score over the regions), not per-pixel shares.
+  overlay = scores_ax.get_images()[-1].get_array()
+  np.testing.assert_allclose(np.unique(overlay), np.sort(IMAGE_VALUES))
+  # One coloured background per time band (its regions summed), the
+  # kept segments as a bar of two pieces.
   assert len(wave_ax.patches) == 2
-  assert len(wave_ax.collections) == 1
-  colours = wave_ax.collections[0].get_array()
-  assert colours.min() < 0 < colours.max()  # Coloured by importance.
+  bands = figures.time_bands(SPEECH_VALUES, SPEECH_BOXES)
+  np.testing.assert_allclose([b[2] for b in bands], [0.06, -0.16])
+  (kept,) = wave_ax.collections
+  assert len(kept.get_paths()) == 2
+  # Image and speech colour bars: the same units and the same scale.
+  bars = [ax for ax in fig.axes if ax.get_ylabel().startswith('score of')]
+  assert len(bars) == 2
+  assert bars[0].get_ylim() == bars[1].get_ylim() == (-0.4, 0.4)
+  # The strongest region (top left, 0.4) is outlined on the input image.
+  (image_ax,) = _axes(fig, figures.IMAGE_TITLE + ' (')
+  assert len(image_ax.collections) == 1  # The outline contour.
+
+
+def test_unimodal_model_gets_only_its_modality():
+  kwargs = _kwargs()
+  fig = figures.make_figure(**dict(kwargs, modalities=('speech',)))
+  assert not _axes(fig, figures.IMAGE_TITLE)
+  assert len(_axes(fig, figures.SPEECH_TITLE)) == 1
+  heading = fig._suptitle.get_text()  # pylint: disable=protected-access
+  assert 'speech -0.100' in heading and 'image' not in heading
+  fig = figures.make_figure(**dict(kwargs, modalities=('image',)))
+  assert not _axes(fig, figures.SPEECH_TITLE)
+  assert len(_axes(fig, figures.IMAGE_SCORES_TITLE)) == 1
+
+
+def test_without_regions_the_units_are_labelled_per_pixel():
+  kwargs = _kwargs()
+  del kwargs['image_regions'], kwargs['speech_regions']
+  fig = figures.make_figure(**kwargs)
+  labels = [ax.get_ylabel() for ax in fig.axes]
+  assert any(l.startswith('per-pixel score') for l in labels), labels
+  assert any(l.startswith('frame importance') for l in labels), labels
 
 
 def test_png_written_and_not_blank(tmp_path):
@@ -45,5 +90,5 @@ def test_png_written_and_not_blank(tmp_path):
   kwargs.update(true_label=None)
   figures.save_figure(path, **kwargs)
   pixels = matplotlib.image.imread(path)
-  assert pixels.shape[0] == 400 and pixels.shape[1] == 1100
+  assert pixels.shape[0] == 430 and pixels.shape[1] == 1380
   assert pixels[..., :3].std() > 0.05  # Not a blank canvas.
