@@ -116,6 +116,7 @@ def main(argv):
                                'data_dir': config.dataset.data_dir})
   if mode in ('train', 'cv', 'study'):
     from parallelnet.models import pretrained  # pylint: disable=g-import-not-at-top
+    pretrained.check_files(config)
     random_trunks = pretrained.random_trunks_warning(config)
     if random_trunks:
       logging.warning(random_trunks)

@@ -297,6 +297,14 @@ def test_npz_and_speech_weights_fill_n2_s(keras_files, tmp_path):
 def test_missing_or_foreign_files_are_user_errors(tmp_path):
   with pytest.raises(UserError, match='no such weights file'):
     _load(_config('vgg16', str(tmp_path / 'absent.h5')))
+  # main.py's check before anything runs names the field.
+  with pytest.raises(UserError, match=r'^model.image_weights=.*absent.h5: no '
+                     'such weights file'):
+    pretrained.check_files(_config('vgg16', str(tmp_path / 'absent.h5')))
+  pth = tmp_path / 'densenet121.pth'
+  pth.write_bytes(b'')
+  with pytest.raises(UserError, match='load into vgg16 and vgg19 only'):
+    pretrained.check_files(_config('densenet121', str(pth)))
   bad = tmp_path / 'model.keras'
   bad.write_bytes(b'PK\x03\x04')
   with pytest.raises(UserError, match='unknown weights format'):
@@ -443,3 +451,5 @@ def test_torchvision_file_without_torch_says_how_to_install(tmp_path,
   monkeypatch.setattr(builtins, '__import__', no_torch)
   with pytest.raises(UserError, match='pip install torch'):
     _load(_config('vgg16', str(path)))
+  with pytest.raises(UserError, match='pip install torch'):
+    pretrained.check_files(_config('vgg16', str(path)))

@@ -244,11 +244,7 @@ def _torchvision_vgg_names(blocks) -> dict[int, str]:
   return names
 
 
-def _read_torchvision(path, backbone):
-  if backbone not in TORCHVISION_VGG:
-    raise UserError(f'{path}: torchvision .pth files load into '
-                    f'{" and ".join(TORCHVISION_VGG)} only; for {backbone} '
-                    'use the Keras Applications .h5.')
+def _import_torch(path):
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
@@ -257,6 +253,11 @@ def _read_torchvision(path, backbone):
         'dependency of this project: pip install torch (the CPU build is '
         'enough), or use the Keras Applications .h5 of the same network.'
     ) from e
+  return torch
+
+
+def _read_torchvision(path, backbone):
+  torch = _import_torch(path)
   try:
     state = torch.load(path, map_location='cpu', weights_only=True)
   except Exception as e:  # pylint: disable=broad-except
@@ -290,21 +291,35 @@ def _read_torchvision(path, backbone):
   return layers
 
 
-def read_layers(path: str, backbone: str):
-  """The weights in `path` as [(our layer name, [(weight name, array)])]."""
+def _file_kind(path: str, backbone: str) -> str:
+  """'torchvision' | 'npz' | 'h5' for an existing file, else UserError."""
   if not os.path.isfile(path):
     raise UserError(f'{path}: no such weights file.')
   lower = path.lower()
   if image_lib.weights_format(path) == 'torchvision':
+    if backbone not in TORCHVISION_VGG:
+      raise UserError(f'{path}: torchvision .pth files load into '
+                      f'{" and ".join(TORCHVISION_VGG)} only; for {backbone} '
+                      'use the Keras Applications .h5.')
+    return 'torchvision'
+  if lower.endswith('.npz'):
+    return 'npz'
+  if lower.endswith(('.h5', '.hdf5')):
+    return 'h5'
+  raise UserError(f'{path}: unknown weights format; use a Keras .h5 / '
+                  '.weights.h5, an .npz from our exporter or a torchvision '
+                  '.pth.')
+
+
+def read_layers(path: str, backbone: str):
+  """The weights in `path` as [(our layer name, [(weight name, array)])]."""
+  kind = _file_kind(path, backbone)
+  if kind == 'torchvision':
     layers = _read_torchvision(path, backbone)
-  elif lower.endswith('.npz'):
+  elif kind == 'npz':
     layers = _read_npz(path, backbone)
-  elif lower.endswith(('.h5', '.hdf5')):
-    layers = _read_h5(path, backbone)
   else:
-    raise UserError(f'{path}: unknown weights format; use a Keras .h5 / '
-                    '.weights.h5, an .npz from our exporter or a torchvision '
-                    '.pth.')
+    layers = _read_h5(path, backbone)
   return _canonical(layers, backbone)
 
 
@@ -425,6 +440,20 @@ def trunk_weights(config) -> list[tuple[str, str, str, str]]:
     field = 'model.pretrained' if both else 'model.image_weights'
     out.append(('N2_i', m.image_backbone, field, both or image))
   return out
+
+
+def check_files(config):
+  """Cheap checks before anything runs: each weights file exists, has a
+  known format (PyTorch importable for .pth) and the image scaling agrees
+  with the image weights. UserError otherwise; the files are read later."""
+  for _, backbone, field, path in trunk_weights(config):
+    if path:
+      try:
+        if _file_kind(path, backbone) == 'torchvision':
+          _import_torch(path)
+      except UserError as e:
+        raise UserError(f'{field}={e}') from e
+  image_lib.resolve_scaling(config)
 
 
 def speech_input_scaling(config) -> str:
