@@ -172,9 +172,16 @@ def test_with_top_file_loads_the_trunk_and_skips_the_top(keras_files,
   path = str(tmp_path / 'vgg16_with_top.h5')
   with h5py.File(path, 'w') as f:
     legacy_h5_format.save_weights_to_hdf5_group(f, with_top)
-  trunk = _trunk(_load(_config('vgg16', path)), 'N2_i')
   notop = _trunk(_load(_config('vgg16', keras_files('vgg16')['legacy'])),
                  'N2_i')
+  trunk = _trunk(_load(_config('vgg16', path)), 'N2_i')
+  jax.tree.map(np.testing.assert_array_equal, trunk, notop)
+  # A whole model in legacy HDF5 (weights under `model_weights`).
+  whole = str(tmp_path / 'vgg16_model.h5')
+  legacy_h5_format.save_model_to_hdf5(with_top, whole)
+  with h5py.File(whole, 'r') as f:
+    assert 'model_weights' in f
+  trunk = _trunk(_load(_config('vgg16', whole)), 'N2_i')
   jax.tree.map(np.testing.assert_array_equal, trunk, notop)
 
 
