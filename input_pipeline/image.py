@@ -1,4 +1,4 @@
-"""Image decoding (any PIL mode -> 8-bit RGB) and the input scaling (SPEC §1)."""
+"""Image decoding (any PIL mode to 8-bit RGB) and input scaling (SPEC §1)."""
 
 import os
 

@@ -122,6 +122,12 @@ def test_transparency_composited_on_white(tmp_path):
   np.testing.assert_array_equal(_load(tmp_path / 'trns.png'),
                                 _composite(rgb, alpha))
   assert (_load(tmp_path / 'trns.png')[0, 0] == 255).all()
+  gray = rgb[..., 0]  # Grayscale with a tRNS value.
+  Image.fromarray(gray).save(tmp_path / 'ltrns.png',
+                             transparency=int(gray[0, 0]))
+  np.testing.assert_array_equal(
+      _load(tmp_path / 'ltrns.png'),
+      _composite(_gray3(gray), np.where(gray == gray[0, 0], 0, 255)))
 
 
 def test_palette_with_and_without_transparency(tmp_path):
@@ -211,7 +217,7 @@ def test_tiny_images(tmp_path):
         Image.fromarray(rgb).resize((8, 8), Image.BILINEAR)))
 
 
-# --- Audio: span decoding against the whole-file path ---------------------------
+# --- Audio: span decoding against the whole-file path -----------------------
 
 
 def _runlocal_input():
@@ -232,8 +238,8 @@ def _whole_file_clip(path, c):
 def _signal(sr, seconds, channels):
   """Chirp-plus-noise, a different level per channel, within (-1, 1)."""
   t = np.arange(int(round(sr * seconds))) / sr
-  x = 0.4 * np.sin(2 * np.pi * (200 + 300 * t) * t) + 0.05 * RNG.standard_normal(
-      t.size)
+  x = (0.4 * np.sin(2 * np.pi * (200 + 300 * t) * t) +
+       0.05 * RNG.standard_normal(t.size))
   return np.stack([x * (1 - 0.2 * k) for k in range(channels)], 1).astype(
       np.float32)
 
@@ -322,7 +328,7 @@ def test_long_file_decodes_in_clip_sized_memory(tmp_path):
   assert old_peak > 100 * clip_bytes  # The measurement can tell the two.
 
 
-# --- The streaming build ----------------------------------------------------------
+# --- The streaming build ------------------------------------------------------
 
 
 def _folder(folder, n, image_px=64):
