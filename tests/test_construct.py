@@ -222,6 +222,15 @@ def test_label_from_source_gives_sentiment_manifest(tmp_path):
   assert not bad
   assert [builders.SENTIMENTS[r['label']] for r in got] == [r[3] for r in rows]
   assert [r['text'] for r in got] == [r[1] for r in rows]
+  # It builds as b_t4sa (Table 3's setting).
+  import input_pipeline  # pylint: disable=g-import-not-at-top
+  from configs import parallelnet as configs_lib  # pylint: disable=g-import-not-at-top
+  c = configs_lib.get_config('sentiment,runlocal')
+  c.dataset.manual_dir = str(out)
+  c.dataset.data_dir = str(tmp_path / 'tfds')
+  builder = input_pipeline.get_builder(c)
+  assert builder.name == 'b_t4sa'
+  assert sum(s.num_examples for s in builder.info.splits.values()) == 6
   with pytest.raises(UserError, match='needs both --ser_teacher'):
     construct.construct_dataset(str(src), str(tmp_path / 'o2'), tts=tts)
 
