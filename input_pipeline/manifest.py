@@ -193,14 +193,14 @@ def cell_name(part, fold, fold_val):
   return f'{part}_f{fold}{"v" if fold_val else "t"}'
 
 
-IMAGE_EXTS = ('.png', '.jpg', '.jpeg')
+IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.webp', '.bmp', '.tif', '.tiff')
 AUDIO_EXTS = ('.wav', '.flac', '.ogg', '.mp3')
 
 
 def manifest_from_class_folders(folder):
   """Writes manifest.csv for a class-per-folder layout; returns the row count.
 
-  Layout: folder/<label>/<stem>.<png|jpg|jpeg> next to
+  Layout: folder/<label>/<stem>.<png|jpg|jpeg|webp|bmp|tif|tiff> next to
   folder/<label>/<stem>.<wav|flac|ogg|mp3>; the id is "<label>/<stem>".
   A stem with only one of the two files raises, naming it.
   """
