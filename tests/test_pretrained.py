@@ -202,7 +202,8 @@ def _rewrite_legacy(src, dst, layer_name, weight_name):
 
 def test_older_keras_naming_loads(keras_files, tmp_path):
   """Keras 1 weight names (VGG's block1_conv1_W_1:0), Keras 2's '/' in
-  DenseNet layer names and Inception-v3 auto-names counted from 1."""
+  DenseNet layer names, Inception-v3 auto-names counted from 1, and foreign
+  names (matched by position)."""
   def keras1(layer, w):
     return f'{layer}_{"W" if w.endswith("kernel") else "b"}_1:0'
 
@@ -217,6 +218,11 @@ def test_older_keras_naming_loads(keras_files, tmp_path):
       ('inception_v3', inception_name,
        lambda layer, w: f'{layer}/{w.rsplit("/", 1)[-1]}:0'),
   ]
+  # Names that share nothing with Keras 3's (like the Keras 2.0-era ResNet-50
+  # file's 'res2a_branch2a'): matched by position, as Keras does.
+  cases.append(('resnet50',
+                lambda n: 'old_' + n,
+                lambda layer, w: f'{layer}_{w.rsplit("/", 1)[-1]}:0'))
   for name, layer_name, weight_name in cases:
     files = keras_files(name)
     path = str(tmp_path / f'{name}_old.h5')
@@ -232,6 +238,10 @@ def test_older_keras_naming_loads(keras_files, tmp_path):
     config.model.image_weights = files['keras3']
     jax.tree.map(np.testing.assert_array_equal, old,
                  _trunk(_load(config, shapes), 'N2_i'))
+  # By position fails for another network: the error is the by-name one.
+  with pytest.raises(UserError, match="layer 'old_conv1_conv' of the file has "
+                     'no counterpart in the vgg16 trunk'):
+    _load(_config('vgg16', path))
 
 
 def test_keras3_file_without_layer_names_loads(keras_files, tmp_path):

@@ -415,6 +415,46 @@ def fill_trunk(variables: dict, layers, backbone: str, source: str) -> dict:
   return new
 
 
+def _in_keras_order(layers, backbone, source):
+  """`layers` renamed by position: the i-th weighted layer of the file gets
+  the name of the i-th weighted layer of the Keras model (built with
+  weights=None, nothing downloaded). This is how Keras itself loads a legacy
+  HDF5 file; used for files whose naming shares nothing with ours (e.g. the
+  Keras 2.0-era ResNet-50 file's 'res2a_branch2a')."""
+  import keras  # pylint: disable=g-import-not-at-top
+  model = getattr(keras.applications, KERAS_BUILDERS[backbone])(
+      weights=None, include_top=False)
+  names = [l.name for l in model.layers
+           if l.weights and not _INPUT_NORMALIZATION.match(l.name)]
+  weighted = [(n, ws) for n, ws in layers
+              if ws and n not in TOP_LAYERS and not _INPUT_NORMALIZATION.match(n)]
+  if len(weighted) != len(names):
+    raise UserError(f'{source}: {len(weighted)} layers with weights; Keras '
+                    f'{KERAS_BUILDERS[backbone]} has {len(names)}.')
+  inputs = [(n, ws) for n, ws in layers if _INPUT_NORMALIZATION.match(n)]
+  return _canonical(inputs + [(k, ws) for k, (_, ws) in zip(names, weighted)],
+                    backbone)
+
+
+def load_file(trunk: dict, path: str, backbone: str, source: str) -> dict:
+  """One trunk's variables from `path` (read_layers, then fill_trunk).
+
+  Layers are matched by name. A legacy .h5 whose layer names share none with
+  the trunk is matched by position, as Keras does; if that fails too, the
+  by-name error is raised.
+  """
+  layers = read_layers(path, backbone)
+  ours = set(trunk.get('params', {})) | set(trunk.get('batch_stats', {}))
+  if (not ours & {n for n, ws in layers if ws} and backbone in KERAS_BUILDERS
+      and _file_kind(path, backbone) == 'h5'):
+    try:
+      return fill_trunk(trunk, _in_keras_order(layers, backbone, source),
+                        backbone, source)
+    except UserError:
+      pass  # Report the by-name mismatch below, which names a layer.
+  return fill_trunk(trunk, layers, backbone, source)
+
+
 # --- Config -------------------------------------------------------------------
 
 
@@ -500,8 +540,7 @@ def load_into(variables: dict, config) -> dict:
   for branch, backbone, field, path in jobs:
     trunk = {c: variables[c].get(branch, {}).get('backbone', {})
              for c in ('params', 'batch_stats')}
-    loaded[branch] = fill_trunk(trunk, read_layers(path, backbone), backbone,
-                                source=f'{field}={path}')
+    loaded[branch] = load_file(trunk, path, backbone, f'{field}={path}')
   variables = {'params': dict(variables['params']),
                'batch_stats': dict(variables['batch_stats'])}
   for branch, trunk in loaded.items():
