@@ -28,6 +28,22 @@ process that explains at depth 6 in exact mode with the default max_batch
 
   python bench/explain_throughput.py --quick
   python bench/explain_throughput.py --workdir=/tmp/parallelnet_demo
+
+`ours` above is `explain.run.probability_fn`'s default, the
+modality-factorized function. `--factorized` instead compares, at paper
+size (configs/parallelnet.py: VGG16 speech / VGG19 image trunks, 128x128
+inputs, fresh weights), explanations/s of
+  factorized  dncshap_batch with the FactorizedFn (each distinct masked
+              image / spectrogram encoded once, Eq. 1-2 per coalition),
+  plain       dncshap_batch with the full forward pass per coalition,
+  limit       coalitions x the per-example time of a plain batched forward
+              (batch 8), no masking or bookkeeping,
+in alternating rounds of one run (medians), exact and dnc at depth 2 and 3,
+their values compared (max |difference| of the node values), and then
+explanations/s on 1 vs 4 simulated CPU devices (a child process with
+--xla_force_host_platform_device_count=4; `dncshap_batch(devices=...)`).
+
+  nice -n 10 python bench/explain_throughput.py --factorized
 """
 
 import argparse
@@ -288,6 +304,151 @@ def measure_memory(config_arg, depth, mode, examples):
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def factorized_rows(config, depths, modes, examples, rounds, max_batch,
+                    limit_batch=8):
+  """Factorized vs plain vs the forward limit; list of dicts.
+
+  The limit's forward runs at batch `limit_batch` (at paper size a CPU's
+  per-example time is flat from batch ~8 on; a smaller batch keeps each
+  round short)."""
+  from explain import dncshap_batch  # pylint: disable=g-import-not-at-top
+  from explain.dncshap import num_encodings  # pylint: disable=g-import-not-at-top
+  from explain.dncshap import num_evaluations  # pylint: disable=g-import-not-at-top
+  from explain.run import probability_fn  # pylint: disable=g-import-not-at-top
+  from parallelnet import models  # pylint: disable=g-import-not-at-top
+  model = models.get_model(config)
+  variables = models.init_variables(model, config, jax.random.key(0),
+                                    load_pretrained=False)
+  fact = probability_fn(model, variables)
+  plain = probability_fn(model, variables, factorized=False)
+  jfn = jax.jit(plain)
+  images, specs = inputs(config, examples)
+  x = jax.device_put(np.resize(images, (limit_batch,) + images.shape[1:]))
+  y = jax.device_put(np.resize(specs, (limit_batch,) + specs.shape[1:]))
+  fwd = lambda: jfn(x, y)
+  t0 = time.perf_counter()
+  _block(fwd())
+  print(f'  forward compiled in {time.perf_counter() - t0:.0f} s', flush=True)
+  out = []
+  for depth in depths:
+    for mode in modes:
+      run = {name: functools.partial(
+          dncshap_batch, fn, images, specs, depth=depth, mode=mode,
+          max_batch=max_batch) for name, fn in (('factorized', fact),
+                                                ('plain', plain))}
+      t0 = time.perf_counter()
+      a, b = _block(run['factorized']()), _block(run['plain']())
+      diff = max(float(np.max(np.abs(np.asarray(u) - np.asarray(v))))
+                 for u, v in zip(a.node_values, b.node_values))
+      print(f'  depth {depth} {mode}: compiled in '
+            f'{time.perf_counter() - t0:.0f} s, max |diff| {diff:.1e}',
+            flush=True)
+      times = common.alternate(dict(run, fwd=fwd), rounds,
+                               {k: _block for k in ('factorized', 'plain',
+                                                    'fwd')})
+      evals = num_evaluations(depth, mode)
+      f_s = common.median(times['factorized']) / examples
+      p_s = common.median(times['plain']) / examples
+      limit_s = evals * common.median(times['fwd']) / limit_batch
+      out.append(dict(depth=depth, mode=mode, evals=evals,
+                      encodings=sum(num_encodings(depth, mode)),
+                      factorized=1 / f_s, plain=1 / p_s, limit=1 / limit_s,
+                      speedup=p_s / f_s, vs_limit=limit_s / f_s,
+                      max_diff=diff))
+      print(f'  depth {depth} {mode}: factorized {1 / f_s:.3f}/s, plain '
+            f'{1 / p_s:.3f}/s, limit {1 / limit_s:.3f}/s: '
+            f'{p_s / f_s:.2f}x', flush=True)
+  return out
+
+
+def devices_child(config_name, depth, mode, examples, rounds, max_batch):
+  """In a process with 4 simulated devices: explanations/s on 1 vs 4."""
+  from explain import dncshap_batch  # pylint: disable=g-import-not-at-top
+  from explain.run import probability_fn  # pylint: disable=g-import-not-at-top
+  from parallelnet import models  # pylint: disable=g-import-not-at-top
+  config = common.load_config(config_name)
+  model = models.get_model(config)
+  variables = models.init_variables(model, config, jax.random.key(0),
+                                    load_pretrained=False)
+  fn = probability_fn(model, variables)
+  images, specs = inputs(config, examples)
+  runs = {f'{n}': functools.partial(
+      dncshap_batch, fn, images, specs, depth=depth, mode=mode,
+      max_batch=max_batch, devices=jax.devices()[:n]) for n in (1, 4)}
+  outs = {k: _block(r()) for k, r in runs.items()}
+  diff = max(float(np.max(np.abs(np.asarray(u) - np.asarray(v))))
+             for u, v in zip(outs['1'].node_values, outs['4'].node_values))
+  times = common.alternate(runs, rounds, {k: _block for k in runs})
+  print(json.dumps(dict(
+      {k: examples / common.median(v) for k, v in times.items()},
+      max_diff=diff)))
+
+
+def measure_devices(config_name, depth, mode, examples, rounds, max_batch):
+  env = dict(os.environ, XLA_FLAGS=(
+      os.environ.get('XLA_FLAGS', '') +
+      ' --xla_force_host_platform_device_count=4'))
+  cmd = [sys.executable, os.path.abspath(__file__), '--_devices_child',
+         json.dumps([config_name, depth, mode, examples, rounds, max_batch])]
+  out = subprocess.run(cmd, capture_output=True, text=True, check=False,
+                       env=env)
+  if out.returncode:
+    raise RuntimeError(f'devices child failed:\n{out.stderr[-2000:]}')
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main_factorized(a):
+  """--factorized: paper-size factorized vs plain, then 1 vs 4 devices."""
+  machine = common.machine()
+  config = common.load_config('parallelnet', a.paper_arg)
+  depths = [int(d) for d in (a.depths or '2,3').split(',')]
+  modes = a.modes.split(',')
+  examples = a.examples or 1
+  rounds = a.rounds
+  print(f'paper size: {common.config_name(config)}, '
+        f'{config.model.speech_backbone}/{config.model.image_backbone}, '
+        f'{examples} example(s), max_batch {a.max_batch}, {rounds} rounds',
+        flush=True)
+  rows = factorized_rows(config, depths, modes, examples, rounds,
+                         a.max_batch)
+  common.print_table(
+      f'DnCShap explanations/s at paper size, factorized vs full forward '
+      f'passes, {machine}',
+      ['depth', 'mode', 'coalitions', 'encodings', 'factorized', 'plain',
+       'limit', 'factorized/plain', 'factorized/limit', 'max |diff|'],
+      [[r['depth'], r['mode'], r['evals'], r['encodings'],
+        f'{r["factorized"]:.3f}', f'{r["plain"]:.3f}', f'{r["limit"]:.3f}',
+        f'{r["speedup"]:.2f}x', f'{r["vs_limit"]:.2f}x',
+        f'{r["max_diff"]:.1e}'] for r in rows])
+  exact = [r['speedup'] for r in rows if r['mode'] == 'exact']
+  print(f'\nspeed-up of the factorized path over plain full forward passes: '
+        + ', '.join(f'd{r["depth"]} {r["mode"]} {r["speedup"]:.2f}x'
+                    for r in rows)
+        + (f'; exact worst {min(exact):.2f}x (target >= 1.8x)'
+           if exact else ''))
+  dev = measure_devices(a.devices_config, 2, 'exact', a.devices_examples,
+                        rounds, a.max_batch)
+  print(f'\n{a.devices_config} model, exact depth 2, '
+        f'{a.devices_examples} examples: {dev["1"]:.3f} explanations/s on '
+        f'1 simulated CPU device, {dev["4"]:.3f}/s on 4 '
+        f'({dev["4"] / dev["1"]:.2f}x; the 4 share this machine\'s cores); '
+        f'max |diff| {dev["max_diff"]:.1e}')
+  if not a.no_row:
+    numbers = '; '.join(
+        f'd{r["depth"]} {r["mode"]}: factorized {r["factorized"]:.3f}/s, '
+        f'plain {r["plain"]:.3f}/s, limit {r["limit"]:.3f}/s'
+        for r in rows)
+    numbers += (f'; {a.devices_config} exact d2 x{a.devices_examples}: '
+                f'1 device {dev["1"]:.3f}/s, 4 simulated {dev["4"]:.3f}/s; '
+                f'paper size {common.config_name(config)}, fresh init')
+    common.append_row(
+        'explain_throughput --factorized', numbers,
+        'factorized/plain ' + ', '.join(
+            f'd{r["depth"]} {r["mode"]} {r["speedup"]:.2f}x' for r in rows),
+        machine_desc=machine, versions_desc=common.versions())
+  return rows, dev
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--quick', action='store_true',
@@ -308,7 +469,27 @@ def main(argv=None):
   p.add_argument('--no_shap', action='store_true')
   p.add_argument('--no_row', action='store_true')
   p.add_argument('--_memory_child', default=None, help=argparse.SUPPRESS)
+  p.add_argument('--factorized', action='store_true',
+                 help='paper-size factorized vs plain vs limit, and 1 vs 4 '
+                      'simulated devices (see the module docstring).')
+  p.add_argument('--paper_arg', default=None,
+                 help='--factorized: a configs/parallelnet.py variant instead '
+                      'of the paper size (e.g. runlocal, to try the script).')
+  p.add_argument('--rounds', type=int, default=2,
+                 help='--factorized: alternating rounds (medians).')
+  p.add_argument('--devices_config', default='demo',
+                 help='--factorized: config of the 1 vs 4 devices part.')
+  p.add_argument('--devices_examples', type=int, default=4,
+                 help='--factorized: examples of the 1 vs 4 devices part.')
+  p.add_argument('--_devices_child', default=None, help=argparse.SUPPRESS)
   a = p.parse_args(argv)
+  if a._devices_child:  # pylint: disable=protected-access
+    devices_child(*json.loads(a._devices_child))  # pylint: disable=protected-access
+    return None
+  if a.factorized:
+    if a.max_batch == DEFAULT_MAX_BATCH:
+      a.max_batch = 32  # Paper size on a CPU: one forward of 32 is plenty.
+    return main_factorized(a)
   if a._memory_child:  # pylint: disable=protected-access
     (name, arg), depth, mode, examples = json.loads(a._memory_child)  # pylint: disable=protected-access
     memory_child((name, arg), depth, mode, examples)

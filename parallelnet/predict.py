@@ -38,10 +38,11 @@ def _share(total, index, count):
   return start, start + base + (index < extra)
 
 
-def folder_batches(config, folder, local_batch):
+def folder_batches(config, folder, local_batch, notices=None):
   """This process's batches of a manifest folder (numpy dicts with id, label
   (-1 when unknown), image, spectrogram, mask); every process yields the
-  same number of batches."""
+  same number of batches. `notices` (a list) collects preprocess_pair's
+  line for each audio file longer or shorter than the model's clip."""
   import input_pipeline  # pylint: disable=g-import-not-at-top
   from input_pipeline import manifest  # pylint: disable=g-import-not-at-top
   rows, bad = manifest.read_manifest(folder, list(config.dataset.classes),
@@ -67,6 +68,8 @@ def folder_batches(config, folder, local_batch):
     for i, row in enumerate(part):
       pair = input_pipeline.preprocess_pair(config, row['image'],
                                             row['audio'])
+      if pair.get('audio_notice') and notices is not None:
+        notices.append(pair['audio_notice'])
       batch['id'][i] = row['id']
       batch['label'][i] = row['label']
       batch['image'][i] = pair['image']
@@ -119,8 +122,9 @@ def predict(config, workdir, *, split='test'):
                      f'by the {jax.process_count()} processes.')
   local_batch = batch // jax.process_count()
   folder = str(config.predict.manual_dir or '')
+  notices = []
   if folder:
-    batches = folder_batches(config, folder, local_batch)
+    batches = folder_batches(config, folder, local_batch, notices)
   else:
     batches = split_batches(config, split)
   variables = jax.device_put(variables, mesh_lib.replicated(mesh))
@@ -135,6 +139,10 @@ def predict(config, workdir, *, split='test'):
     ids += [str(x) for x in b['id'][keep]]
     labels += [int(x) for x in np.asarray(b['label'])[keep]]
     probs.append(p[keep])
+  if notices:  # One line, not one per file: a folder may hold thousands.
+    logging.warning('%d audio file(s) differ from the model\'s clip length '
+                    'and were cropped or padded; e.g. %s', len(notices),
+                    notices[0])
   probs = np.concatenate(probs) if probs else np.zeros((0, 0), np.float32)
   rows = _gather(ids, labels, probs)
   return _write(config, workdir, rows, step, folder or split)

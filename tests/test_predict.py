@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import soundfile as sf
 
 from configs import parallelnet as parallelnet_config
 from parallelnet import checkpointing
@@ -83,7 +84,7 @@ def test_test_split_accuracy_equals_eval(scored):
     assert classes[int(np.argmax(p))] == r['predicted']
 
 
-def test_unlabelled_manifest_folder(scored, tmp_path):
+def test_unlabelled_manifest_folder(scored, tmp_path, caplog):
   config, workdir, model, variables, _, _ = scored
   import input_pipeline  # pylint: disable=g-import-not-at-top
   from input_pipeline import manifest  # pylint: disable=g-import-not-at-top
@@ -99,6 +100,9 @@ def test_unlabelled_manifest_folder(scored, tmp_path):
       for col, name in zip(('image', 'audio'), names):
         shutil.copy(row[col], folder / name)
       w.writerow([f'new{i}'] + names)
+  # The last clip twice as long: cropped, with one notice line.
+  wav, sr = sf.read(folder / names[1])
+  sf.write(folder / names[1], np.concatenate([wav, wav]), sr)
   rows_read, bad = manifest.read_manifest(str(folder), config.dataset.classes,
                                           require_label=False)
   assert not bad and [r['label'] for r in rows_read] == [-1, -1, -1]
@@ -108,7 +112,9 @@ def test_unlabelled_manifest_folder(scored, tmp_path):
   out_dir = tmp_path / 'out'
   out_dir.mkdir()
   os.symlink(os.path.join(workdir, 'checkpoints'), out_dir / 'checkpoints')
-  out = predict.predict(cfg, str(out_dir))
+  with caplog.at_level('WARNING'):
+    out = predict.predict(cfg, str(out_dir))
+  assert '1 audio file(s) differ' in caplog.text
   assert out['accuracy'] is None and out['num_examples'] == 3
   rows = _rows(out_dir / 'predictions.csv')
   assert [r['id'] for r in rows] == ['new0', 'new1', 'new2']
