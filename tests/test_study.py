@@ -17,6 +17,7 @@ import pytest
 import soundfile as sf
 
 from input_pipeline.errors import UserError
+from parallelnet import models
 from parallelnet import study
 from parallelnet import train
 from parallelnet import summary
@@ -94,6 +95,13 @@ def test_row_configs_are_variants_plus_command_line_overrides():
   sweep = rows['n2=mobilenet_v2']
   assert (sweep.model.image_backbone, sweep.model.crossing,
           sweep.train.num_epochs) == ('mobilenet_v2', 'after', 3)
+  # Frozen trunks (train.trunk_lr_multiplier=0) are not trainable.
+  tiny = rows['proposed']
+  with tiny.unlocked():
+    tiny.train.trunk_lr_multiplier = 0.0
+  shapes = summary.variable_shapes(tiny)['params']
+  assert study.trainable_params(tiny) == summary_params(tiny) - sum(
+      models.count_params(shapes[b]['backbone']) for b in ('N2_s', 'N2_i'))
   # A config that the file and overrides do not rebuild is refused.
   with config.unlocked():
     config.train.num_epochs = 4
