@@ -14,6 +14,7 @@ import numpy as np
 import soundfile as sf
 
 from input_pipeline.errors import UserError
+from input_pipeline.errors import UserValueError
 
 TOP_DB = 80.0  # Dynamic range kept by power_to_db; also the [0, 1] scale.
 
@@ -27,7 +28,7 @@ def check_duration(input_config):
   c = input_config
   expected = (c.num_frames - 1) * c.hop_length / c.sample_rate
   if abs(c.duration_s - expected) > 0.5 / c.sample_rate:
-    raise ValueError(
+    raise UserValueError(
         f'config.input.duration_s={c.duration_s} does not give num_frames='
         f'{c.num_frames} frames: it must be (num_frames - 1) * hop_length / '
         f'sample_rate = {expected!r}.')

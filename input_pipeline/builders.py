@@ -47,6 +47,7 @@ import threadpoolctl
 import tensorflow_datasets as tfds
 
 from input_pipeline import audio as audio_lib
+from input_pipeline import errors
 from input_pipeline import image as image_lib
 from input_pipeline import manifest as manifest_lib
 from input_pipeline import progress as progress_lib
@@ -150,9 +151,9 @@ def check_metadata(builder, settings):
     if not same:
       diffs.append(f'{k}: built with {got!r}, config has {v!r}')
   if diffs:
-    raise ValueError(f'Dataset at {builder.data_dir} does not match the '
-                     'config:\n  ' + '\n  '.join(diffs) +
-                     '\nDelete it or change data_dir to rebuild.')
+    raise errors.UserValueError(
+        f'Dataset at {builder.data_dir} does not match the config:\n  ' +
+        '\n  '.join(diffs) + '\nDelete it or change data_dir to rebuild.')
 
 
 def _paper_and_runlocal(classes, synthetic_size=0):

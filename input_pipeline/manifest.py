@@ -20,6 +20,8 @@ import csv
 import hashlib
 import os
 
+from input_pipeline import errors
+
 REQUIRED_COLUMNS = ('id', 'image', 'audio', 'label')
 SPLIT_ALIASES = {'train': 'train', 'training': 'train', 'test': 'test',
                  'testing': 'test', 'validation': 'validation',
@@ -27,7 +29,7 @@ SPLIT_ALIASES = {'train': 'train', 'training': 'train', 'test': 'test',
 MAX_LISTED = 50  # Bad rows listed in one error message; the rest are counted.
 
 
-class BadInputError(ValueError):
+class BadInputError(errors.UserError, ValueError):
   """One or more bad rows/files; `.bad` holds (id, path, reason) tuples."""
 
   def __init__(self, bad, where=''):
@@ -77,7 +79,7 @@ def read_manifest(folder, classes, *, require_label=True):
   """
   path = os.path.join(folder, 'manifest.csv')
   if not os.path.isfile(path):
-    raise FileNotFoundError(
+    raise errors.UserFileNotFoundError(
         f'No manifest.csv in {folder!r}; see input_pipeline/manifest.py for '
         'the layout (id,image,audio,label[,split,text]).')
   with open(path, newline='', encoding='utf-8-sig') as f:  # Excel's BOM too.
@@ -86,7 +88,8 @@ def read_manifest(folder, classes, *, require_label=True):
     missing = [c for c in REQUIRED_COLUMNS if c not in header
                and (require_label or c != 'label')]
     if missing:
-      raise ValueError(f'{path}: header lacks column(s) {missing}; got {header}.')
+      raise errors.UserValueError(
+          f'{path}: header lacks column(s) {missing}; got {header}.')
     raw = list(reader)
   label_index = {name: i for i, name in enumerate(classes)}
   rows, bad, seen = [], [], set()

@@ -116,8 +116,9 @@ def get_builder(config, *, build=True):
   """
   name = config.dataset.name
   if name not in builders.BUILDERS:
-    raise ValueError(f'Unknown config.dataset.name {name!r}; known: '
-                     f'{", ".join(builders.BUILDERS)}.')
+    raise errors.UserValueError(
+        f'Unknown config.dataset.name {name!r}; known: '
+        f'{", ".join(builders.BUILDERS)}.')
   settings = builders.settings_from_config(config)
   settings['classes'] = tuple(settings['classes'])
   manual_dir = os.path.expanduser(config.dataset.manual_dir or '')
@@ -189,8 +190,8 @@ def split_names(config, builder=None):
   cells = _cells(builder)
   fold = int(config.dataset.fold)
   if fold >= int(config.dataset.num_folds):
-    raise ValueError(f'config.dataset.fold={fold} but num_folds='
-                     f'{config.dataset.num_folds}.')
+    raise errors.UserValueError(f'config.dataset.fold={fold} but num_folds='
+                                f'{config.dataset.num_folds}.')
   if fold < 0:
     pick = {s: [c for c, (p, _, _) in cells.items() if p == s]
             for s in ('train', 'validation', 'test')}

@@ -53,8 +53,9 @@ def check_batch_size(batch_size: int, mesh, what: str = 'train.batch_size'):
   """Raises if the global batch does not split evenly over the data axis."""
   n = mesh.shape[DATA_AXIS]
   if batch_size % n:
-    raise ValueError(f'config.{what}={batch_size} is not divisible by the '
-                     f'{n} devices of the data mesh; use a multiple of {n}.')
+    raise errors.UserValueError(
+        f'config.{what}={batch_size} is not divisible by the {n} devices of '
+        f'the data mesh; use a multiple of {n}.')
 
 
 def _managed_cluster() -> bool:

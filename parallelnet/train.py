@@ -247,9 +247,9 @@ def make_early_stopping(patience: int) -> early_stopping.EarlyStopping:
   `patience`-th epoch in a row without improvement. (flax's EarlyStopping
   stops one epoch later, at the (patience + 1)-th, hence the - 1.)"""
   if patience < 1:
-    raise ValueError(f'config.train.early_stopping_patience={patience}; it '
-                     'must be at least 1 (use num_epochs to train a fixed '
-                     'number of epochs).')
+    raise errors.UserValueError(
+        f'config.train.early_stopping_patience={patience}; it must be at '
+        'least 1 (use num_epochs to train a fixed number of epochs).')
   return early_stopping.EarlyStopping(min_delta=0.0, patience=patience - 1)
 
 
@@ -366,6 +366,11 @@ def _writer(workdir):
       workdir, just_logging=jax.process_index() > 0, asynchronous=False)
 
 
+class NonFiniteLossError(errors.UserError, FloatingPointError):
+  """Training diverged (NaN/Inf loss or gradient); the message says what to
+  change and where the last good checkpoint is."""
+
+
 def _check_finite(step: int, out: dict, ckpts, workdir: str):
   """Stops training on a non-finite loss or gradient norm."""
   for name in ('loss', 'grad_norm'):
@@ -373,7 +378,7 @@ def _check_finite(step: int, out: dict, ckpts, workdir: str):
     if not math.isfinite(value):
       ckpts.wait()
       last = ckpts.latest_step()
-      raise FloatingPointError(
+      raise NonFiniteLossError(
           f'Non-finite {name} ({value}) at training step {step}: training '
           f'stopped. The last good checkpoint is step {last} in '
           f'{os.path.join(workdir, "checkpoints", "latest")} (nothing was '
