@@ -397,6 +397,25 @@ def measure_devices(config_name, depth, mode, examples, rounds, max_batch):
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def devices_part(a, machine, row=True):
+  """1 vs 4 simulated devices (a child process), printed; a row if asked."""
+  dev = measure_devices(a.devices_config, 2, 'exact', a.devices_examples,
+                        a.devices_rounds, a.max_batch)
+  print(f'\n{a.devices_config} model, exact depth 2, '
+        f'{a.devices_examples} examples, {a.devices_rounds} rounds: '
+        f'{dev["1"]:.3f} explanations/s on 1 simulated CPU device, '
+        f'{dev["4"]:.3f}/s on 4 ({dev["4"] / dev["1"]:.2f}x; the 4 share '
+        f'this machine\'s cores); max |diff| {dev["max_diff"]:.1e}')
+  if row and not a.no_row:
+    common.append_row(
+        'explain_throughput --factorized --devices_only',
+        f'{a.devices_config} exact d2 x{a.devices_examples}: 1 device '
+        f'{dev["1"]:.3f}/s, 4 simulated {dev["4"]:.3f}/s',
+        f'4 / 1 devices {dev["4"] / dev["1"]:.2f}x (same cores)',
+        machine_desc=machine, versions_desc=common.versions())
+  return dev
+
+
 def main_factorized(a):
   """--factorized: paper-size factorized vs plain, then 1 vs 4 devices."""
   machine = common.machine()
@@ -409,6 +428,8 @@ def main_factorized(a):
         f'{config.model.speech_backbone}/{config.model.image_backbone}, '
         f'{examples} example(s), max_batch {a.max_batch}, {rounds} rounds',
         flush=True)
+  if a.devices_only:
+    return None, devices_part(a, machine)
   rows = factorized_rows(config, depths, modes, examples, rounds,
                          a.max_batch)
   common.print_table(
@@ -426,13 +447,7 @@ def main_factorized(a):
                     for r in rows)
         + (f'; exact worst {min(exact):.2f}x (target >= 1.8x)'
            if exact else ''))
-  dev = measure_devices(a.devices_config, 2, 'exact', a.devices_examples,
-                        rounds, a.max_batch)
-  print(f'\n{a.devices_config} model, exact depth 2, '
-        f'{a.devices_examples} examples: {dev["1"]:.3f} explanations/s on '
-        f'1 simulated CPU device, {dev["4"]:.3f}/s on 4 '
-        f'({dev["4"] / dev["1"]:.2f}x; the 4 share this machine\'s cores); '
-        f'max |diff| {dev["max_diff"]:.1e}')
+  dev = devices_part(a, machine, row=False)
   if not a.no_row:
     numbers = '; '.join(
         f'd{r["depth"]} {r["mode"]}: factorized {r["factorized"]:.3f}/s, '
@@ -481,6 +496,10 @@ def main(argv=None):
                  help='--factorized: config of the 1 vs 4 devices part.')
   p.add_argument('--devices_examples', type=int, default=4,
                  help='--factorized: examples of the 1 vs 4 devices part.')
+  p.add_argument('--devices_rounds', type=int, default=10,
+                 help='--factorized: rounds of the 1 vs 4 devices part.')
+  p.add_argument('--devices_only', action='store_true',
+                 help='--factorized: only the 1 vs 4 devices part.')
   p.add_argument('--_devices_child', default=None, help=argparse.SUPPRESS)
   a = p.parse_args(argv)
   if a._devices_child:  # pylint: disable=protected-access
