@@ -91,7 +91,8 @@ def _import_tensorflow_quietly():
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    raise UserError(f'unexpected arguments {" ".join(argv[1:])!r}: flags take '
+                    'the form --name=value (e.g. --mode=eval).')
   # TF serves only the input pipeline: keep it off the accelerators JAX uses.
   tf = _import_tensorflow_quietly()
   tf.config.set_visible_devices([], 'GPU')

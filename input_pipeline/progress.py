@@ -42,28 +42,42 @@ class Progress:
     self._tty = bool(getattr(self.stream, 'isatty', lambda: False)())
     self._closed = False
     self._printed = -1  # `done` at the last printed line; -1: none yet.
+    self._first = None  # (time, done) at the first update.
 
   def line(self):
     """The current progress text (no newline)."""
-    elapsed = max(self._clock() - self._start, 1e-9)
-    rate = self.done / elapsed
+    now = self._clock()
+    elapsed = max(now - self._start, 1e-9)
+    finished = self.done >= self.total > 0 or self._closed
+    # The rate counts from the first update on: the first item often holds
+    # a one-off cost (jit compilation, opening files) that would make the
+    # time left look far too long.
+    rate = None
+    if self._first is not None and self.done > self._first[1] and (
+        now > self._first[0]):
+      rate = (self.done - self._first[1]) / (now - self._first[0])
+    elif finished:
+      rate = self.done / elapsed
     unit = f' {self.unit}' if self.unit else ''
     if self.total:
       pct = 100.0 * self.done / self.total
       text = f'{self.desc}: {self.done}/{self.total}{unit} ({pct:.0f}%)'
     else:
       text = f'{self.desc}: {self.done}{unit}'
-    text += f'  {rate:.3g}/s'
-    if self.total and self.done < self.total and rate > 0:
-      text += f'  {format_seconds((self.total - self.done) / rate)} left'
-    elif self.done >= self.total > 0 or self._closed:
+    if rate is not None:
+      text += f'  {rate:.3g}/s'
+    if finished:
       text += f'  {format_seconds(elapsed)} total'
+    elif self.total and rate:
+      text += f'  {format_seconds((self.total - self.done) / rate)} left'
     return text
 
   def update(self, n=1):
     """Adds n done items; prints if interval_s passed since the last line."""
     self.done += n
     now = self._clock()
+    if self._first is None:
+      self._first = (now, self.done)
     if self._last is None:
       # The first line waits one interval too: short steps print nothing
       # until they finish.

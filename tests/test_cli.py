@@ -110,6 +110,23 @@ def test_progress_lines_are_throttled_with_rate_and_time_left():
       'building train: 40/40 (100%)  2/s  0:00:20 total'], lines
 
 
+def test_progress_rate_leaves_out_the_first_items_one_off_cost():
+  """A first step that compiles for 30 s must not make 99 one-second steps
+  look like 50 minutes."""
+  now = [0.0]
+  out = io.StringIO()
+  p = progress.Progress(100, 'epoch 1', unit='steps', stream=out,
+                        interval_s=10.0, clock=lambda: now[0])
+  now[0] = 30.0
+  p.update()
+  for _ in range(10):
+    now[0] += 1.0
+    p.update()
+  assert out.getvalue().splitlines() == [
+      'epoch 1: 1/100 steps (1%)',  # No rate from one item.
+      'epoch 1: 11/100 steps (11%)  1/s  0:01:29 left']
+
+
 def test_progress_is_silent_for_short_steps_unless_asked():
   now = [0.0]
   out = io.StringIO()
