@@ -69,32 +69,12 @@ _VERBOSE = flags.DEFINE_bool(
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def _import_tensorflow_quietly():
-  """TensorFlow's C++ code prints INFO lines (oneDNN, CPU features) while it
-  is imported, before any log level applies: they go to /dev/null unless
-  --verbose or --verbosity asks for more."""
-  if _full_logs(sys.argv):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    return tf
-  sys.stderr.flush()
-  saved = os.dup(2)
-  devnull = os.open(os.devnull, os.O_WRONLY)
-  try:
-    os.dup2(devnull, 2)
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  finally:
-    os.dup2(saved, 2)
-    os.close(saved)
-    os.close(devnull)
-  return tf
-
-
 def main(argv):
   if len(argv) > 1:
     raise UserError(f'unexpected arguments {" ".join(argv[1:])!r}: flags take '
                     'the form --name=value (e.g. --mode=eval).')
   # TF serves only the input pipeline: keep it off the accelerators JAX uses.
-  tf = _import_tensorflow_quietly()
+  tf = progress.import_tensorflow_quietly(quiet=not _full_logs(sys.argv))
   tf.config.set_visible_devices([], 'GPU')
   if not _full_logs(sys.argv):
     progress.quiet_logs()

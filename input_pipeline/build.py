@@ -27,13 +27,20 @@ def _is_config_file(argv):
 
 
 def build_from_config(argv):
-  """absl entry point: builds config's dataset and prints where it is."""
+  """Builds the dataset a training config reads (absl flags, as main.py) and
+  prints where it is; the same quiet log as main.py unless --verbosity."""
+  import os  # pylint: disable=g-import-not-at-top
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # TF's C++ lines.
   from absl import app  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   config_flag = config_flags.DEFINE_config_file(
       'config', None, 'Training configuration file.', lock_config=True)
 
   def main(_):
+    from input_pipeline import progress  # pylint: disable=g-import-not-at-top
+    if not any(a.split('=')[0] in ('--verbosity', '-v') for a in argv):
+      progress.import_tensorflow_quietly()
+      progress.quiet_logs()
     from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
     from input_pipeline.errors import UserError  # pylint: disable=g-import-not-at-top
     config = config_flag.value
@@ -42,11 +49,8 @@ def build_from_config(argv):
     except UserError as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(1)
-    sizes = ', '.join(f'{k} {v.num_examples}'
-                      for k, v in sorted(b.info.splits.items()))
-    print(f'{b.info.full_name} is built in {b.data_dir} '
-          f'({sum(v.num_examples for v in b.info.splits.values())} examples; '
-          f'cells: {sizes}).')
+    total = sum(v.num_examples for v in b.info.splits.values())
+    print(f'{b.name}: {total} examples built in {b.data_dir}')
 
   app.run(main, argv=[sys.argv[0]] + argv)
 

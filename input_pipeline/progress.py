@@ -173,3 +173,24 @@ def quiet_logs():
     tfds.disable_progress_bar()
   except ImportError:
     pass
+
+
+def import_tensorflow_quietly(quiet=True):
+  """Imports and returns tensorflow. Its C++ code prints INFO lines (oneDNN,
+  CPU features) while it is imported, before any log level applies; with
+  `quiet` they go to /dev/null (stderr's file descriptor is redirected for
+  the import only)."""
+  if not quiet or 'tensorflow' in sys.modules:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    return tf
+  sys.stderr.flush()
+  saved = os.dup(2)
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  try:
+    os.dup2(devnull, 2)
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+  return tf

@@ -667,7 +667,7 @@ def cross_validate(config: ml_collections.ConfigDict, workdir: str, *,
   for m in METRIC_KEYS:
     values = np.array([f[m] for f in folds], np.float64)
     result[m] = {'mean': float(values.mean()), 'std': float(values.std())}
-    logging.info('CV %s: %.4f ± %.4f', m, values.mean(), values.std())
+    logging.vlog(1, 'CV %s: %.4f ± %.4f', m, values.mean(), values.std())
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, 'cv_metrics.json'), 'w') as f:
