@@ -285,3 +285,24 @@ def test_audio_longer_or_shorter_than_the_clip_gets_a_notice(tmp_path):
   assert 'short.wav is 0.50 s long' in notices['short']
   assert "model's 0.99 s clip" in notices['short']
   assert notices['exact'] is None
+
+
+def test_unimodal_explanations_report_only_the_used_modality(
+    monkeypatch, tmp_path):
+  """A SER-only model: no image cue rates, scores or figure panels."""
+  import test_explain_run as ter  # pylint: disable=g-import-not-at-top
+  from explain import figures  # pylint: disable=g-import-not-at-top
+  from explain import run  # pylint: disable=g-import-not-at-top
+  config, _ = ter.fakes.__wrapped__(monkeypatch)
+  config.model.modalities = 'speech'
+  shown = []
+  real = figures.make_figure
+  monkeypatch.setattr(figures, 'make_figure', lambda **kw: shown.append(
+      kw['modalities']) or real(**kw))
+  summary = run.explain_dataset(config, str(tmp_path))
+  assert 'speech_cue_hit_rate' in summary
+  assert not any(k.startswith('image_cue') for k in summary), summary.keys()
+  for rec in summary['examples']:
+    assert set(rec['modality_scores']) == {'speech'}
+    assert 'top_image_region_hits_cue' not in rec
+  assert shown == [('speech',)] * 3
