@@ -25,8 +25,11 @@ eval_metrics.json (cv_metrics.json with cv) exists is reused, not retrained;
 an interrupted row resumes from its checkpoint. Every row name is checked
 (and every row config built) before anything trains.
 
-Outputs in `<workdir>/`: study.csv (rows in the given order; row, accuracy, macro_f1, cohen_kappa,
-trainable_params, train_seconds; with cv also <metric>_std over folds),
+Outputs in `<workdir>/`: study.csv (rows in the given order; row, accuracy,
+macro_f1, cohen_kappa, trainable_params, train_seconds; with cv also
+<metric>_std over folds; train_seconds is the wall time of the call that
+finished the row, kept in <row>/study_row.json: an interrupted row counts only
+its last call, a row trained by --mode=train has none),
 study.md (a Markdown table laid out like the paper's Table 2: its rows in
 Table 2's order, then the N2 sweep and the sentiment row) and study.png
 (accuracy and macro-F1 per row; error bars are the std over folds with cv).
