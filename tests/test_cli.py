@@ -229,7 +229,8 @@ def test_demo_log_is_short_and_a_rerun_says_it_had_finished(tmp_path):
   through main.py with default logging: under 40 lines, one per epoch, no
   third-party INFO or progress bars, a closing line naming what was written.
   A second run of the finished training says so and evaluates; --verbosity
-  brings the detail back."""
+  brings the detail back. Explaining a user's pair prints a few lines, with
+  a notice when the clip is longer than the model's."""
   workdir = tmp_path / 'demo'
   args = ['--config=configs/demo.py', f'--workdir={workdir}',
           f'--config.dataset.data_dir={tmp_path / "tfds"}',
@@ -255,14 +256,30 @@ def test_demo_log_is_short_and_a_rerun_says_it_had_finished(tmp_path):
   assert last.startswith(f'Wrote in {workdir}: ') and all(
       w in last for w in ('checkpoints/', 'eval_metrics.json', 'explain/')), last
 
-  code, out2, err2 = run_main(*args, '--config.explain.after_train=False',
-                              '--verbosity=1', env=env)
+  # Two runs on the trained workdir, concurrently (the test's cost is
+  # imports): the finished training again, and the user's own pair.
+  Image.new('RGB', (50, 40), (200, 40, 40)).save(tmp_path / 'face.png')
+  sf.write(tmp_path / 'long.wav', np.full(12000, 0.1, np.float32), 8000)
+  rerun = start_main(*args, '--config.explain.after_train=False',
+                     '--verbosity=1', env=env)
+  pair = start_main(*args, '--mode=explain', f'--image={tmp_path / "face.png"}',
+                    f'--audio={tmp_path / "long.wav"}', env=env)
+  code, out2, err2 = finish(rerun)
   assert code == 0, err2
   assert 'Training in' in err2 and 'had finished (2 epochs' in err2, err2
   assert 'Resuming' not in err2
   assert 'Restored best checkpoint' in err2  # A --verbosity=1 line.
   assert out2.splitlines()[0] == [l for l in out.splitlines()
                                   if l.startswith('test_accuracy=')][0]
+
+  # The user's pair: a handful of lines, the clip-length notice first.
+  code, out3, err3 = finish(pair)
+  assert code == 0, err3
+  lines3 = (out3 + err3).splitlines()
+  assert len(lines3) <= 8, '\n'.join(lines3)
+  assert 'long.wav is 1.50 s long; the model hears its first 0.99 s' in err3
+  assert 'prediction: ' in out3 and 'blank input' in out3
+  assert (workdir / 'explain' / 'face__long.png').exists()
 
 
 def test_audio_longer_or_shorter_than_the_clip_gets_a_notice(tmp_path):
