@@ -2,7 +2,8 @@
 configs are the config file's variants plus the command line's overrides,
 two rows write study.csv/md/png and a second call retrains nothing, an
 interrupted row resumes, cv columns, and the sentiment row on a b_t4sa
-manifest folder (Table 3) through the real input pipeline."""
+manifest folder (Table 3) through the real input pipeline. The two-row run
+trains with frozen trunks (train.trunk_lr_multiplier=0) and checks them."""
 
 import csv
 import json
@@ -10,6 +11,7 @@ import os
 import sys
 
 from absl import flags
+import jax
 from ml_collections import config_flags
 import numpy as np
 from PIL import Image
@@ -17,6 +19,7 @@ import pytest
 import soundfile as sf
 
 from input_pipeline.errors import UserError
+from parallelnet import checkpointing
 from parallelnet import models
 from parallelnet import study
 from parallelnet import train
@@ -111,10 +114,14 @@ def test_row_configs_are_variants_plus_command_line_overrides():
 
 def test_two_rows_write_the_files_and_a_second_call_retrains_nothing(
     tmp_path, monkeypatch):
+  """Also the frozen-trunk check of train.trunk_lr_multiplier=0 (one
+  training serves both): trunks bit-identical through training and a resume,
+  and a resume under another optimizer layout refused."""
   # Two rows whose models are the same (TINY sets both trunks): one XLA
   # compilation serves both.
   config, file, over = _parse([f'--config={PAPER}:runlocal,ser_only',
-                               '--config.study.rows=n2=vgg19,proposed']
+                               '--config.study.rows=n2=vgg19,proposed',
+                               '--config.train.trunk_lr_multiplier=0']
                               + _flags(TINY))
   data = train_helpers.ArrayData(config, sizes=(16, 8, 8))
   workdir = tmp_path / 'study'
@@ -131,8 +138,10 @@ def test_two_rows_write_the_files_and_a_second_call_retrains_nothing(
   assert [r['row'] for r in table] == ['n2=vgg19', 'proposed']
   assert list(table[0]) == ['row', 'accuracy', 'macro_f1', 'cohen_kappa',
                             'trainable_params', 'train_seconds']
+  trunk = models.count_params(summary.variable_shapes(config)['params'][
+      'N2_s']['backbone'])  # Frozen: not trainable.
   assert int(table[0]['trainable_params']) == summary_params(
-      config) == int(table[1]['trainable_params'])
+      config) - trunk == int(table[1]['trainable_params'])
   assert float(table[0]['train_seconds']) > 0
   md = (workdir / 'study.md').read_text().splitlines()
   assert md[0].startswith('| Model | Accuracy |')
@@ -166,6 +175,29 @@ def test_two_rows_write_the_files_and_a_second_call_retrains_nothing(
   assert sorted(os.listdir(workdir / 'proposed' / 'checkpoints' /
                            'latest')) == before
   assert third[1]['accuracy'] == first[1]['accuracy']
+
+  # Frozen trunks: bit for bit the initial ones after training and resume;
+  # everything else trained.
+  init = models.init_variables(models.get_model(config), config,
+                               train._keys(config)[0])['params']  # pylint: disable=protected-access
+  _, trained, _ = checkpointing.restore_for_inference(
+      config, str(workdir / 'proposed'), 'latest')
+  labels = jax.tree.leaves(train.trunk_labels(init))
+  assert labels.count('trunk') > 0
+  for a, b, label in zip(jax.tree.leaves(init),
+                         jax.tree.leaves(trained['params']), labels):
+    if label == 'trunk':
+      np.testing.assert_array_equal(np.asarray(a).view(np.uint32),
+                                    np.asarray(b).view(np.uint32))
+    else:
+      assert not np.array_equal(a, b)
+  # Resuming it with the trunks unfrozen (another optimizer layout) is
+  # refused before anything trains.
+  with config.unlocked():
+    config.train.trunk_lr_multiplier = 1.0
+  with pytest.raises(UserError, match=r"trunk_lr_multiplier=1\.0 gives "
+                                      r"'adam'"):
+    real(config, str(workdir / 'proposed'), data=data)
 
 
 def test_cv_rows_report_std_columns_and_error_bars(tmp_path, monkeypatch):
