@@ -111,12 +111,14 @@ def get_config(arg=None):
   c.explain = ml_collections.ConfigDict()
   c.explain.depth = 4  # Halvings per modality: 2**depth leaf regions each.
   c.explain.mode = 'dnc'  # dnc (2**(depth+2) evaluations) | exact (Owen values).
-  c.explain.context = 'absent'  # dnc context policy: absent | present | random.
+  c.explain.context = 'present'  # dnc context policy: absent | present | random (README).
   # What absent players take: zeros (Algorithm 1) | mean (training split's
-  # mean input) | blur (the input blurred) | background (explanations averaged
-  # over background_size training inputs, that many times the evaluations)
-  # | a path to an .npz with arrays image (H, W, 3) and spectrogram (T, F, 1).
-  c.explain.baseline = 'zeros'
+  # mean input, cached in <workdir>/explain/baseline_mean.npz) | blur (the
+  # input blurred) | background (explanations averaged over background_size
+  # training inputs, that many times the evaluations) | a path to an .npz
+  # with arrays image (H, W, 3) and spectrogram (T, F, 1). README,
+  # 'Explanations', says why mean is the default.
+  c.explain.baseline = 'mean'  # zeros | mean | blur | background | path.npz.
   c.explain.blur_sigma = 4.0  # baseline=blur: Gaussian sigma in pixels / (frames, mel bins).
   c.explain.background_size = 8  # baseline=background: training inputs averaged over.
   c.explain.num_examples = 8  # Test examples explained by --mode=explain.

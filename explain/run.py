@@ -146,13 +146,68 @@ def load_baseline_npz(path, image_shape, speech_shape):
   return tuple(out)
 
 
-def make_baseline(config, image_shape, speech_shape, *, train=None):
+def _training_inputs(config):
+  """Yields (images, spectrograms) batches of the training split, streamed
+  (model-scaled, as the model sees them; nothing held beyond a batch)."""
+  import input_pipeline  # pylint: disable=g-import-not-at-top
+  ds = input_pipeline.eval_dataset(config, 'train', process_index=0,
+                                   process_count=1)
+  for batch in ds.as_numpy_iterator():
+    keep = np.asarray(batch['mask'], bool)
+    yield (np.asarray(batch['image'], np.float32)[keep],
+           np.asarray(batch['spectrogram'], np.float32)[keep])
+
+
+def _mean_input(config, train):
+  if train is not None:
+    return (np.asarray(train['image'], np.float64).mean(0),
+            np.asarray(train['spectrogram'], np.float64).mean(0))
+  sums, count = None, 0
+  for images, speech in _training_inputs(config):
+    part = (images.astype(np.float64).sum(0), speech.astype(np.float64).sum(0))
+    sums = part if sums is None else (sums[0] + part[0], sums[1] + part[1])
+    count += len(images)
+  if not count:
+    raise ValueError('The training split is empty: no mean baseline.')
+  return sums[0] / count, sums[1] / count
+
+
+def _pick_training_inputs(config, k, train):
+  """k training inputs drawn without replacement with config.seed."""
+  from input_pipeline.errors import UserError  # pylint: disable=g-import-not-at-top
+  if train is not None:
+    images = np.asarray(train['image'], np.float32)
+    speech = np.asarray(train['spectrogram'], np.float32)
+    size = len(images)
+  else:
+    import input_pipeline  # pylint: disable=g-import-not-at-top
+    size = int(input_pipeline.num_examples(config, 'train'))
+  if not 1 <= k <= size:
+    raise UserError(f'config.explain.background_size={k}; it must be in '
+                    f'[1, {size}] (the training split\'s size).')
+  pick = np.sort(np.random.default_rng(config.seed).choice(size, k,
+                                                           replace=False))
+  if train is not None:
+    return images[pick], speech[pick]
+  got_i, got_s, start = [], [], 0
+  for images, speech in _training_inputs(config):
+    rows = pick[(pick >= start) & (pick < start + len(images))] - start
+    got_i.append(images[rows])
+    got_s.append(speech[rows])
+    start += len(images)
+  return np.concatenate(got_i), np.concatenate(got_s)
+
+
+def make_baseline(config, image_shape, speech_shape, *, train=None,
+                  workdir=None):
   """Resolves config.explain.baseline into a `Baseline`.
 
-  'mean' and 'background' read the training split (`train`: the dict of
-  `input_pipeline.load_examples` to reuse, else loaded here): the per-pixel
-  mean input, or background_size examples drawn without replacement with
-  config.seed.
+  'mean' and 'background' read the training split, streamed (or `train`, a
+  dict with 'image' and 'spectrogram' arrays, when given): the per-pixel
+  mean input, or background_size inputs drawn without replacement with
+  config.seed. With `workdir`, the mean is cached in
+  <workdir>/explain/baseline_mean.npz (an .npz baseline file), so that
+  explaining one's own files later needs only the workdir.
   """
   from input_pipeline.errors import UserError  # pylint: disable=g-import-not-at-top
   c = config.explain
@@ -165,22 +220,23 @@ def make_baseline(config, image_shape, speech_shape, *, train=None):
       raise UserError(f'config.explain.blur_sigma={c.blur_sigma!r}; it must '
                       f'be > 0 for baseline=blur.')
     return Baseline('blur', blur_sigma=sigma)
-  if name in ('mean', 'background'):
-    if train is None:
-      import input_pipeline  # pylint: disable=g-import-not-at-top
-      train = input_pipeline.load_examples(config, 'train', None)
-    images = np.asarray(train['image'], np.float32)
-    speech = np.asarray(train['spectrogram'], np.float32)
-    if name == 'mean':
-      return Baseline('mean', images.mean(0, keepdims=True),
-                      speech.mean(0, keepdims=True))
-    k = int(c.background_size)
-    if not 1 <= k <= len(images):
-      raise UserError(f'config.explain.background_size={k}; it must be in '
-                      f'[1, {len(images)}] (the training split\'s size).')
-    pick = np.sort(np.random.default_rng(config.seed).choice(
-        len(images), k, replace=False))
-    return Baseline('background', images[pick], speech[pick])
+  if name == 'mean':
+    cache = (None if workdir is None or train is not None else
+             os.path.join(workdir, 'explain', 'baseline_mean.npz'))
+    if cache and os.path.exists(cache):
+      image, speech = load_baseline_npz(cache, image_shape, speech_shape)
+    else:
+      image, speech = _mean_input(config, train)
+      if cache and jax.process_index() == 0:
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        np.savez(cache, image=image.astype(np.float32),
+                 spectrogram=speech.astype(np.float32))
+    return Baseline('mean', image[None].astype(np.float32),
+                    speech[None].astype(np.float32))
+  if name == 'background':
+    images, speech = _pick_training_inputs(config, int(c.background_size),
+                                           train)
+    return Baseline('background', images, speech)
   if name.endswith('.npz') or os.sep in name:
     image, speech = load_baseline_npz(name, image_shape, speech_shape)
     return Baseline(name, image[None], speech[None])
@@ -334,7 +390,7 @@ def explain_dataset(config, workdir, *, split='test'):
   fn = probability_fn(model, variables)
   ex = input_pipeline.load_examples(config, split, int(c.num_examples))
   baseline = make_baseline(config, ex['image'].shape[1:],
-                           ex['spectrogram'].shape[1:])
+                           ex['spectrogram'].shape[1:], workdir=workdir)
   out_dir = os.path.join(workdir, 'explain')
   os.makedirs(out_dir, exist_ok=True)
   num = len(ex['id'])
@@ -452,7 +508,7 @@ def explain_files(config, workdir, image_path, audio_path):
   model, variables, step = checkpointing.restore_for_inference(
       config, workdir, which='best')
   baseline = make_baseline(config, pair['image'].shape,
-                           pair['spectrogram'].shape)
+                           pair['spectrogram'].shape, workdir=workdir)
   e = explain_batch(
       probability_fn(model, variables), pair['image'][None],
       pair['spectrogram'][None], baseline, depth=int(c.depth), mode=c.mode,

@@ -58,6 +58,7 @@ def config():
   c.explain.depth = 1
   c.explain.mode = 'dnc'
   c.explain.context = 'random'
+  c.explain.baseline = 'zeros'  # Stand-in data: no training split to read.
   return c
 
 

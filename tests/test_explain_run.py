@@ -41,6 +41,8 @@ def _config():
   config.explain.num_examples = 3
   config.explain.batch_size = 2  # Two batches, the last one short.
   config.explain.depth = 2
+  config.explain.baseline = 'zeros'  # The cue model's evidence vs black.
+  config.explain.context = 'absent'
   return config
 
 
@@ -141,10 +143,16 @@ def test_explain_files_prints_prediction(fakes, tmp_path, capsys):
   assert os.path.exists(tmp_path / 'explain' / 'cat__meow.json')
 
 
-def test_explain_dataset_uses_the_configured_baseline(fakes, tmp_path):
+def test_explain_dataset_uses_the_configured_baseline(fakes, tmp_path,
+                                                    monkeypatch):
   """baseline=background reads the (fake) training split, explains with each
   of its inputs and records the cost; the mean one lowers v(empty)."""
-  config, _ = fakes
+  config, examples = fakes
+  monkeypatch.setattr(run, '_training_inputs', lambda cfg: iter(
+      [(examples['image'][:2], examples['spectrogram'][:2]),
+       (examples['image'][2:], examples['spectrogram'][2:])]))
+  monkeypatch.setitem(vars(input_pipeline), 'num_examples',
+                      lambda cfg, split: 3)
   config.explain.num_examples = 2
   config.explain.baseline = 'background'
   config.explain.background_size = 2
@@ -156,3 +164,24 @@ def test_explain_dataset_uses_the_configured_baseline(fakes, tmp_path):
   for with_bg, with_zeros in zip(summary['examples'], zeros['examples']):
     # Backgrounds hold evidence for class 0; a zero input holds none.
     assert with_bg['baseline_probability'] > with_zeros['baseline_probability']
+
+
+def test_mean_baseline_is_streamed_and_cached_in_the_workdir(fakes, tmp_path,
+                                                             monkeypatch):
+  config, examples = fakes
+  batches = [(examples['image'][:2], examples['spectrogram'][:2]),
+             (examples['image'][2:], examples['spectrogram'][2:])]
+  monkeypatch.setattr(run, '_training_inputs', lambda cfg: iter(batches))
+  config.explain.baseline = 'mean'
+  shapes = examples['image'].shape[1:], examples['spectrogram'].shape[1:]
+  b = run.make_baseline(config, *shapes, workdir=str(tmp_path))
+  np.testing.assert_allclose(b.images[0], examples['image'].mean(0),
+                             atol=1e-6)
+  np.testing.assert_allclose(b.spectrograms[0],
+                             examples['spectrogram'].mean(0), atol=1e-6)
+  cache = tmp_path / 'explain' / 'baseline_mean.npz'
+  assert cache.exists()
+  monkeypatch.setattr(run, '_training_inputs', lambda cfg: iter(
+      [(examples['image'][:1] * 0, examples['spectrogram'][:1] * 0)]))
+  again = run.make_baseline(config, *shapes, workdir=str(tmp_path))
+  np.testing.assert_array_equal(again.images, b.images)  # From the cache.
