@@ -564,7 +564,37 @@ def cue_response(fn, config, test, target, fills, rng, num_other=4):
   return out
 
 
+def markdown_table(data):
+  """The results of one run (its JSON) as a markdown table."""
+  rows = data['rows']
+  out = ['| method | depth | baseline | evaluations / example | pointing image '
+         '/ speech | energy image / speech | deletion AUC (lower better) | '
+         'insertion AUC | modality agreement | ms / example | examples |',
+         '|---|---|---|---|---|---|---|---|---|---|---|']
+  for r in rows:
+    ev = f"{r['evaluations']:.0f}"
+    if r.get('budget') and abs(r['evaluations'] - r['budget']) > 0.5:
+      ev += f" (budget {r['budget']})"
+    out.append(
+        f"| {r['method']} | {r['depth']} | {r['baseline']} | {ev} | "
+        f"{100 * r['pointing_image']:.1f}% / {100 * r['pointing_speech']:.1f}%"
+        f" | {r['energy_image']:.3f} / {r['energy_speech']:.3f} | "
+        f"{r['deletion_auc']:.3f} | {r['insertion_auc']:.3f} | "
+        f"{100 * r['modality_agreement']:.0f}% | "
+        f"{1e3 * r['seconds_per_example']:.0f} | {r['examples']} |")
+  for depth, c in sorted(data['chance'].items()):
+    out.append(
+        f"| chance (random leaf; cue's area share) | {depth} | | | "
+        f"{100 * c['pointing_image']:.1f}% / {100 * c['pointing_speech']:.1f}%"
+        f" | {c['energy_image']:.3f} / {c['energy_speech']:.3f} | | | | | |")
+  return '\n'.join(out)
+
+
 def main():
+  if len(sys.argv) == 3 and sys.argv[1] == '--table':
+    with open(sys.argv[2]) as f:
+      print(markdown_table(json.load(f)))
+    return
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--workdir', default='/tmp/parallelnet_demo')
   p.add_argument('--data_dir', default=None)
@@ -585,6 +615,9 @@ def main():
                  help='DnCShap settings: exact and the dnc contexts')
   p.add_argument('--background_settings', default='exact,absent,present,random',
                  help='the DnCShap settings run with the background baseline')
+  p.add_argument('--restrict', default='',
+                 help='e.g. mean=present+exact,blur=exact: the DnCShap '
+                 'settings run with those baselines (others: --settings)')
   p.add_argument('--cue_response', default='zeros,mean,blur,background',
                  help='fills of the cue-masking diagnostic (empty: skip)')
   p.add_argument('--deep_exact_baselines', default='zeros',
@@ -689,6 +722,8 @@ def main():
   response = cue_response(fn, config, test, target,
                           {k: bases[k] for k in _split(args.cue_response)},
                           np.random.default_rng(2))
+  restrict = {k: v.split('+') for k, v in
+              (item.split('=') for item in _split(args.restrict))}
   peer_depths = [int(d) for d in args.depths.split(',')]
   dnc_depths = [int(d) for d in args.dnc_depths.split(',')]
 
@@ -702,7 +737,8 @@ def main():
         setting = 'exact' if mode == 'exact' else context
         if setting not in _split(args.settings) or (
             bname == 'background' and setting not in _split(
-                args.background_settings)):
+                args.background_settings)) or (
+                    bname in restrict and setting not in restrict[bname]):
           continue
         if depth > 3 and mode == 'exact' and bname not in (
             _split(args.deep_exact_baselines)):
