@@ -75,16 +75,22 @@ def examples(c):
       waveform=rng.uniform(-0.5, 0.5, (n, num_samples)).astype(np.float32))
 
 
-def install_fakes():
-  """Replaces the checkpoint and the dataset by the stand-ins."""
+def install_fakes(monkeypatch=None):
+  """Replaces the checkpoint and the dataset by the stand-ins (through
+  pytest's `monkeypatch` when given, so that they are undone after the
+  test; a worker process sets them for good)."""
   import input_pipeline  # pylint: disable=g-import-not-at-top
   from parallelnet import checkpointing  # pylint: disable=g-import-not-at-top
   ex = examples(config())
-  checkpointing.restore_for_inference = (
-      lambda cfg, workdir, which='best': (FakeModel(), variables(), 7))
-  # Set in the module's dict: getattr would import the real pipeline.
-  vars(input_pipeline)['load_examples'] = (
-      lambda cfg, split, n: {k: v[:n] for k, v in ex.items()})
+  restore = lambda cfg, workdir, which='best': (FakeModel(), variables(), 7)
+  load = lambda cfg, split, n: {k: v[:n] for k, v in ex.items()}
+  if monkeypatch is None:
+    checkpointing.restore_for_inference = restore
+    # Set in the module's dict: getattr would import the real pipeline.
+    vars(input_pipeline)['load_examples'] = load
+  else:
+    monkeypatch.setattr(checkpointing, 'restore_for_inference', restore)
+    monkeypatch.setitem(vars(input_pipeline), 'load_examples', load)
 
 
 def compare(out):

@@ -61,7 +61,8 @@ def _assert_close(a, b, path='summary'):
     assert a == b, path
 
 
-def test_same_explanations_on_1_and_4_devices_and_2_processes(tmp_path):
+def test_same_explanations_on_1_and_4_devices_and_2_processes(tmp_path,
+                                                              monkeypatch):
   port = _free_port()
   env = dict(os.environ, XLA_FLAGS='')
   wd = {k: str(tmp_path / k) for k in ('one', 'four', 'p0', 'p1')}
@@ -78,7 +79,7 @@ def test_same_explanations_on_1_and_4_devices_and_2_processes(tmp_path):
                                stderr=subprocess.STDOUT, text=True)
            for k, c in cmds.items()}
   # The reference, meanwhile: this process has one device.
-  explain_worker.install_fakes()
+  explain_worker.install_fakes(monkeypatch)
   ref = run.explain_dataset(explain_worker.config(), wd['one'])
   for name, p in procs.items():
     out, _ = p.communicate(timeout=300)
