@@ -140,9 +140,8 @@ def main(argv):
                       'the test split), not --image/--audio; list the pair '
                       'in a manifest folder, or use --mode=explain.')
     out = predict.predict(config, workdir)
-    print(f"wrote {out['path']} ({out['num_examples']} examples" + (
-        '' if out['accuracy'] is None else
-        f", accuracy {out['accuracy']:.4f}") + ')')
+    if out['accuracy'] is not None:
+      print(f"accuracy={out['accuracy']:.4f}")
 
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() == 0:
