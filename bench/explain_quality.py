@@ -591,9 +591,16 @@ def markdown_table(data):
 
 
 def main():
-  if len(sys.argv) == 3 and sys.argv[1] == '--table':
+  if len(sys.argv) >= 3 and sys.argv[1] in ('--table', '--plot'):
+    # --table RESULTS.json | --plot RESULTS.json PNG BASELINE: from a run.
     with open(sys.argv[2]) as f:
-      print(markdown_table(json.load(f)))
+      data = json.load(f)
+    if sys.argv[1] == '--table':
+      print(markdown_table(data))
+    else:
+      plot(data['rows'], argparse.Namespace(
+          depths='3', figure=sys.argv[3], figure_baseline=sys.argv[4],
+          fill=data['fill']))
     return
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--workdir', default='/tmp/parallelnet_demo')
@@ -794,38 +801,33 @@ def main():
 
 
 def plot(results, args):
+  """Mean deletion curves of every method at the first peer depth, for
+  args.figure_baseline (and the random ranking), one panel."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   depth = int(args.depths.split(',')[0])
-  fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-  for r in results:
-    if r['depth'] != depth:
-      continue
-    if r['method'].startswith('dncshap') and r['baseline'] != \
-        args.figure_baseline:
-      continue
-    if not r['method'].startswith('dncshap') and r['baseline'] not in (
-        args.figure_baseline, '-'):
-      continue
-    if r['method'] == 'ig' and r['budget'] != num_evaluations(depth, 'exact'):
-      continue
-    if r['method'].startswith('shap') and r['budget'] != num_evaluations(
-        depth, 'exact'):
-      continue
+  rows = [r for r in results if r['depth'] == depth
+          and r['baseline'] in (args.figure_baseline, '-')]
+  fig, ax = plt.subplots(figsize=(7, 4.2), dpi=90)
+  colours = plt.get_cmap('tab20').colors
+  for i, r in enumerate(rows):
     curve = np.asarray(r['deletion_curve'])
     style = '-' if r['method'].startswith('dncshap') else '--'
     label = (f"{r['method']} ({r['evaluations']:.0f} evals, "
              f"AUC {r['deletion_auc']:.3f})")
-    ax.plot(np.linspace(0, 1, len(curve)), curve, style, label=label, lw=1.3)
+    ax.plot(np.linspace(0, 1, len(curve)), curve, style, label=label, lw=1.2,
+            color=colours[i % len(colours)])
+  n = rows[0]['deletion_examples'] if rows else 0
   ax.set_xlabel('fraction of leaf regions removed (most important first)')
-  ax.set_ylabel('probability of the predicted class')
-  ax.set_title(f'Deletion curves, demo test split, depth {depth}, '
+  ax.set_ylabel('probability of the explained class')
+  ax.set_title(f'Deletion curves: demo test split (first {n}), depth {depth}, '
                f'baseline {args.figure_baseline}, fill {args.fill}',
                fontsize=9)
-  ax.legend(fontsize=6.5)
+  ax.legend(fontsize=6, ncol=2)
   fig.tight_layout()
   fig.savefig(args.figure)
+  plt.close(fig)
   print(f'wrote {args.figure}')
 
 
