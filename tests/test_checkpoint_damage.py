@@ -64,7 +64,7 @@ def test_damaged_newest_checkpoint_resumes_from_previous(tmp_path, caplog):
   log = caplog.text
   assert f'{damaged}/checkpoints/latest/2 is damaged' in log
   assert f'Resuming from {damaged}/checkpoints/latest/1' in log
-  assert 'Resuming at epoch 0, step 1 of the epoch' in log
+  assert 'Resuming at epoch 1, step 1 of the epoch' in log
   assert os.path.isdir(os.path.join(damaged, 'checkpoints', 'damaged',
                                     'latest_2'))
   expected = train.train_and_evaluate(_config(2), clean, data=data)
