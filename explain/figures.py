@@ -15,7 +15,7 @@ speech panel alone):
 Units: with the leaf regions given, the colours are region scores, which sum
 to the modality's score (Owen/Shapley efficiency), and the image and speech
 colour bars share one scale; the title gives the predicted probability p, the
-blank input's probability v(∅) and how p - v(∅) splits between the
+baseline input's probability v(∅) and how p - v(∅) splits between the
 modalities, so a small score under a high v(∅) reads as what it is. Without
 regions, the colours fall back to per-pixel / per-frame values, labelled so.
 Matplotlib's Agg backend: no display needed.
@@ -112,7 +112,7 @@ def make_figure(*, image_raw, image_map, waveform, sample_rate: int,
     modality_scores: (image, speech) scores.
     title: optional prefix (e.g. the example id).
     baseline_probability: v(∅), the predicted class's probability on the
-      blank input (every region removed).
+      baseline input (every region removed).
     image_regions, speech_regions: optional (values, boxes) of the leaf
       regions; with them the colours are region scores.
     modalities: the modalities the model reads; the others get no panel.
@@ -230,7 +230,7 @@ def make_figure(*, image_raw, image_map, waveform, sample_rate: int,
     b = float(baseline_probability)
     split = ' + '.join(f'{m} {scores[m]:+.3f}' for m in modalities
                        if m in scores)
-    heading += (f'\nblank input v(∅) = {b:.3f};  p - v(∅) = '
+    heading += (f'\nbaseline input v(∅) = {b:.3f};  p - v(∅) = '
                 f'{float(probability) - b:+.3f}')
     if split:
       heading += f' = {split}'

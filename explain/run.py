@@ -527,7 +527,7 @@ def explain_files(config, workdir, image_path, audio_path):
   with open(os.path.join(out_dir, f'{name}.json'), 'w') as f:
     json.dump(summary, f, indent=2)
   print(f"prediction: {rec['predicted']} (softmax {rec['probability']:.4f}; "
-        f"blank input {rec['baseline_probability']:.4f})")
+        f"baseline input {rec['baseline_probability']:.4f})")
   print('modality scores: ' + '  '.join(
       f'{m} {v:+.4f}' for m, v in rec['modality_scores'].items()))
   print(f'kept speech segments (s): {rec["segments_s"]}')

@@ -278,7 +278,7 @@ def test_demo_log_is_short_and_a_rerun_says_it_had_finished(tmp_path):
   lines3 = (out3 + err3).splitlines()
   assert len(lines3) <= 8, '\n'.join(lines3)
   assert 'long.wav is 1.50 s long; the model hears its first 0.99 s' in err3
-  assert 'prediction: ' in out3 and 'blank input' in out3
+  assert 'prediction: ' in out3 and 'baseline input' in out3
   assert (workdir / 'explain' / 'face__long.png').exists()
 
 
