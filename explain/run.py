@@ -440,7 +440,8 @@ def explain_dataset(config, workdir, *, split='test'):
       records.append(rec)
       bar.update()
   bar.close()
-  gathered = _gather_json(dict(records=records, seconds=seconds))
+  from parallelnet import mesh  # pylint: disable=g-import-not-at-top
+  gathered = mesh.allgather_json(dict(records=records, seconds=seconds))
   records = sorted((r for g in gathered for r in g['records']),
                    key=lambda r: r['_index'])
   assert [r['_index'] for r in records] == list(range(num)), 'lost examples'
@@ -479,21 +480,6 @@ def explain_dataset(config, workdir, *, split='test'):
                seconds, f'; top region on the planted cue: {rates}'
                if rates else '')
   return summary
-
-
-def _gather_json(obj):
-  """[obj of process 0, obj of process 1, ...] (JSON-able objects), on every
-  process; a collective, so it also waits until every process got here."""
-  if jax.process_count() == 1:
-    return [obj]
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
-  sizes = multihost_utils.process_allgather(np.int32(len(data)))
-  padded = np.zeros(int(np.max(sizes)), np.uint8)
-  padded[:len(data)] = data
-  rows = multihost_utils.process_allgather(padded)
-  return [json.loads(bytes(row[:int(n)]).decode())
-          for row, n in zip(rows, np.ravel(sizes))]
 
 
 def explain_files(config, workdir, image_path, audio_path):

@@ -7,6 +7,7 @@ global batch, so BatchNorm statistics are global-batch statistics and the
 gradient mean is the global mean: no pmap, no explicit all-reduce.
 """
 
+import json
 import os
 import secrets
 
@@ -114,6 +115,19 @@ def maybe_initialize_distributed(coordinator_address: str | None = None,
 
 
 SHARED_TOKEN_PREFIX = '.parallelnet_shared_check_'
+
+
+def allgather_json(obj):
+  """[obj of process 0, obj of process 1, ...] (JSON-able objects), on every
+  process; a collective, so it also waits until every process got here."""
+  if jax.process_count() == 1:
+    return [obj]
+  data = np.frombuffer(json.dumps(obj).encode(), np.uint8)
+  sizes = np.ravel(multihost_utils.process_allgather(np.int32(len(data))))
+  padded = np.zeros(int(sizes.max()), np.uint8)
+  padded[:len(data)] = data
+  return [json.loads(bytes(row[:int(n)]).decode())
+          for row, n in zip(multihost_utils.process_allgather(padded), sizes)]
 
 
 def check_shared_storage(folders: dict[str, str]):

@@ -18,7 +18,6 @@ process 0 writes the file.
 """
 
 import csv
-import json
 import math
 import os
 
@@ -150,17 +149,8 @@ def predict(config, workdir, *, split='test'):
 
 def _gather(ids, labels, probs):
   """Every process's (id, label, probs) rows, process 0's first."""
-  mine = dict(ids=ids, labels=labels, probs=probs.tolist())
-  if jax.process_count() == 1:
-    parts = [mine]
-  else:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    data = np.frombuffer(json.dumps(mine).encode(), np.uint8)
-    sizes = np.ravel(multihost_utils.process_allgather(np.int32(len(data))))
-    padded = np.zeros(int(sizes.max()), np.uint8)
-    padded[:len(data)] = data
-    parts = [json.loads(bytes(r[:int(n)]).decode()) for r, n in zip(
-        multihost_utils.process_allgather(padded), sizes)]
+  parts = mesh_lib.allgather_json(
+      dict(ids=ids, labels=labels, probs=probs.tolist()))
   return [(i, l, p) for part in parts
           for i, l, p in zip(part['ids'], part['labels'], part['probs'])]
 
