@@ -246,6 +246,13 @@ class ParallelNet(nn.Module):
     """True when N2_s / N2_i read both modalities ('before' and 'both')."""
     return self.modalities == 'both' and self.crossing in ('before', 'both')
 
+  def _n1_and_crossed_source(self, n1_branch, x, train):
+    """(N1(x), what the crossing projection P_is / P_si reads): N1's first
+    part N1a(x) for Baseline 1 ('both'), otherwise x itself."""
+    if self.crossing == 'both' and self.crossed_inputs:  # Baseline 1.
+      return n1_branch(x, train, return_first_part=True)
+    return n1_branch(x, train), x
+
   def encode_image(self, image, train: bool = False):
     """The image's share of the network, a dict (empty for 'speech').
 
@@ -258,11 +265,8 @@ class ParallelNet(nn.Module):
     if self.modalities == 'speech':
       return {}
     image = jnp.asarray(image, self.dtype)
-    if self.crossing == 'both' and self.crossed_inputs:  # Baseline 1.
-      n1, n1a = self.N1_i(image, train, return_first_part=True)
-      feats = {'N1_i': n1}
-    else:
-      feats, n1a = {'N1_i': self.N1_i(image, train)}, image
+    n1, n1a = self._n1_and_crossed_source(self.N1_i, image, train)
+    feats = {'N1_i': n1}
     if self.crossed_inputs:
       feats['image3'] = image
       feats['from_image'] = self.P_is(n1a)
@@ -275,11 +279,8 @@ class ParallelNet(nn.Module):
     if self.modalities == 'image':
       return {}
     speech = jnp.asarray(spectrogram, self.dtype)
-    if self.crossing == 'both' and self.crossed_inputs:  # Baseline 1.
-      n1, n1a = self.N1_s(speech, train, return_first_part=True)
-      feats = {'N1_s': n1}
-    else:
-      feats, n1a = {'N1_s': self.N1_s(speech, train)}, speech
+    n1, n1a = self._n1_and_crossed_source(self.N1_s, speech, train)
+    feats = {'N1_s': n1}
     speech3 = self.adapter(speech)
     if self.speech_scaling:
       speech3 = image_lib.scale_float(
