@@ -184,7 +184,7 @@ def trainable_params(config) -> int:
                                       load_pretrained=False),
       jax.random.key(0))['params']
   total = models.count_params(params)
-  if float(config.train.get('trunk_lr_multiplier', 1.0)) == 0.0:
+  if train.trunk_lr_multiplier_of(config) == 0.0:
     total -= sum(models.count_params(params[b]['backbone'])
                  for b, _ in train.TRUNK_PATHS if b in params)
   return total

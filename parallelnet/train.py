@@ -124,9 +124,14 @@ def make_optimizer(learning_rate: float, trunk_lr_multiplier: float = 1.0
       {'rest': optax.adam(learning_rate), 'trunk': trunk}, trunk_labels)
 
 
+def trunk_lr_multiplier_of(config) -> float:
+  """config.train.trunk_lr_multiplier (1, plain Adam, when absent)."""
+  return float(config.train.get('trunk_lr_multiplier', 1.0))
+
+
 def _optimizer(config) -> optax.GradientTransformation:
   return make_optimizer(float(config.train.learning_rate),
-                        float(config.train.get('trunk_lr_multiplier', 1.0)))
+                        trunk_lr_multiplier_of(config))
 
 
 @functools.lru_cache(maxsize=8)
@@ -160,7 +165,7 @@ def init_train_state(config, model, mesh) -> TrainState:
   factory = _jitted_state_factory(
       model, float(config.train.learning_rate),
       float(config.train.plateau_factor), int(config.train.plateau_patience),
-      float(config.train.get('trunk_lr_multiplier', 1.0)), mesh)
+      trunk_lr_multiplier_of(config), mesh)
   return factory(variables, np.asarray(jax.random.key_data(train_key)))
 
 
@@ -177,8 +182,7 @@ def abstract_checkpoint_tree(config, model, mesh):
         learning_rate=config.train.learning_rate,
         plateau_factor=config.train.plateau_factor,
         plateau_patience=config.train.plateau_patience,
-        trunk_lr_multiplier=float(
-            config.train.get('trunk_lr_multiplier', 1.0))))
+        trunk_lr_multiplier=trunk_lr_multiplier_of(config)))
 
   return checkpointing.abstract_with_sharding(
       jax.eval_shape(make), mesh_lib.replicated(mesh))
@@ -474,7 +478,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     raise errors.UserError(
         f'The train split has {data.num_examples(config, "train")} examples, '
         f'fewer than one batch of config.train.batch_size={tc.batch_size}.')
-  layout = optimizer_layout(tc.get('trunk_lr_multiplier', 1.0))  # Checks it.
+  layout = optimizer_layout(trunk_lr_multiplier_of(config))  # Checks it.
   ckpts = checkpointing.Checkpoints(workdir, config)
   # Refuse another model's workdir (and optimizer layout) up front.
   _, saved_meta = ckpts.restore_meta('latest')
@@ -482,7 +486,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     raise errors.UserError(
         f'The checkpoint in {os.path.join(workdir, "checkpoints")} was '
         f'trained with optimizer layout {saved_meta.get("optimizer", "adam")!r}'
-        f' but config.train.trunk_lr_multiplier={tc.trunk_lr_multiplier} '
+        f' but config.train.trunk_lr_multiplier='
+        f'{trunk_lr_multiplier_of(config)} '
         f'gives {layout!r} (1 = plain Adam, 0 = frozen trunks, other = a '
         f'second Adam for the trunks); resume with the old multiplier or use '
         f'another --workdir.')
