@@ -238,6 +238,26 @@ def _run(cmd, timeout):
                    f'{": " + err[-1] if err else ""})')
 
 
+def _synthesize_with(make_argv, text, out_path, sample_rate, timeout):
+  """Runs a TTS command and writes its output as the final WAV `out_path`.
+
+  The text goes to a temporary UTF-8 file; `make_argv(raw, text_file)` gives
+  the command, which must write the WAV `raw`. Both temporaries (next to
+  `out_path`) are removed whatever happens.
+  """
+  raw = _tmp_name(out_path) + '.raw.wav'
+  text_file = _tmp_name(out_path) + '.txt'
+  try:
+    with open(text_file, 'w', encoding='utf-8') as f:
+      f.write(text)
+    _run(make_argv(raw, text_file), timeout)
+    _finish_engine_output(raw, out_path, sample_rate)
+  finally:
+    for p in (raw, text_file):
+      if os.path.exists(p):
+        os.remove(p)
+
+
 @dataclasses.dataclass(frozen=True)
 class EspeakTTS:
   """espeak-ng (a system package: `apt-get install espeak-ng`), offline."""
@@ -266,18 +286,11 @@ class EspeakTTS:
                         'the voices.') from e
 
   def synthesize(self, text, out_path):
-    raw = _tmp_name(out_path) + '.raw.wav'
-    text_file = _tmp_name(out_path) + '.txt'
-    try:
-      with open(text_file, 'w', encoding='utf-8') as f:
-        f.write(text)
-      _run([self.program, '-v', self.voice, '-s', str(int(self.rate)),
-            '-w', raw, '-f', text_file], self.timeout_s)
-      _finish_engine_output(raw, out_path, self.sample_rate)
-    finally:
-      for p in (raw, text_file):
-        if os.path.exists(p):
-          os.remove(p)
+    _synthesize_with(
+        lambda raw, text_file: [self.program, '-v', self.voice, '-s',
+                                str(int(self.rate)), '-w', raw, '-f',
+                                text_file],
+        text, out_path, self.sample_rate, self.timeout_s)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -311,23 +324,15 @@ class CommandTTS:
       raise UserError(f'--tts_cmd: program {argv[0]!r} not found on PATH.')
 
   def synthesize(self, text, out_path):
-    raw = _tmp_name(out_path) + '.raw.wav'
-    text_file = _tmp_name(out_path) + '.txt'
-    try:
-      with open(text_file, 'w', encoding='utf-8') as f:
-        f.write(text)
+    def argv(raw, text_file):
       subs = {'{out}': raw, '{text_file}': text_file, '{text}': text}
-      argv = []
+      out = []
       for a in self._argv():
         for k, v in subs.items():
           a = a.replace(k, v)
-        argv.append(a)
-      _run(argv, self.timeout_s)
-      _finish_engine_output(raw, out_path, self.sample_rate)
-    finally:
-      for p in (raw, text_file):
-        if os.path.exists(p):
-          os.remove(p)
+        out.append(a)
+      return out
+    _synthesize_with(argv, text, out_path, self.sample_rate, self.timeout_s)
 
 
 # ----------------------------------------------------------------- teachers --
