@@ -84,6 +84,7 @@ import warnings
 
 import numpy as np
 
+from input_pipeline import manifest as manifest_lib
 from input_pipeline.errors import UserError
 
 EMOTIONS = ('anger', 'happy', 'hate', 'sad')
@@ -403,14 +404,6 @@ def _safe_name(row_id):
   return f'{clean}_{hashlib.sha256(row_id.encode()).hexdigest()[:10]}'
 
 
-def _resolve(folder, rel):
-  root = os.path.realpath(folder)
-  if not rel or os.path.isabs(rel):
-    return None
-  path = os.path.realpath(os.path.join(root, rel))
-  return path if os.path.commonpath([root, path]) == root else None
-
-
 def read_source(source, *, classes, label_from):
   """Reads SOURCE/source.csv; returns (header, rows), each row a dict with
   its columns plus `_line`, `_bad` (reasons found without decoding) and
@@ -452,7 +445,7 @@ def read_source(source, *, classes, label_from):
     r['_name'] = name
     if not (r.get('text') or '').strip():
       bad.append('empty text')
-    img = _resolve(source, (r.get('image') or '').strip())
+    img = manifest_lib.resolve(source, (r.get('image') or '').strip())
     if img is None:
       bad.append(f'image path {r.get("image")!r} is empty or leaves the '
                  'source folder')
