@@ -473,6 +473,12 @@ def _row_fingerprint(r):
 # ------------------------------------------------------------ row workers --
 
 
+def _input_config(spec):
+  """A 'spectrogram' input_spec as the input config audio.py reads."""
+  return types.SimpleNamespace(**{k: v for k, v in spec.items()
+                                  if k != 'kind'})
+
+
 def _decode_for(spec, path, modality):
   """One file decoded the way a teacher wants it (see the module doc)."""
   from input_pipeline import audio as audio_lib  # pylint: disable=g-import-not-at-top
@@ -485,8 +491,7 @@ def _decode_for(spec, path, modality):
       audio_lib.decode_audio(path, 8000)
     return path
   if kind == 'spectrogram':
-    ic = types.SimpleNamespace(**{k: v for k, v in spec.items() if k != 'kind'})
-    return audio_lib.load_spectrogram(path, ic)[0]
+    return audio_lib.load_spectrogram(path, _input_config(spec))[0]
   if kind == 'image':
     return image_lib.scale_image(
         image_lib.load_image(path, spec['image_size']), spec['image_scaling'])
@@ -536,8 +541,7 @@ def _warm_up(speech_spec):
   """librosa loads its parts lazily on first use: do it before timing rows."""
   if speech_spec and speech_spec.get('kind') == 'spectrogram':
     from input_pipeline import audio as audio_lib  # pylint: disable=g-import-not-at-top
-    ic = types.SimpleNamespace(
-        **{k: v for k, v in speech_spec.items() if k != 'kind'})
+    ic = _input_config(speech_spec)
     audio_lib.log_mel(np.ones(audio_lib.num_samples(ic), np.float32), ic)
 
 
