@@ -178,6 +178,12 @@ class Checkpoints:
         state=ocp.args.StandardSave(state_tree),
         meta=ocp.args.JsonSave(meta)))
 
+  def _steps(self, which: str, step: int | None) -> list[int]:
+    """[step], or (None) all `which` steps, newest first."""
+    if step is not None:
+      return [step]
+    return sorted(self.managers[which].all_steps(), reverse=True)
+
   def _read_meta(self, which: str, step: int) -> dict:
     try:
       return self.managers[which].restore(step, args=ocp.args.Composite(
@@ -189,9 +195,7 @@ class Checkpoints:
   def restore_meta(self, which: str, step: int | None = None):
     """(step, meta) of the `which` checkpoint (default: the newest whose
     meta reads), checked against the config; (None, None) when none."""
-    steps = ([step] if step is not None else
-             sorted(self.managers[which].all_steps(), reverse=True))
-    for s in steps:
+    for s in self._steps(which, step):
       try:
         meta = self._read_meta(which, s)
       except DamagedCheckpointError:
@@ -259,11 +263,8 @@ class Checkpoints:
     `checkpoints/damaged/` and the next older step is tried, and only when
     none restores does the error come, naming the folder.
     """
-    mgr = self.managers[which]
-    steps = ([step] if step is not None else
-             sorted(mgr.all_steps(), reverse=True))
     damaged = []
-    for s in steps:
+    for s in self._steps(which, step):
       try:
         state, meta = self._restore_step(which, s, abstract_state, partial)
         failure = None
