@@ -16,10 +16,14 @@ import time
 import traceback
 
 
+def _env_verbose():
+  return os.environ.get('PARALLELNET_VERBOSE', '') not in ('', '0')
+
+
 def _full_logs(argv):
   """Whether the user asked for the libraries' logs (--verbosity, --verbose
   or PARALLELNET_VERBOSE=1); otherwise progress.quiet_logs applies."""
-  return (os.environ.get('PARALLELNET_VERBOSE', '') not in ('', '0') or
+  return (_env_verbose() or
           any(a.split('=')[0] in ('--verbosity', '-v', '--verbose')
               for a in argv[1:]))
 
@@ -74,9 +78,10 @@ def main(argv):
     raise UserError(f'unexpected arguments {" ".join(argv[1:])!r}: flags take '
                     'the form --name=value (e.g. --mode=eval).')
   # TF serves only the input pipeline: keep it off the accelerators JAX uses.
-  tf = progress.import_tensorflow_quietly(quiet=not _full_logs(sys.argv))
+  quiet = not _full_logs(sys.argv)
+  tf = progress.import_tensorflow_quietly(quiet=quiet)
   tf.config.set_visible_devices([], 'GPU')
-  if not _full_logs(sys.argv):
+  if quiet:
     progress.quiet_logs()
 
   config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
@@ -172,7 +177,7 @@ _HELP_FLAGS = ('-h', '-?', '--help', '--helpshort', '--helpfull', '--helpxml')
 
 
 def _verbose(argv=()):
-  if os.environ.get('PARALLELNET_VERBOSE', '') not in ('', '0'):
+  if _env_verbose():
     return True
   if flags.FLAGS.is_parsed():
     return flags.FLAGS.verbose
