@@ -13,10 +13,10 @@ over the devices), for the factorized and the plain function.
 """
 
 import argparse
-import os
-import sys
 
 import numpy as np
+
+import worker_setup
 
 IMG, FRAMES, MELS = 32, 32, 32  # runlocal sizes.
 NUM_EXAMPLES = 5
@@ -118,23 +118,10 @@ def compare(out):
 def main():
   p = argparse.ArgumentParser()
   p.add_argument('workdir')
-  p.add_argument('--devices', type=int, default=1)
-  p.add_argument('--process_id', type=int, default=None)
-  p.add_argument('--num_processes', type=int, default=None)
-  p.add_argument('--coordinator', default=None)
+  worker_setup.add_process_flags(p)
   p.add_argument('--compare', default=None)
   a = p.parse_args()
-  # Must precede the jax import: the number of simulated CPU devices.
-  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                             f' --xla_force_host_platform_device_count='
-                             f'{a.devices}')
-  here = os.path.dirname(os.path.abspath(__file__))
-  sys.path[:0] = [here, os.path.dirname(here)]
-  import jax  # pylint: disable=g-import-not-at-top
-  jax.config.update('jax_disable_most_optimizations', True)
-  from parallelnet import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  mesh_lib.maybe_initialize_distributed(a.coordinator, a.num_processes,
-                                        a.process_id)
+  worker_setup.start(a)
   from explain import run  # pylint: disable=g-import-not-at-top
   if a.compare:
     compare(a.compare)

@@ -11,31 +11,19 @@ is split over devices or processes.
 """
 
 import argparse
-import os
-import sys
+
+import worker_setup
 
 
 def main():
   p = argparse.ArgumentParser()
   p.add_argument('out')
-  p.add_argument('--devices', type=int, default=1)
   p.add_argument('--mesh_sizes', default='')
-  p.add_argument('--process_id', type=int, default=None)
-  p.add_argument('--num_processes', type=int, default=None)
-  p.add_argument('--coordinator', default=None)
+  worker_setup.add_process_flags(p)
   p.add_argument('--steps', type=int, default=3)
   a = p.parse_args()
-  # Must precede the jax import: the number of simulated CPU devices.
-  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                             f' --xla_force_host_platform_device_count='
-                             f'{a.devices}')
-  here = os.path.dirname(os.path.abspath(__file__))
-  sys.path[:0] = [here, os.path.dirname(here)]
+  worker_setup.start(a)
   import jax  # pylint: disable=g-import-not-at-top
-  jax.config.update('jax_disable_most_optimizations', True)
-  from parallelnet import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  mesh_lib.maybe_initialize_distributed(a.coordinator, a.num_processes,
-                                        a.process_id)
   import numpy as np  # pylint: disable=g-import-not-at-top
   out = {}
   sizes = ([int(s) for s in a.mesh_sizes.split(',')] if a.mesh_sizes

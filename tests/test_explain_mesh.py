@@ -7,7 +7,6 @@ devices on localhost; the reference runs here, on one device.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -15,18 +14,13 @@ import numpy as np
 import pytest
 
 import explain_worker
+import worker_setup
 from explain import run
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, 'explain_worker.py')
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
 
 
 def _names(workdir):
@@ -63,7 +57,7 @@ def _assert_close(a, b, path='summary'):
 
 def test_same_explanations_on_1_and_4_devices_and_2_processes(tmp_path,
                                                               monkeypatch):
-  port = _free_port()
+  port = worker_setup.free_port()
   env = dict(os.environ, XLA_FLAGS='')
   wd = {k: str(tmp_path / k) for k in ('one', 'four', 'p0', 'p1')}
   cmds = {

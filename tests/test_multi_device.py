@@ -6,20 +6,15 @@ count must be fixed before JAX starts); all three subprocesses run at once.
 """
 
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 
+import worker_setup
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, 'multi_worker.py')
-
-
-def _free_port():
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
 
 
 def _leaves(npz, prefix):
@@ -27,7 +22,7 @@ def _leaves(npz, prefix):
 
 
 def test_same_result_on_1_4_8_devices_and_2_processes(tmp_path):
-  port = _free_port()
+  port = worker_setup.free_port()
   env = dict(os.environ, XLA_FLAGS='')
   cmds = {
       'single': [WORKER, str(tmp_path / 'single.npz'), '--devices=8',

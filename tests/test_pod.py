@@ -7,13 +7,13 @@ import os
 import subprocess
 import sys
 
-from test_multi_device import _free_port
+import worker_setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def test_two_processes_storage_check_build_barrier_and_writes(tmp_path):
-  port = _free_port()
+  port = worker_setup.free_port()
   env = dict(os.environ, XLA_FLAGS='', TF_CPP_MIN_LOG_LEVEL='2')
   logs = [tmp_path / f'log{i}.txt' for i in range(2)]
   procs = []
