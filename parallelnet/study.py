@@ -144,8 +144,8 @@ def row_configs(config: ml_collections.ConfigDict, config_file: str,
 
   rebuilt = build('proposed')
   if rebuilt.to_dict() != config.to_dict():
-    diff = sorted(k for k in set(_flat(rebuilt)) | set(_flat(config))
-                  if _flat(rebuilt).get(k) != _flat(config).get(k))
+    a, b = _flat(rebuilt), _flat(config)
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     raise ValueError(
         f'Rebuilding the config from {config_file} and the overrides '
         f'{sorted(overrides)} does not give the run\'s config (differs in '
