@@ -306,6 +306,7 @@ def _write_example(config, out_dir, ex_id, e, *, image_raw, waveform,
                    label=None):
   """Speech post-processing, figure and npz for one explained example."""
   classes = list(config.dataset.classes)
+  used = _used_modalities(config)
   name = _safe_name(ex_id)
   e = jax.device_get(e)
   sp = speech_lib.explain_speech(
@@ -328,7 +329,7 @@ def _write_example(config, out_dir, ex_id, e, *, image_raw, waveform,
                      e.image_regions.boxes),
       speech_regions=(np.asarray(e.speech_regions.values),
                       e.speech_regions.boxes),
-      modalities=_used_modalities(config))
+      modalities=used)
   np.savez(
       os.path.join(out_dir, f'{name}.npz'),
       image_map=np.asarray(e.image_map), speech_map=np.asarray(e.speech_map),
@@ -347,7 +348,7 @@ def _write_example(config, out_dir, ex_id, e, *, image_raw, waveform,
       baseline_probability=float(e.baseline_probability),
       modality_scores={m: float(e.modality_scores[i])
                        for i, m in enumerate(('image', 'speech'))
-                       if m in _used_modalities(config)},
+                       if m in used},
       segments_s=[[float(a), float(b)] for a, b in sp.segments],
       true=None if label is None else classes[int(label)])
 
@@ -399,6 +400,8 @@ def explain_dataset(config, workdir, *, split='test'):
   seconds = 0.0
   # A unimodal model (SER/IER only) is scored on its own modality only.
   used = _used_modalities(config)
+  cue_box = ex.get('image_cue_box') if 'image' in used else None
+  cue_span = ex.get('speech_cue_span') if 'speech' in used else None
   starts = range(0, num, int(c.batch_size))
   mine = starts[jax.process_index()::jax.process_count()]
   bar = progress.Progress(
@@ -421,13 +424,11 @@ def explain_dataset(config, workdir, *, split='test'):
                            waveform=ex['waveform'][j], label=ex['label'][j])
       rec['correct'] = rec['predicted'] == rec['true']
       rec['_index'] = j
-      cue_box = ex.get('image_cue_box') if 'image' in used else None
       if cue_box is not None and np.all(cue_box[j] >= 0):
         hit, chance = top_image_hit(np.asarray(one.image_regions.values),
                                     one.image_regions.boxes, cue_box[j])
         rec['top_image_region_hits_cue'] = hit
         rec['_image_chance'] = chance
-      cue_span = ex.get('speech_cue_span') if 'speech' in used else None
       if cue_span is not None and np.all(cue_span[j] >= 0):
         spans = leaf_time_spans(one.speech_regions.boxes,
                                 config.input.hop_length,
