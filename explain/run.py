@@ -32,6 +32,7 @@ from explain.dncshap import FactorizedFn
 from explain.dncshap import num_evaluations
 from explain import figures
 from input_pipeline import progress
+from input_pipeline.errors import UserError
 from explain import speech as speech_lib
 
 
@@ -120,7 +121,6 @@ def blur(x, sigma):
 def load_baseline_npz(path, image_shape, speech_shape):
   """(image, spectrogram) baselines from an .npz with keys image and
   spectrogram of the model's input shapes; never unpickles."""
-  from input_pipeline.errors import UserError  # pylint: disable=g-import-not-at-top
   if not os.path.isfile(path):
     raise UserError(f'config.explain.baseline: {path} is not a file; give '
                     f'zeros, mean, blur, background or an existing .npz.')
@@ -174,7 +174,6 @@ def _mean_input(config, train):
 
 def _pick_training_inputs(config, k, train):
   """k training inputs drawn without replacement with config.seed."""
-  from input_pipeline.errors import UserError  # pylint: disable=g-import-not-at-top
   if train is not None:
     images = np.asarray(train['image'], np.float32)
     speech = np.asarray(train['spectrogram'], np.float32)
@@ -209,7 +208,6 @@ def make_baseline(config, image_shape, speech_shape, *, train=None,
   <workdir>/explain/baseline_mean.npz (an .npz baseline file), so that
   explaining one's own files later needs only the workdir.
   """
-  from input_pipeline.errors import UserError  # pylint: disable=g-import-not-at-top
   c = config.explain
   name = str(c.baseline)
   if name == 'zeros':
