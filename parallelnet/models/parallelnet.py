@@ -187,13 +187,17 @@ class ParallelNet(nn.Module):
   # (input_pipeline/image.py modes); '' = adapter output fed as is.
   speech_scaling: str = ''
 
-  def _check(self, image, spectrogram):
+  def _check_names(self):
+    """model.modalities and model.crossing are known values."""
     if self.modalities not in MODALITIES:
       raise ValueError(f'model.modalities={self.modalities!r}; expected one '
                        f'of {MODALITIES}.')
     if self.crossing not in CROSSINGS:
       raise ValueError(f'model.crossing={self.crossing!r}; expected one of '
                        f'{CROSSINGS}.')
+
+  def _check(self, image, spectrogram):
+    self._check_names()
     if self.modalities != 'both' and self.crossing != 'after':
       raise ValueError(
           f'model.crossing={self.crossing!r} needs both modalities, but '
@@ -212,12 +216,7 @@ class ParallelNet(nn.Module):
     # methods of their own (module.apply(..., method=...)), and a Linen module
     # may define submodules inline in one compact method only. The attribute
     # names are the parameter names.
-    if self.modalities not in MODALITIES:
-      raise ValueError(f'model.modalities={self.modalities!r}; expected one '
-                       f'of {MODALITIES}.')
-    if self.crossing not in CROSSINGS:
-      raise ValueError(f'model.crossing={self.crossing!r}; expected one of '
-                       f'{CROSSINGS}.')
+    self._check_names()
     use_speech = self.modalities in ('both', 'speech')
     use_image = self.modalities in ('both', 'image')
     n1 = lambda: ConvBranch(self.feature_dim, self.width, self.dtype,
