@@ -37,8 +37,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from input_pipeline import progress
-from input_pipeline.errors import UserError
+from parallelnet.core import progress
+from parallelnet.core.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Training configuration file (a get_config() module).',

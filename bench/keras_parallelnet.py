@@ -1,7 +1,7 @@
 """ParallelNet in Keras 3 (TensorFlow backend): the framework baseline.
 
 The paper's authors trained ParallelNet in Keras, so the training benchmark
-compares our Flax step against this model: the same architecture as SPEC §2
+compares our Flax step against this model: the same architecture as PAPER.md, "The two branches"
 (criss-cross after N2, late fusion with learned softmax weights), the same
 loss (1.0 * categorical cross-entropy + 0.5 * categorical focal loss) and the
 same optimizer (Adam). At width 1.0 the trunks are `keras.applications.VGG16`
@@ -28,7 +28,7 @@ if keras.backend.backend() != 'tensorflow':
 # (filters, convs) per block, as in Keras Applications.
 VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 VGG19_BLOCKS = ((64, 2), (128, 2), (256, 4), (512, 4), (512, 4))
-# N1 (SPEC §2): conv pairs of 64, 128, 256 filters, each pair then a max pool.
+# N1 (PAPER.md, "The two branches"): conv pairs of 64, 128, 256 filters, each pair then a max pool.
 N1_BLOCKS = ((64, 2), (128, 2), (256, 2))
 
 
@@ -62,7 +62,7 @@ def vgg_trunk(name, input_shape, width, prefix):
 
 
 class LateFusion(layers.Layer):
-  """O = sum_k softmax(theta)_k * O_k over (O_sp, O_img, O_mul) (SPEC §2)."""
+  """O = sum_k softmax(theta)_k * O_k over (O_sp, O_img, O_mul) (PAPER.md, "The two branches")."""
 
   def build(self, input_shape):
     self.theta = self.add_weight(
@@ -81,7 +81,7 @@ def _head(x, head_dim, num_classes, name):
 
 
 def _close(x, feature_dim, name):
-  """BatchNorm, Flatten, Dense(feature_dim): how N1 and N2 end (SPEC §2)."""
+  """BatchNorm, Flatten, Dense(feature_dim): how N1 and N2 end (PAPER.md, "The two branches")."""
   x = layers.BatchNormalization(name=f'{name}_bn')(x)
   x = layers.Flatten(name=f'{name}_flatten')(x)
   return layers.Dense(feature_dim, name=f'{name}_dense')(x)
@@ -105,7 +105,7 @@ def build_parallelnet(image_size=128, spec_shape=(128, 128), width=1.0,
   n2_s = _close(n2_s, feature_dim, 'n2_s')
   n2_i = vgg_trunk('vgg19', (image_size, image_size, 3), width, 'n2_i_')(image)
   n2_i = _close(n2_i, feature_dim, 'n2_i')
-  f_i = layers.Add(name='F_i')([n1_i, n2_s])  # Eq. 1, SPEC §2 reading.
+  f_i = layers.Add(name='F_i')([n1_i, n2_s])  # Eq. 1 as PAPER.md reads it.
   f_s = layers.Add(name='F_s')([n1_s, n2_i])
   f_mul = layers.Multiply(name='F_mul')([f_i, f_s])
   o_sp = _head(f_s, head_dim, num_classes, 'head_sp')

@@ -22,15 +22,7 @@ Differences from the paper's recipe, and why:
     barely moves the weights.
 """
 
-import os
-import sys
-
-try:
-  from configs import parallelnet
-except ImportError:  # Loaded by path with the repository root not on sys.path.
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
-      __file__))))
-  from configs import parallelnet  # pylint: disable=g-import-not-at-top
+from configs import parallelnet
 
 
 def get_config(arg=None):
@@ -72,5 +64,5 @@ def get_config(arg=None):
   c.explain.num_examples = 4
 
   for variant in (arg.split(',') if arg else ()):
-    parallelnet._apply_variant(c, variant.strip())  # pylint: disable=protected-access
+    parallelnet.apply_variant(c, variant.strip())
   return c

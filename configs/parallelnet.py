@@ -1,4 +1,4 @@
-"""ParallelNet as the paper trains it (SPEC §1-4), and its ablation rows.
+"""ParallelNet as the paper trains it (PAPER.md, "Inputs" to "Training"), and its ablation rows.
 
 Usage:
   python main.py --config=configs/parallelnet.py            # the proposed model
@@ -20,8 +20,8 @@ Usage:
 
 import ml_collections
 
-EMOTIONS = ('anger', 'happy', 'hate', 'sad')
-SENTIMENTS = ('negative', 'neutral', 'positive')
+from parallelnet.core.classes import EMOTIONS
+from parallelnet.core.classes import SENTIMENTS
 
 VARIANTS = ('proposed', 'ser_only', 'ier_only', 'baseline1', 'baseline2',
             'baseline3', 'sentiment', 'n2=<backbone>', 'runlocal')
@@ -35,7 +35,7 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.seed = 0  # Seeds parameter init, shuffling, dropout and the DnCShap coin.
 
-  # --- Data (SPEC §1, §6) ---------------------------------------------------
+  # --- Data (PAPER.md, "Inputs" and "Building the dataset") ---------------------------------------------------
   c.dataset = ml_collections.ConfigDict()
   c.dataset.name = 'iitr_sier'  # TFDS builder: iitr_sier | b_t4sa | synthetic_sier.
   c.dataset.classes = EMOTIONS  # Label names; their order is the class index.
@@ -50,7 +50,7 @@ def get_config(arg=None):
   c.dataset.synthetic_seed = 0  # Seed that generates the synthetic_sier corpus.
   c.dataset.shuffle_buffer = 2048  # tf.data shuffle buffer (examples).
 
-  # --- Input representation (SPEC §1) ---------------------------------------
+  # --- Input representation (PAPER.md, "Inputs") ---------------------------------------
   c.input = ml_collections.ConfigDict()
   c.input.image_size = 128  # Images are resized to image_size x image_size x 3.
   # auto | caffe | tf | torch | unit (input_pipeline/image.py). 'auto': what
@@ -69,7 +69,7 @@ def get_config(arg=None):
   # attribution and plots. Values are log-mel dB (ref=max, top_db=80) mapped to
   # [0, 1] by (dB + 80) / 80, so 0 is silence and a zero baseline means silence.
 
-  # --- Model (SPEC §2-3) ----------------------------------------------------
+  # --- Model (PAPER.md, "The two branches" to "Crossing positions") ----------------------------------------------------
   c.model = ml_collections.ConfigDict()
   c.model.name = 'parallelnet'  # Model registry key (parallelnet/models).
   c.model.modalities = 'both'  # both | speech (SER only) | image (IER only).
@@ -87,7 +87,7 @@ def get_config(arg=None):
   c.model.image_weights = ''  # File for N2_i's trunk (image_backbone); '' = random init.
   c.model.pretrained = ''  # Older form: one .npz for both trunks; excludes *_weights.
 
-  # --- Training (SPEC §4) ---------------------------------------------------
+  # --- Training (PAPER.md, "Training") ---------------------------------------------------
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 64  # Global batch, whatever the device count.
   c.train.eval_batch_size = 64  # Global eval batch (padded at the end).
@@ -107,7 +107,7 @@ def get_config(arg=None):
   # 0 = frozen (their parameters never change).
   c.train.trunk_lr_multiplier = 1.0
 
-  # --- Explanation (SPEC §5, §7) --------------------------------------------
+  # --- Explanation (PAPER.md, "DnCShap") --------------------------------------------
   c.explain = ml_collections.ConfigDict()
   c.explain.depth = 4  # Halvings per modality: 2**depth leaf regions each.
   c.explain.mode = 'dnc'  # dnc (2**(depth+2) evaluations) | exact (Owen values).
@@ -142,11 +142,11 @@ def get_config(arg=None):
   c.predict.manual_dir = ''  # A manifest folder to score (label optional); '' = the dataset's test split.
 
   for variant in (arg.split(',') if arg else ()):
-    _apply_variant(c, variant.strip())
+    apply_variant(c, variant.strip())
   return c
 
 
-def _apply_variant(c, variant):
+def apply_variant(c, variant):
   """Modifies config `c` in place for one named variant."""
   if variant == 'proposed':
     pass

@@ -1,4 +1,4 @@
-"""DnCShap explanations (SPEC §5, §7): the pure-JAX core, speech and figures.
+"""DnCShap explanations (PAPER.md, "DnCShap"): the pure-JAX core, speech and figures.
 
 The driver (`explain.run`) imports the model and pipeline packages, so it is
 not imported here: `import explain` stays free of the rest of the project.

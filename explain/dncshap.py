@@ -1,6 +1,6 @@
 """DnCShap: hierarchical Shapley attribution for an image + speech model.
 
-Paper §3.3, Eq. 3-5 and Algorithm 1, as read in SPEC §5 and §7.
+Paper §3.3, Eq. 3-5 and Algorithm 1, as read in PAPER.md, "DnCShap".
 
 Players form a binary hierarchy. The root is the whole input; level 1 holds
 the two modalities (image, speech); below each modality its array is halved
@@ -20,11 +20,11 @@ speech's (L = 2**depth); node i at level k covers the leaves
 leaves; a precomputed pixel -> leaf map turns it into pixel masks by a gather.
 
 Two modes:
-  exact: the Owen values of the nested binary hierarchy (SPEC §7),
+  exact: the Owen values of the nested binary hierarchy (PAPER.md, "DnCShap"),
     phi(N) = 2**-k sum_b [v(C_b u N) - v(C_b)], every distinct coalition
     evaluated once: 2 + 2 (4**D - 1) / 3 masked inputs.
   dnc: the paper's two-evaluations-per-node recursion, made exactly efficient
-    (SPEC §7): 2**(D+1) masked inputs. Exact for additive models; not
+    (PAPER.md, "DnCShap"): 2**(D+1) masked inputs. Exact for additive models; not
     null-player respecting (a region without effect can receive part of an
     interaction residual). With context='random' its mean over keys is an
     unbiased estimate of exact mode.
@@ -181,7 +181,7 @@ class Explanation:
 
 
 def num_evaluations(depth: int, mode: str) -> int:
-  """Distinct masked inputs per example (SPEC §7), D = depth + 1."""
+  """Distinct masked inputs per example (PAPER.md, "DnCShap"), D = depth + 1."""
   d = depth + 1
   if mode == 'exact':
     return 2 + 2 * (4**d - 1) // 3

@@ -10,7 +10,7 @@ speech panel alone):
     confused with (green: pushes towards the predicted class, purple: away).
   * Speech: the waveform in grey over bands coloured by the score of each
     time band (its speech leaf regions summed over frequency); the kept
-    segments (SPEC §5) are the black bar under it.
+    segments (PAPER.md, "DnCShap") are the black bar under it.
 
 Units: with the leaf regions given, the colours are region scores, which sum
 to the modality's score (Owen/Shapley efficiency), and the image and speech

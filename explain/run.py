@@ -31,8 +31,9 @@ from explain.dncshap import dncshap_batch
 from explain.dncshap import FactorizedFn
 from explain.dncshap import num_evaluations
 from explain import figures
-from input_pipeline import progress
-from input_pipeline.errors import UserError
+from parallelnet.core import progress
+from parallelnet.core.errors import UserError
+from parallelnet.models import scaling as model_scaling
 from explain import speech as speech_lib
 
 
@@ -208,6 +209,7 @@ def make_baseline(config, image_shape, speech_shape, *, train=None,
   <workdir>/explain/baseline_mean.npz (an .npz baseline file), so that
   explaining one's own files later needs only the workdir.
   """
+  config = model_scaling.resolve_config(config)
   c = config.explain
   name = str(c.baseline)
   if name == 'zeros':
@@ -381,6 +383,7 @@ def explain_dataset(config, workdir, *, split='test'):
 
   Returns the summary dict (also written to <workdir>/explain/summary.json).
   """
+  config = model_scaling.resolve_config(config)
   import input_pipeline  # pylint: disable=g-import-not-at-top
   from parallelnet import checkpointing  # pylint: disable=g-import-not-at-top
   c = config.explain
@@ -483,6 +486,7 @@ def explain_dataset(config, workdir, *, split='test'):
 
 def explain_files(config, workdir, image_path, audio_path):
   """Explains one user pair with the dataset's preprocessing; prints it."""
+  config = model_scaling.resolve_config(config)
   import input_pipeline  # pylint: disable=g-import-not-at-top
   from parallelnet import checkpointing  # pylint: disable=g-import-not-at-top
   c = config.explain

@@ -2,7 +2,7 @@
 
 The paper averages the speech Shapley values over frequency to one importance
 per time step, zeroes the segments under the 30th percentile and keeps the
-rest as audio (which it then transcribes). Here (SPEC §5):
+rest as audio (which it then transcribes). Here (PAPER.md, "DnCShap"):
 
 1. `frame_importance`: the (T, F) speech map averaged over frequency.
 2. `keep_frames`: frames whose importance is strictly below the

@@ -1,4 +1,4 @@
-"""Speech decoding and the log-mel representation (SPEC §1).
+"""Speech decoding and the log-mel representation (PAPER.md, "Inputs").
 
 Every clip becomes a (num_frames, n_mels, 1) float32 array, time first,
 holding log-mel dB (ref=max, top_db=80) mapped to [0, 1] by (dB + 80) / 80, so
@@ -13,8 +13,8 @@ import librosa
 import numpy as np
 import soundfile as sf
 
-from input_pipeline.errors import UserError
-from input_pipeline.errors import UserValueError
+from parallelnet.core.errors import UserError
+from parallelnet.core.errors import UserValueError
 
 TOP_DB = 80.0  # Dynamic range kept by power_to_db; also the [0, 1] scale.
 

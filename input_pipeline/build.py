@@ -37,12 +37,12 @@ def build_from_config(argv):
       'config', None, 'Training configuration file.', lock_config=True)
 
   def main(_):
-    from input_pipeline import progress  # pylint: disable=g-import-not-at-top
+    from parallelnet.core import progress  # pylint: disable=g-import-not-at-top
     if not any(a.split('=')[0] in ('--verbosity', '-v') for a in argv):
       progress.import_tensorflow_quietly()
       progress.quiet_logs()
     from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
-    from input_pipeline.errors import UserError  # pylint: disable=g-import-not-at-top
+    from parallelnet.core.errors import UserError  # pylint: disable=g-import-not-at-top
     config = config_flag.value
     try:
       b = pipeline.get_builder(config)

@@ -47,14 +47,14 @@ import threadpoolctl
 import tensorflow_datasets as tfds
 
 from input_pipeline import audio as audio_lib
-from input_pipeline import errors
+from parallelnet.core import errors
 from input_pipeline import image as image_lib
 from input_pipeline import manifest as manifest_lib
-from input_pipeline import progress as progress_lib
+from parallelnet.core import progress as progress_lib
 from input_pipeline import synthetic
 
-EMOTIONS = ('anger', 'happy', 'hate', 'sad')
-SENTIMENTS = ('negative', 'neutral', 'positive')
+from parallelnet.core.classes import EMOTIONS
+from parallelnet.core.classes import SENTIMENTS
 # Settings recorded in the metadata and checked against config at load time.
 SETTING_KEYS = ('sample_rate', 'n_fft', 'hop_length', 'n_mels', 'num_frames',
                 'duration_s', 'image_size', 'classes', 'test_fraction',
@@ -467,7 +467,7 @@ class BT4sa(_SierBuilder):
   BUILDER_CONFIGS = _paper_and_runlocal(SENTIMENTS)
   MANUAL_DOWNLOAD_INSTRUCTIONS = (
       'B-T4SA images and tweets come from the T4SA project (request access '
-      'from its authors); speech is made by TTS of the tweet text (SPEC §6). '
+      'from its authors); speech is made by TTS of the tweet text (PAPER.md, "Building the dataset"). '
       'Arrange the result as a manifest folder:' +
       MANIFEST_LAYOUT.format(classes=', '.join(SENTIMENTS)))
 

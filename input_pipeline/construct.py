@@ -1,4 +1,4 @@
-"""Dataset construction (paper §3.1, SPEC §6): text + image -> speech + image.
+"""Dataset construction (paper §3.1, PAPER.md, "Building the dataset"): text + image -> speech + image.
 
 From a B-T4SA-style source folder (`source.csv` with `id,text,image`, an
 optional `label` and any other columns, plus the images), builds a dataset
@@ -10,7 +10,7 @@ Table 3's setting):
   p_s = SER teacher(speech), p_i = IER teacher(image)
   label = label_pair(p_i, p_s)            (the more confident teacher's argmax)
 
-  python -m input_pipeline.construct --source=SRC --out=OUT \\
+  python -m parallelnet.construct --source=SRC --out=OUT \\
       --ser_teacher=SER_WORKDIR --ier_teacher=IER_WORKDIR [--tts=espeak-ng |
       --tts_cmd='mytts --out {out} --text-file {text_file}'] [--threshold=0.5]
       [--require_agreement] [--class_map=excitement:happy,disgust:hate]
@@ -52,16 +52,16 @@ for kind 'path'). Two kinds exist:
     (WAV paths for the SER teacher, image paths for the IER teacher) and
     returning probabilities; its class names are `function.classes` if set,
     else the target classes (`CallableTeacher`).
-This module imports nothing of ours outside input_pipeline: the library
-(`construct_dataset`) takes teacher objects. Only the command line (`main`),
-an entry point like main.py, loads a workdir teacher through
-parallelnet.teachers (DESIGN.md).
+This module imports nothing of ours above input_pipeline: the library
+(`construct_dataset`) takes teacher objects. The command line
+(parallelnet/construct.py, `python -m parallelnet.construct`) loads a
+workdir teacher through parallelnet.teachers (DESIGN.md).
 
 Class map. Teacher classes are mapped onto the target classes: a class with a
 target's name maps to it, others through `--class_map` (default
 excitement->happy, disgust->hate); a teacher class that maps nowhere is an
 error. Probabilities of teacher classes mapped onto one target are summed,
-so p_s and p_i are distributions over the target classes (SPEC §6: "both
+so p_s and p_i are distributions over the target classes (PAPER.md, "Building the dataset": "both
 over the four emotions after mapping").
 """
 
@@ -76,7 +76,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import types
@@ -85,9 +84,10 @@ import warnings
 import numpy as np
 
 from input_pipeline import manifest as manifest_lib
-from input_pipeline.errors import UserError
+from parallelnet.core import scaling as scaling_lib
+from parallelnet.core.errors import UserError
 
-EMOTIONS = ('anger', 'happy', 'hate', 'sad')
+from parallelnet.core.classes import EMOTIONS
 DEFAULT_CLASS_MAP = 'excitement:happy,disgust:hate'
 DECISIONS = ('kept', 'low_confidence', 'disagreement', 'bad_input')
 STATE_DIR = '.construct'  # Journal of a run in progress; removed at the end.
@@ -111,7 +111,7 @@ class ConstructError(UserError):
 
 
 def label_pair(p_image, p_speech, *, threshold=0.5, require_agreement=False):
-  """The paper's labelling rule (§3.1, SPEC §6) for one pair.
+  """The paper's labelling rule (§3.1, PAPER.md, "Building the dataset") for one pair.
 
   m_i = max p_image, m_s = max p_speech. Returns (label_index, 'kept') with
   the argmax of the more confident teacher, or (None, reason):
@@ -493,7 +493,7 @@ def _decode_for(spec, path, modality):
   if kind == 'spectrogram':
     return audio_lib.load_spectrogram(path, _input_config(spec))[0]
   if kind == 'image':
-    return image_lib.scale_image(
+    return scaling_lib.scale_image(
         image_lib.load_image(path, spec['image_size']), spec['image_scaling'])
   raise ValueError(f'unknown teacher input kind {kind!r}')
 
@@ -682,7 +682,7 @@ def construct_dataset(source, out, *, tts, ser_teacher=None, ier_teacher=None,
   Returns the stats dict (as in stats.json) plus `timing` (seconds: tts and
   decode summed over rows, teachers, wall).
   """
-  from input_pipeline import progress as progress_lib  # pylint: disable=g-import-not-at-top
+  from parallelnet.core import progress as progress_lib  # pylint: disable=g-import-not-at-top
   t_start = time.perf_counter()
   classes = tuple(classes)
   if label_from not in ('teachers', 'source'):
@@ -921,114 +921,3 @@ def plot_stats(stats, path):
   fig.tight_layout()
   fig.savefig(path, dpi=100, metadata={'Software': None})
   plt.close(fig)
-
-
-# -------------------------------------------------------------- command line --
-
-
-def _flags():
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  f = types.SimpleNamespace()
-  f.source = flags.DEFINE_string('source', None, 'Folder with source.csv '
-                                 '(id,text,image[,label,...]) and the images.')
-  f.out = flags.DEFINE_string('out', None, 'Output dataset folder (new, empty, '
-                              'or an interrupted run to resume).')
-  f.ser_teacher = flags.DEFINE_string(
-      'ser_teacher', None, 'Speech teacher: a speech-only training workdir '
-      '(e.g. configs/parallelnet.py:ser_only) or module:function.')
-  f.ier_teacher = flags.DEFINE_string(
-      'ier_teacher', None, 'Image teacher: an image-only training workdir '
-      '(e.g. configs/parallelnet.py:ier_only) or module:function.')
-  f.teacher_checkpoint = flags.DEFINE_enum(
-      'teacher_checkpoint', 'best', ['best', 'latest'],
-      'Which checkpoint of a workdir teacher to use.')
-  f.tts = flags.DEFINE_enum('tts', 'espeak-ng', ['espeak-ng'],
-                            'Built-in TTS engine (ignored with --tts_cmd).')
-  f.tts_cmd = flags.DEFINE_string(
-      'tts_cmd', None, "Any TTS engine as a command template, e.g. 'mytts "
-      "--out {out} --text-file {text_file}' ({text} also works).")
-  f.voice = flags.DEFINE_string('voice', 'en-us', 'espeak-ng voice.')
-  f.rate = flags.DEFINE_integer('rate', 175, 'espeak-ng speed, words/minute.')
-  f.sample_rate = flags.DEFINE_integer(
-      'sample_rate', 16000, 'Sample rate of the written WAVs (0 with --tts_cmd: '
-      'keep the engine\'s).')
-  f.threshold = flags.DEFINE_float(
-      'threshold', 0.5, 'Discard a pair when both teachers\' maxima are below.')
-  f.require_agreement = flags.DEFINE_bool(
-      'require_agreement', False, 'Also discard pairs whose teachers\' '
-      'argmaxes differ.')
-  f.class_map = flags.DEFINE_string(
-      'class_map', DEFAULT_CLASS_MAP, 'teacher_class:target_class pairs.')
-  f.classes = flags.DEFINE_list('classes', list(EMOTIONS),
-                                'Target classes, in label-index order.')
-  f.label_from = flags.DEFINE_enum(
-      'label_from', 'teachers', ['teachers', 'source'],
-      'teachers: the labelling rule; source: the source\'s label column '
-      '(e.g. B-T4SA sentiments, Table 3).')
-  f.skip_bad = flags.DEFINE_bool(
-      'skip_bad', False, 'Record bad rows as bad_input instead of failing.')
-  f.workers = flags.DEFINE_integer(
-      'workers', min(os.cpu_count() or 1, 8), 'TTS/decoding processes.')
-  f.batch_size = flags.DEFINE_integer(
-      'batch_size', 32, 'Rows per chunk: teacher batch and resume unit.')
-  return f
-
-
-def _load_teacher(spec, modality, which, batch_size, classes):
-  """A teacher from a flag value: module:function, or a training workdir."""
-  if spec is None:
-    return None
-  if is_callable_spec(spec):
-    return load_callable_teacher(spec, modality, classes)
-  # The command line is an entry point (like main.py): it may wire in
-  # parallelnet to restore a workdir. The library above never does.
-  from parallelnet import teachers  # pylint: disable=g-import-not-at-top
-  return teachers.WorkdirTeacher(spec, modality, which=which,
-                                 batch_size=batch_size)
-
-
-def main(argv, f):
-  if len(argv) > 1:
-    raise UserError(f'Unexpected arguments: {argv[1:]}')
-  if not f.source.value or not f.out.value:
-    raise UserError('--source and --out are required.')
-  if f.tts_cmd.value:
-    tts = CommandTTS(f.tts_cmd.value, sample_rate=f.sample_rate.value)
-  else:
-    tts = EspeakTTS(voice=f.voice.value, rate=f.rate.value,
-                    sample_rate=f.sample_rate.value or 16000)
-  ser = _load_teacher(f.ser_teacher.value, 'speech', f.teacher_checkpoint.value,
-                      f.batch_size.value, f.classes.value)
-  ier = _load_teacher(f.ier_teacher.value, 'image', f.teacher_checkpoint.value,
-                      f.batch_size.value, f.classes.value)
-  stats = construct_dataset(
-      f.source.value, f.out.value, tts=tts, ser_teacher=ser, ier_teacher=ier,
-      classes=f.classes.value, class_map=f.class_map.value,
-      threshold=f.threshold.value, require_agreement=f.require_agreement.value,
-      label_from=f.label_from.value, skip_bad=f.skip_bad.value,
-      workers=f.workers.value, batch_size=f.batch_size.value)
-  t = stats['timing']
-  print(f'{stats["kept"]} of {stats["rows"]} rows kept in {f.out.value} '
-        f'({stats["decisions"]}); {stats["rows"] / t["wall_s"]:.2f} rows/s')
-
-
-def run():
-  """`python -m input_pipeline.construct`: user errors as one line, exit 1."""
-  from absl import app  # pylint: disable=g-import-not-at-top
-  f = _flags()
-  try:
-    app.run(lambda argv: main(argv, f))
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
-  except KeyboardInterrupt:
-    print('interrupted: run the same command again to resume (finished '
-          'chunks are kept).', file=sys.stderr)
-    sys.exit(130)
-
-
-if __name__ == '__main__':
-  # Through the module's own name, so worker processes can find (unpickle)
-  # its functions and classes; __main__'s copies would not be importable.
-  from input_pipeline import construct as _construct  # pylint: disable=g-import-not-at-top,import-self
-  _construct.run()

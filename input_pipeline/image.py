@@ -1,4 +1,6 @@
-"""Image decoding (any PIL mode to 8-bit RGB) and input scaling (SPEC §1)."""
+"""Image decoding: any PIL mode to 8-bit RGB (PAPER.md, "Inputs").
+
+The pixel scalings live in parallelnet.core.scaling."""
 
 import os
 
@@ -6,35 +8,7 @@ import numpy as np
 from PIL import Image
 from PIL import ImageOps
 
-from input_pipeline.errors import UserError
-
-# Image scaling modes (config.input.image_scaling, besides 'auto'):
-#   caffe  Keras preprocess_input 'caffe': RGB->BGR, ImageNet BGR means
-#          subtracted, 0-255 range (VGG, ResNet weights; the paper's VGG).
-#   tf     Keras 'tf': x / 127.5 - 1, in [-1, 1] (MobileNetV2, InceptionV3).
-#   torch  Keras 'torch' = torchvision: x / 255, minus ImageNet RGB means,
-#          divided by their stds (DenseNet; EfficientNet; torchvision files).
-#   unit   x / 255 in [0, 1]: for trunks trained from scratch (the demo).
-SCALINGS = ('caffe', 'tf', 'torch', 'unit')
-DEFAULT_SCALING = 'caffe'  # What 'auto' means when no image weights are given.
-CAFFE_BGR_MEAN = np.array([103.939, 116.779, 123.68], np.float32)
-IMAGENET_MEAN_RGB = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD_RGB = np.array([0.229, 0.224, 0.225], np.float32)
-
-# The scaling each registered backbone's Keras Applications ImageNet weights
-# were trained with: the mode of keras.applications.<model>.preprocess_input.
-# EfficientNet's preprocess_input is a pass-through because the Keras model
-# starts with Rescaling(1/255) and Normalization layers holding the ImageNet
-# mean and std; our trunk leaves those weightless-in-training layers out, so
-# its input must already be what they compute: 'torch'. ResNet-34 has no
-# Keras weights. The backbone registry (parallelnet/models/backbones.py)
-# reads this table; it lives here because the pipeline resolves 'auto' and
-# may not import parallelnet (DESIGN.md).
-IMAGENET_SCALING = {
-    'vgg16': 'caffe', 'vgg19': 'caffe', 'resnet50': 'caffe',
-    'resnet101': 'caffe', 'mobilenet_v2': 'tf', 'inception_v3': 'tf',
-    'densenet121': 'torch', 'efficientnet_b0': 'torch',
-}
+from parallelnet.core.errors import UserError
 
 
 class ImageError(UserError, ValueError):
@@ -164,105 +138,3 @@ def image_size_of(path):
     if im.getexif().get(0x0112) in (5, 6, 7, 8):  # Rotated by 90 degrees.
       w, h = h, w
     return h, w
-
-
-def scale_image(image_uint8, scaling):
-  """uint8 RGB -> the model's float input, per a concrete scaling mode.
-
-  numpy in, numpy out; `scale_float` is the same arithmetic for tf/jax arrays.
-  The pipeline gets the mode from `resolve_scaling(config)`.
-  """
-  return scale_float(np.asarray(image_uint8).astype(np.float32), scaling)
-
-
-def scale_float(x, scaling):
-  """scale_image on an already-float RGB 0-255 array of any array library.
-
-  The modes are Keras Applications' `preprocess_input` modes (checked against
-  keras.applications.imagenet_utils in the tests) plus 'unit'.
-  """
-  if scaling == 'caffe':
-    return x[..., ::-1] - CAFFE_BGR_MEAN
-  if scaling == 'tf':
-    return x / 127.5 - 1.0
-  if scaling == 'torch':
-    return (x / 255.0 - IMAGENET_MEAN_RGB) / IMAGENET_STD_RGB
-  if scaling == 'unit':
-    return x / 255.0
-  raise ValueError(f'Unknown image scaling {scaling!r}; use one of '
-                   f'{", ".join(SCALINGS)} (or \'auto\' in the config, which '
-                   'resolve_scaling turns into one of these).')
-
-
-def unscale_image(image, scaling):
-  """Inverse of scale_image: model input -> RGB float in [0, 1] for plots."""
-  x = np.asarray(image, np.float32)
-  if scaling == 'caffe':
-    x = (x + CAFFE_BGR_MEAN)[..., ::-1] / 255.0
-  elif scaling == 'tf':
-    x = (x + 1.0) / 2.0
-  elif scaling == 'torch':
-    x = x * IMAGENET_STD_RGB + IMAGENET_MEAN_RGB
-  elif scaling == 'unit':
-    pass
-  else:
-    raise ValueError(f'Unknown image scaling {scaling!r}; use one of '
-                     f'{", ".join(SCALINGS)}.')
-  return np.clip(x, 0.0, 1.0)
-
-
-def weights_format(path: str) -> str:
-  """'torchvision' for a .pth/.pt state dict, else 'keras' (.h5, .npz)."""
-  return 'torchvision' if path.lower().endswith(('.pth', '.pt')) else 'keras'
-
-
-def weights_scaling(backbone: str, path: str) -> str | None:
-  """The input scaling the weights in `path` for `backbone` were trained with.
-
-  torchvision files: 'torch'. Keras files (and our .npz, exported from Keras):
-  the backbone's IMAGENET_SCALING entry. None when the backbone declares none.
-  """
-  if weights_format(path) == 'torchvision':
-    return 'torch'
-  return IMAGENET_SCALING.get(backbone)
-
-
-def image_weights_path(config) -> str:
-  """The file N2_i's trunk is loaded from ('' = random init).
-
-  `model.image_weights`, else the older `model.pretrained` (.npz for both).
-  """
-  m = config.model
-  if m.get('modalities', 'both') == 'speech':
-    return ''
-  return m.get('image_weights', '') or m.get('pretrained', '')
-
-
-def resolve_scaling(config) -> str:
-  """The concrete image scaling for `config`, checked against the weights.
-
-  `input.image_scaling='auto'`: the scaling N2_i's weights expect when
-  `model.image_weights` (or `model.pretrained`) is given, else 'caffe' (the
-  paper's VGG preprocessing). An explicit mode that contradicts the loaded
-  weights is a UserError naming the mode to use.
-  """
-  scaling = config.input.image_scaling
-  if scaling != 'auto' and scaling not in SCALINGS:
-    raise UserError(f'input.image_scaling={scaling!r} is not a scaling; use '
-                    f'auto, {", ".join(SCALINGS)}.')
-  path = image_weights_path(config)
-  backbone = config.model.image_backbone
-  expected = weights_scaling(backbone, path) if path else None
-  if scaling == 'auto':
-    if path and expected is None:
-      raise UserError(
-          f'input.image_scaling=auto, but the {backbone} trunk declares no '
-          f'input scaling for the weights in {path}; set input.image_scaling '
-          f'to the one they were trained with ({", ".join(SCALINGS)}).')
-    return expected or DEFAULT_SCALING
-  if expected is not None and scaling != expected:
-    raise UserError(
-        f'input.image_scaling={scaling!r} contradicts the {backbone} weights '
-        f'in {path}, which expect {expected!r}: use '
-        f'--config.input.image_scaling={expected} (or auto).')
-  return scaling

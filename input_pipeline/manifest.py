@@ -20,7 +20,7 @@ import csv
 import hashlib
 import os
 
-from input_pipeline import errors
+from parallelnet.core import errors
 
 REQUIRED_COLUMNS = ('id', 'image', 'audio', 'label')
 SPLIT_ALIASES = {'train': 'train', 'training': 'train', 'test': 'test',

@@ -2,7 +2,7 @@
 
 Batch dicts (all global `jax.Array`s sharded on the mesh's 'data' axis):
   train_batches: image (B, S, S, 3) float32 scaled per
-                 image.resolve_scaling(config) (input.image_scaling),
+                 the explicit input.image_scaling (resolved by the entry point),
                  spectrogram (B, T, F, 1) float32 in [0, 1], label (B,) int32.
   eval_batches:  the same plus mask (B,) bool, False on padding.
 Each process reads its own contiguous shard of the split (process_split)
@@ -28,10 +28,26 @@ import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
 from input_pipeline import audio as audio_lib  # pylint: disable=g-import-not-at-top
 from input_pipeline import builders  # pylint: disable=g-import-not-at-top
-from input_pipeline import errors  # pylint: disable=g-import-not-at-top
+from parallelnet.core import errors  # pylint: disable=g-import-not-at-top
 from input_pipeline import image as image_lib  # pylint: disable=g-import-not-at-top
+from parallelnet.core import scaling as scaling_lib  # pylint: disable=g-import-not-at-top
 
 MODEL_KEYS = ('image', 'spectrogram', 'label')
+
+
+def _scaling(config):
+  """The explicit pixel scaling of `config.input.image_scaling`.
+
+  'auto' depends on the model's weights, which the pipeline does not know:
+  the entry point resolves it first (parallelnet.models.scaling.resolve_config).
+  """
+  mode = config.input.image_scaling
+  if mode not in scaling_lib.SCALINGS:
+    raise errors.UserError(
+        f'input.image_scaling={mode!r} reached the input pipeline unresolved; '
+        f'resolve it with parallelnet.models.scaling.resolve_config(config) '
+        f'(or set one of {", ".join(scaling_lib.SCALINGS)}).')
+  return mode
 
 
 # How long the other processes wait at the build barrier for process 0 to
@@ -275,7 +291,7 @@ def _read(builder, split):
 def _to_model_inputs(scaling):
   def fn(ex):
     return dict(
-        image=image_lib.scale_float(tf.cast(ex['image'], tf.float32), scaling),
+        image=scaling_lib.scale_float(tf.cast(ex['image'], tf.float32), scaling),
         spectrogram=tf.cast(ex['spectrogram'], tf.float32),
         label=tf.cast(ex['label'], tf.int32))
   return fn
@@ -306,7 +322,7 @@ def train_dataset(config, *, epoch, start_step=0, process_index=None,
   ds = ds.shuffle(int(config.dataset.shuffle_buffer),
                   seed=epoch_seed(config.seed, epoch),
                   reshuffle_each_iteration=False)
-  ds = ds.map(_to_model_inputs(image_lib.resolve_scaling(config)),
+  ds = ds.map(_to_model_inputs(_scaling(config)),
               num_parallel_calls=tf.data.AUTOTUNE)
   # Every shard holds >= total // pc examples, so each process has `steps`
   # full local batches and all processes step together.
@@ -346,7 +362,7 @@ def eval_dataset(config, split='validation', *, process_index=None,
            for i in range(pc)]
   num_batches = math.ceil(max(sizes) / local_bs)
   ds = _read(b, process_split(b, full, pi, pc))
-  to_inputs = _to_model_inputs(image_lib.resolve_scaling(config))
+  to_inputs = _to_model_inputs(_scaling(config))
   if with_id:
     to_inputs = lambda ex, f=to_inputs: dict(f(ex), id=ex['id'])
   ds = ds.map(to_inputs, num_parallel_calls=tf.data.AUTOTUNE)
@@ -384,8 +400,8 @@ def load_examples(config, split='test', n=None):
   out['id'] = np.array([e['id'].decode() for e in exs])
   out['audio_path'] = np.array([e['audio_path'].decode() for e in exs])
   out['image_raw'] = out['image']
-  out['image'] = image_lib.scale_image(out['image_raw'],
-                                       image_lib.resolve_scaling(config))
+  out['image'] = scaling_lib.scale_image(out['image_raw'],
+                                       _scaling(config))
   out['spectrogram'] = out['spectrogram'].astype(np.float32)
   out['label'] = out['label'].astype(np.int32)
   out['waveform'] = np.stack([audio_lib.load_waveform(p, config.input)
@@ -415,8 +431,8 @@ def preprocess_pair(config, image_path, audio_path):
   # float16 round trip: the same values the built dataset stores.
   spec = audio_lib.log_mel(wav, config.input)
   spec = spec.astype(np.float16).astype(np.float32)
-  scaling = image_lib.resolve_scaling(config)
-  return dict(image=image_lib.scale_image(raw, scaling),
+  scaling = _scaling(config)
+  return dict(image=scaling_lib.scale_image(raw, scaling),
               image_raw=raw, spectrogram=spec, waveform=wav,
               audio_seconds=file_samples / config.input.sample_rate,
               audio_notice=notice)

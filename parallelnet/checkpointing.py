@@ -37,7 +37,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
-from input_pipeline import errors
+from parallelnet.core import errors
 
 from parallelnet import mesh as mesh_lib
 

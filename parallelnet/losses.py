@@ -1,4 +1,4 @@
-"""The paper's training loss (SPEC §4): ce_weight·CE + focal_weight·focal.
+"""The paper's training loss (PAPER.md, "Training"): ce_weight·CE + focal_weight·focal.
 
 All functions take logits `(batch, C)` and integer labels `(batch,)`; the
 per-example losses are reduced by a masked mean so that padded examples

@@ -19,7 +19,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 import numpy as np
 
-from input_pipeline import errors
+from parallelnet.core import errors
 
 DATA_AXIS = 'data'
 

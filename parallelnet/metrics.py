@@ -1,4 +1,4 @@
-"""Classification metrics of SPEC §4 from a confusion matrix.
+"""Classification metrics of PAPER.md, "Training" from a confusion matrix.
 
 The confusion matrix is accumulated on device (`confusion_matrix`, masked so
 that padding is ignored, summed over eval batches); everything else is a

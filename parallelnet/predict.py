@@ -28,6 +28,7 @@ import numpy as np
 
 from parallelnet import checkpointing
 from parallelnet import mesh as mesh_lib
+from parallelnet.models import scaling as model_scaling
 
 
 def _share(total, index, count):
@@ -111,6 +112,7 @@ def _local_rows(x):
 def predict(config, workdir, *, split='test'):
   """Scores every example; writes <workdir>/predictions.csv; returns
   dict(path, num_examples, accuracy (None without labels))."""
+  config = model_scaling.resolve_config(config)
   model, variables, step = checkpointing.restore_for_inference(
       config, workdir, which='best')
   mesh = mesh_lib.make_mesh()

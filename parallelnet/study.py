@@ -48,7 +48,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from input_pipeline.errors import UserError
+from parallelnet.core.errors import UserError
 from parallelnet import models
 from parallelnet import train
 

@@ -1,4 +1,4 @@
-"""Parameter counts per branch (`main.py --mode=summary`, SPEC §2).
+"""Parameter counts per branch (`main.py --mode=summary`, PAPER.md, "The two branches").
 
 Counted with `jax.eval_shape`, so the paper-size model (117M parameters) is
 never allocated.

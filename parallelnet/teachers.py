@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from input_pipeline import image as image_lib
-from input_pipeline.errors import UserError
+from parallelnet.models import scaling as scaling_table
+from parallelnet.core.errors import UserError
 from parallelnet import checkpointing
 from parallelnet import mesh as mesh_lib
 
@@ -64,7 +64,7 @@ class WorkdirTeacher:
     else:
       # 'auto' resolves as in the input pipeline (the weights' scaling).
       self.input_spec = dict(kind='image', image_size=int(c.image_size),
-                             image_scaling=image_lib.resolve_scaling(config))
+                             image_scaling=scaling_table.resolve_scaling(config))
     self.mesh = mesh or mesh_lib.make_mesh()
     n_dev = self.mesh.devices.size
     self.batch_size = -(-int(batch_size) // n_dev) * n_dev

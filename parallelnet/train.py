@@ -1,4 +1,4 @@
-"""Training and evaluation (SPEC §4): the paper's recipe, data-parallel.
+"""Training and evaluation (PAPER.md, "Training"): the paper's recipe, data-parallel.
 
 Parallelism: one jit-compiled `train_step` over a ('data',) mesh. Parameters
 and optimizer state are replicated, batches are sharded on their leading axis,
@@ -33,12 +33,13 @@ import ml_collections
 import numpy as np
 import optax
 
-from input_pipeline import errors
-from input_pipeline import progress
+from parallelnet.core import errors
+from parallelnet.core import progress
 from parallelnet import checkpointing
 from parallelnet import losses
 from parallelnet import mesh as mesh_lib
 from parallelnet import metrics as metrics_lib
+from parallelnet.models import scaling as model_scaling
 
 METRIC_KEYS = ('accuracy', 'macro_f1', 'cohen_kappa')
 
@@ -464,6 +465,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   from parallelnet import models  # pylint: disable=g-import-not-at-top
   data = data or _pipeline()
   _quiet_orbax()
+  written_config = config  # config.json keeps the user's 'auto'.
+  config = model_scaling.resolve_config(config)
   tc = config.train
   mesh = mesh_lib.make_mesh()
   mesh_lib.check_batch_size(tc.batch_size, mesh)
@@ -492,7 +495,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         f'second Adam for the trunks); resume with the old multiplier or use '
         f'another --workdir.')
   # The full config, so the workdir alone can be restored (teachers, §3.1).
-  checkpointing.write_config(config, workdir)
+  checkpointing.write_config(written_config, workdir)
   steps = Steps(config, mesh)
   abstract = abstract_checkpoint_tree(config, model, mesh)
   writer = _writer(workdir)
@@ -625,6 +628,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *,
              which: str = 'best', split: str = 'test', data=None) -> dict:
   """Evaluates the `which` checkpoint of `workdir` on `split`; writes
   eval_metrics.json and confusion_matrix.png there and returns the metrics."""
+  config = model_scaling.resolve_config(config)
   data = data or _pipeline()
   _quiet_orbax()
   model, variables, step = checkpointing.restore_for_inference(
@@ -647,6 +651,7 @@ def cross_validate(config: ml_collections.ConfigDict, workdir: str, *,
   """k-fold cross-validation: trains fold k in `<workdir>/fold_k` for k <
   dataset.num_folds, then writes mean ± std (population std over folds) of
   each metric to `<workdir>/cv_metrics.json`."""
+  config = model_scaling.resolve_config(config)
   k = config.dataset.num_folds
   if k < 2:
     raise ValueError(f'config.dataset.num_folds={k}; cross-validation needs '

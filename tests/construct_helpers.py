@@ -8,7 +8,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-EMOTIONS = ('anger', 'happy', 'hate', 'sad')
+from parallelnet.core.classes import EMOTIONS
 WORDS = ('sunny', 'storm', 'smile', 'tears', 'angry', 'party', 'quiet',
          'broken', 'bright', 'lost')
 

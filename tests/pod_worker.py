@@ -37,7 +37,7 @@ def main():
   here = os.path.dirname(os.path.abspath(__file__))
   sys.path[:0] = [here, os.path.dirname(here)]
   from parallelnet import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
-  from input_pipeline import errors  # pylint: disable=g-import-not-at-top
+  from parallelnet.core import errors  # pylint: disable=g-import-not-at-top
   mesh_lib.maybe_initialize_distributed(a.coordinator, 2, a.process_id)
   me, out = a.process_id, {}
   shared = os.path.join(a.root, 'shared')

@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from input_pipeline import errors
+from parallelnet.core import errors
 from parallelnet import checkpointing
 from parallelnet import mesh as mesh_lib
 from parallelnet import models

@@ -15,7 +15,7 @@ from PIL import Image
 import pytest
 import soundfile as sf
 
-from input_pipeline import progress
+from parallelnet.core import progress
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -207,7 +207,7 @@ def test_bad_files_are_one_line_naming_the_file(late_errors):
 def test_corrupt_and_missing_files_name_the_file(tmp_path):
   """The same UserError path, in process: corrupt WAV, missing file."""
   from configs import demo  # pylint: disable=g-import-not-at-top
-  from input_pipeline import errors  # pylint: disable=g-import-not-at-top
+  from parallelnet.core import errors  # pylint: disable=g-import-not-at-top
   from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
   config = demo.get_config()
   Image.new('RGB', (40, 30)).save(tmp_path / 'ok.png')

@@ -1,4 +1,4 @@
-"""Dataset construction (paper §3.1, SPEC §6): the labelling rule, the class
+"""Dataset construction (paper §3.1, PAPER.md, "Building the dataset"): the labelling rule, the class
 map, TTS backends, bad input, and end to end with two tiny trained teachers
 (espeak-ng and a command-template TTS): the output builds with iitr_sier and
 trains a step; a resumed run and a 2-worker run give identical folders."""
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from input_pipeline import construct
-from input_pipeline.errors import UserError
+from parallelnet.core.errors import UserError
 import construct_helpers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -236,9 +236,12 @@ def test_label_from_source_gives_sentiment_manifest(tmp_path):
 
 
 def test_library_imports_nothing_of_parallelnet():
+  """Only the ground floor (parallelnet.core) of the model package loads."""
   code = ('import sys; import input_pipeline.construct; '
           'bad = [m for m in sys.modules if m.split(".")[0] in '
-          '("parallelnet", "explain", "jax", "tensorflow")]; print(bad)')
+          '("parallelnet", "explain", "jax", "tensorflow") and not '
+          '(m == "parallelnet" or m.startswith("parallelnet.core"))]; '
+          'print(bad)')
   out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, check=True,
                        capture_output=True, text=True).stdout
   assert out.strip() == '[]', out
@@ -248,7 +251,7 @@ def test_command_line_with_callable_teachers(tmp_path):
   src = tmp_path / 'src'
   construct_helpers.make_source(str(src), 4)
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, HERE]))
-  cmd = [sys.executable, '-m', 'input_pipeline.construct',
+  cmd = [sys.executable, '-m', 'parallelnet.construct',
          f'--source={src}', f'--out={tmp_path / "out"}',
          '--ser_teacher=construct_helpers:speech_uniformish_teacher',
          '--ier_teacher=construct_helpers:image_red_teacher',

@@ -12,7 +12,7 @@ from explain import dncshap
 from explain import dncshap_batch
 from explain import num_evaluations
 from explain import run
-from input_pipeline.errors import UserError
+from parallelnet.core.errors import UserError
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
@@ -68,7 +68,7 @@ def _check_efficiency(e):
 
 
 # --------------------------------------------------------------------------
-# Depth 1 against Algorithm 1 (SPEC §7: agree at one level).
+# Depth 1 against Algorithm 1 (PAPER.md, "DnCShap": they agree at one level).
 # --------------------------------------------------------------------------
 
 

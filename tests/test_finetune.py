@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from input_pipeline.errors import UserError
+from parallelnet.core.errors import UserError
 from parallelnet import models
 from parallelnet import train
 import train_helpers

@@ -14,6 +14,8 @@ import librosa
 from configs import parallelnet
 from input_pipeline import audio as audio_lib
 from input_pipeline import image as image_lib
+from parallelnet.core import scaling as core_scaling
+from parallelnet.models import scaling as model_scaling
 from input_pipeline import manifest as manifest_lib
 
 CLASSES = parallelnet.EMOTIONS
@@ -32,6 +34,7 @@ def _config(tmp, name='iitr_sier', manual_dir='', size=40, skip_bad=False):
   c.dataset.manual_dir = str(manual_dir)
   c.dataset.synthetic_size = size
   c.dataset.skip_bad = skip_bad
+  c.input.image_scaling = 'caffe'  # What 'auto' resolves to without weights.
   return c
 
 
@@ -103,14 +106,14 @@ def test_duration_must_give_num_frames():
 def test_caffe_scaling_matches_keras_and_inverts():
   from keras.applications import vgg16  # pylint: disable=g-import-not-at-top
   img = np.random.default_rng(0).integers(0, 256, (2, 5, 5, 3)).astype(np.uint8)
-  ours = image_lib.scale_image(img, 'caffe')
+  ours = core_scaling.scale_image(img, 'caffe')
   np.testing.assert_allclose(ours, vgg16.preprocess_input(
       img.astype(np.float32)), atol=1e-4)
-  np.testing.assert_allclose(image_lib.unscale_image(ours, 'caffe'),
+  np.testing.assert_allclose(core_scaling.unscale_image(ours, 'caffe'),
                              img / 255.0, atol=1e-6)
-  unit = image_lib.scale_image(img, 'unit')
+  unit = core_scaling.scale_image(img, 'unit')
   assert unit.max() <= 1.0 and unit.min() >= 0.0
-  np.testing.assert_allclose(image_lib.unscale_image(unit, 'unit'), img / 255.)
+  np.testing.assert_allclose(core_scaling.unscale_image(unit, 'unit'), img / 255.)
 
 
 def test_image_modes_converted(tmp_path):

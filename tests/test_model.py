@@ -1,4 +1,4 @@
-"""Tests of the ParallelNet model family (SPEC §2-3, paper Eq. 1-2)."""
+"""Tests of the ParallelNet model family (PAPER.md, "The two branches" to "Crossing positions", paper Eq. 1-2)."""
 
 import re
 
@@ -80,7 +80,7 @@ def proposed():
               image=image, spectrogram=spectrogram, logits=logits, inter=inter)
 
 
-# --- Parameter counts (SPEC §2) ----------------------------------------------
+# --- Parameter counts (PAPER.md, "The two branches") ----------------------------------------------
 
 
 def conv(k, cin, cout):
@@ -253,7 +253,7 @@ def test_after_crossing_keeps_backbone_inputs_unmixed(proposed):
   assert not np.array_equal(t2['N2_i'], p['inter']['N2_i'])
 
 
-# --- Ablation family (SPEC §3) ------------------------------------------------
+# --- Ablation family (PAPER.md, "Crossing positions") ------------------------------------------------
 
 
 @pytest.mark.parametrize('variant,kept,dropped', [

@@ -17,6 +17,7 @@ from parallelnet import checkpointing
 from parallelnet import models
 from parallelnet import predict
 from parallelnet import train
+from parallelnet.models import scaling as model_scaling
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
@@ -121,7 +122,8 @@ def test_unlabelled_manifest_folder(scored, tmp_path, caplog):
   assert 'label' not in rows[0]
   # The probabilities are the model's on the preprocessed pairs.
   for r, row in zip(rows, rows_read):
-    pair = input_pipeline.preprocess_pair(cfg, row['image'], row['audio'])
+    pair = input_pipeline.preprocess_pair(
+        model_scaling.resolve_config(cfg), row['image'], row['audio'])
     logits, _ = model.apply(variables, pair['image'][None],
                             pair['spectrogram'][None], train=False)
     want = np.asarray(jax.nn.softmax(logits, -1))[0]

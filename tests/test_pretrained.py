@@ -17,7 +17,9 @@ import pytest
 
 from configs import parallelnet as config_lib
 from input_pipeline import image as image_lib
-from input_pipeline.errors import UserError
+from parallelnet.core import scaling as core_scaling
+from parallelnet.models import scaling as model_scaling
+from parallelnet.core.errors import UserError
 from parallelnet import models
 from parallelnet.models import backbones
 from parallelnet.models import pretrained
@@ -49,7 +51,7 @@ def test_every_keras_backed_backbone_is_covered():
   assert set(pretrained.KERAS_BUILDERS) == set(backbones.known_backbones()) - {
       'resnet34'}  # Keras has no ResNet-34.
   for name in pretrained.KERAS_BUILDERS:
-    assert backbones.imagenet_scaling(name) in image_lib.SCALINGS
+    assert backbones.imagenet_scaling(name) in core_scaling.SCALINGS
 
 
 def _randomize(model, seed):
@@ -60,8 +62,8 @@ def _randomize(model, seed):
   values = []
   for w in model.weights:
     if w.path.startswith('normalization'):
-      values.append({'mean': image_lib.IMAGENET_MEAN_RGB,
-                     'variance': image_lib.IMAGENET_STD_RGB**2}.get(
+      values.append({'mean': core_scaling.IMAGENET_MEAN_RGB,
+                     'variance': core_scaling.IMAGENET_STD_RGB**2}.get(
                          w.path.rsplit('/', 1)[-1], np.zeros(w.shape)))
     elif w.path.endswith('moving_variance'):
       values.append(rng.uniform(0.5, 1.5, w.shape))
@@ -148,10 +150,10 @@ def test_keras_files_give_keras_outputs(name, keras_files):
     config = _config(name, files[layout], image_size=max(SIZES[name]))
     shapes = shapes or _shapes(config)
     trunks.append(_trunk(_load(config, shapes), 'N2_i'))
-    assert image_lib.resolve_scaling(config) == backbones.imagenet_scaling(
+    assert model_scaling.resolve_scaling(config) == backbones.imagenet_scaling(
         name)
   jax.tree.map(np.testing.assert_array_equal, *trunks)
-  x = image_lib.scale_float(files['raw'], backbones.imagenet_scaling(name))
+  x = core_scaling.scale_float(files['raw'], backbones.imagenet_scaling(name))
   net = models.get_backbone(name)
   ours = np.asarray(jax.jit(lambda v, x: net.apply(v, x, train=False))(
       trunks[0], x))
@@ -362,7 +364,7 @@ def test_speech_weights_scale_the_adapter_output(tmp_path):
   trunk = models.get_backbone('vgg16', width=config.model.width)
   expected = trunk.apply(
       {'params': variables['params']['N2_s']['backbone']},
-      image_lib.scale_float(255.0 * adapter_out, 'caffe'))
+      core_scaling.scale_float(255.0 * adapter_out, 'caffe'))
   np.testing.assert_allclose(inter['N2_s']['backbone']['__call__'][0],
                              expected, rtol=1e-5, atol=1e-5)
   config.model.speech_weights = ''
@@ -374,19 +376,19 @@ def test_scalings_match_keras_preprocess_input_and_invert():
   img = np.random.default_rng(0).integers(0, 256, (2, 5, 7, 3)).astype(
       np.uint8)
   for mode in ('caffe', 'tf', 'torch'):
-    ours = image_lib.scale_image(img, mode)
+    ours = core_scaling.scale_image(img, mode)
     np.testing.assert_allclose(ours, imagenet_utils.preprocess_input(
         img.astype(np.float32), mode=mode), rtol=1e-5, atol=1e-4)
-  for mode in image_lib.SCALINGS:
+  for mode in core_scaling.SCALINGS:
     np.testing.assert_allclose(
-        image_lib.unscale_image(image_lib.scale_image(img, mode), mode),
+        core_scaling.unscale_image(core_scaling.scale_image(img, mode), mode),
         img / 255.0, atol=1e-5)
 
 
 def test_auto_scaling_follows_the_image_weights():
   config = config_lib.get_config()
   assert config.input.image_scaling == 'auto'
-  assert image_lib.resolve_scaling(config) == 'caffe'  # No weights.
+  assert model_scaling.resolve_scaling(config) == 'caffe'  # No weights.
   for backbone, path, mode in (
       ('vgg19', 'vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5', 'caffe'),
       ('mobilenet_v2', 'x.weights.h5', 'tf'),
@@ -396,16 +398,16 @@ def test_auto_scaling_follows_the_image_weights():
       ('vgg19', 'vgg19-dcbb9e9d.pth', 'torch')):
     config.model.image_backbone = backbone
     config.model.image_weights = path
-    assert image_lib.resolve_scaling(config) == mode, backbone
+    assert model_scaling.resolve_scaling(config) == mode, backbone
   config.input.image_scaling = 'caffe'
   with pytest.raises(UserError, match=r"image_scaling='caffe' contradicts the "
                      r'vgg19 weights.*use --config.input.image_scaling=torch'):
-    image_lib.resolve_scaling(config)
+    model_scaling.resolve_scaling(config)
   config.model.modalities = 'speech'  # No image trunk: nothing to contradict.
-  assert image_lib.resolve_scaling(config) == 'caffe'
+  assert model_scaling.resolve_scaling(config) == 'caffe'
   config.input.image_scaling = 'bgr'
   with pytest.raises(UserError, match="image_scaling='bgr'"):
-    image_lib.resolve_scaling(config)
+    model_scaling.resolve_scaling(config)
 
 
 def test_paper_config_without_weights_warns_once():
@@ -445,7 +447,7 @@ def test_torchvision_vgg_state_dict(keras_files, tmp_path):
   path = str(tmp_path / 'vgg16-397923af.pth')
   torch.save(state, path)
   config = _config('vgg16', path)
-  assert image_lib.resolve_scaling(config) == 'torch'
+  assert model_scaling.resolve_scaling(config) == 'torch'
   jax.tree.map(np.testing.assert_array_equal, _trunk(_load(config), 'N2_i'),
                _trunk(_load(_config('vgg16', vgg16['legacy'])), 'N2_i'))
   state['features.1.running_mean'] = torch.zeros(64)  # A vgg16_bn file.

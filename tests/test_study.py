@@ -18,7 +18,7 @@ from PIL import Image
 import pytest
 import soundfile as sf
 
-from input_pipeline.errors import UserError
+from parallelnet.core.errors import UserError
 from parallelnet import checkpointing
 from parallelnet import models
 from parallelnet import study

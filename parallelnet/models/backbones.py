@@ -7,7 +7,7 @@ statistics and enables its dropout (rng stream 'dropout'), if it has any.
 Register new trunks in `_REGISTRY` under the name the config uses; a trunk
 that mirrors a Keras Applications model names its builder (`keras=`), which
 makes its Keras and torchvision weight files loadable (models/pretrained.py)
-and requires an entry in input_pipeline.image.IMAGENET_SCALING: the input
+and requires an entry in parallelnet.models.scaling.IMAGENET_SCALING: the input
 scaling its ImageNet weights expect (`imagenet_scaling(name)`).
 """
 
@@ -16,7 +16,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax.numpy as jnp
 
-from input_pipeline import image as image_lib
+from parallelnet.models import scaling as scaling_table
 from parallelnet.models import densenet
 from parallelnet.models import efficientnet
 from parallelnet.models import inception_v3
@@ -40,9 +40,9 @@ def register(name: str, keras: str | None = None):
   def wrap(factory):
     if name in _REGISTRY:
       raise ValueError(f'Backbone {name!r} is registered twice.')
-    if keras and name not in image_lib.IMAGENET_SCALING:
+    if keras and name not in scaling_table.IMAGENET_SCALING:
       raise ValueError(f'Backbone {name!r} mirrors keras {keras} but declares '
-                       'no input scaling in image.IMAGENET_SCALING.')
+                       'no input scaling in scaling.IMAGENET_SCALING.')
     _REGISTRY[name] = factory
     if keras:
       _KERAS[name] = keras
@@ -62,7 +62,7 @@ def keras_backbones() -> dict[str, str]:
 
 def imagenet_scaling(name: str) -> str | None:
   """The input scaling the backbone's Keras ImageNet weights expect, or None."""
-  return image_lib.IMAGENET_SCALING.get(name) if name in _KERAS else None
+  return scaling_table.IMAGENET_SCALING.get(name) if name in _KERAS else None
 
 
 def get_backbone(name: str, width: float = 1.0, dtype: Any = jnp.float32,

@@ -11,7 +11,7 @@ Flax grouped-conv kernel (k, k, 1, C): transpose the last two axes on import.
 Not included: Keras' in-model input Rescaling(1/255) and Normalization layers
 (they have no trainable weights). The trunk reads whatever N2 feeds it; with
 ImageNet weights, feed it inputs scaled as those layers would: 'torch'
-scaling (input_pipeline/image.py), which `image_scaling='auto'` selects.
+scaling (parallelnet/models/scaling.py), which `image_scaling='auto'` selects.
 
 `width` multiplies every channel count (at 1.0 these equal B0's
 `round_filters`, all multiples of 8); the B0 depth is fixed.

@@ -1,7 +1,7 @@
 """Inception-v3 trunk (no classifier), layer for layer as Keras Applications.
 
 The paper's 'Inception 3a/4a' ablation rows (§4.3) name GoogLeNet blocks; as
-SPEC §3 says, Inception-v3 is the usual stand-in. This mirrors
+PAPER.md, "Crossing positions" says, Inception-v3 is the usual stand-in. This mirrors
 `keras.applications.InceptionV3(include_top=False)`: the five-conv stem with
 two max pools, then mixed0..mixed10. Each conv is Keras' `conv2d_bn`: a
 biasless conv, BatchNorm without scale (beta only), ReLU.

@@ -1,6 +1,6 @@
 """ParallelNet (paper §3.2, Fig. 2, Eq. 1-2) and its ablation family (§4.3).
 
-Names follow SPEC §2 (the paper swaps N1 and N2 between two paragraphs; we use
+Names follow PAPER.md, "The two branches" (the paper swaps N1 and N2 between two paragraphs; we use
 §3.2.1 and Eq. 1):
   N1 (conv branch):     [Conv3x3(64) ReLU]x2, pool, [Conv(128)]x2, pool,
                         [Conv(256)]x2, pool, BatchNorm, Flatten,
@@ -67,7 +67,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from input_pipeline import image as image_lib
+from parallelnet.core import scaling as core_scaling
 from parallelnet.models import backbones
 from parallelnet.models import vgg
 from parallelnet.models.common import batch_norm
@@ -184,7 +184,7 @@ class ParallelNet(nn.Module):
   # Momentum of the BatchNorms closing N1 and N2 (the trunks keep their own).
   bn_momentum: float = 0.99
   # Input scaling of N2_s's pretrained trunk applied to the adapter output
-  # (input_pipeline/image.py modes); '' = adapter output fed as is.
+  # (parallelnet/core/scaling.py modes); '' = adapter output fed as is.
   speech_scaling: str = ''
 
   def _check_names(self):
@@ -282,7 +282,7 @@ class ParallelNet(nn.Module):
     feats = {'N1_s': n1}
     speech3 = self.adapter(speech)
     if self.speech_scaling:
-      speech3 = image_lib.scale_float(
+      speech3 = core_scaling.scale_float(
           255.0 * speech3, self.speech_scaling).astype(self.dtype)
     if self.crossed_inputs:
       feats['speech3'] = speech3

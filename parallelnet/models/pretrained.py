@@ -24,7 +24,7 @@ file, names and shapes are checked, the first layer that does not fit is
 named in a UserError, and nothing is loaded partially. The file's top
 (fc1, fc2, predictions; torchvision's classifier) is skipped.
 
-The inputs the weights expect: input_pipeline.image.resolve_scaling for the
+The inputs the weights expect: parallelnet.models.scaling.resolve_scaling for the
 image (N2_i), `speech_input_scaling` for the adapter's output (N2_s).
 """
 
@@ -34,8 +34,9 @@ import sys
 
 import numpy as np
 
-from input_pipeline import image as image_lib
-from input_pipeline.errors import UserError
+from parallelnet.models import scaling as scaling_table
+from parallelnet.core import scaling as core_scaling
+from parallelnet.core.errors import UserError
 from parallelnet.models import backbones
 from parallelnet.models import vgg
 
@@ -296,7 +297,7 @@ def _file_kind(path: str, backbone: str) -> str:
   if not os.path.isfile(path):
     raise UserError(f'{path}: no such weights file.')
   lower = path.lower()
-  if image_lib.weights_format(path) == 'torchvision':
+  if scaling_table.weights_format(path) == 'torchvision':
     if backbone not in TORCHVISION_VGG:
       raise UserError(f'{path}: torchvision .pth files load into '
                       f'{" and ".join(TORCHVISION_VGG)} only; for {backbone} '
@@ -339,7 +340,7 @@ def _check_input_normalization(layer, weights, source):
                     f'holds {len(weights)} weights, not mean/variance/count.')
   mean = np.asarray(weights[0][1], np.float64).reshape(-1)
   var = np.asarray(weights[1][1], np.float64).reshape(-1)
-  m, s = image_lib.IMAGENET_MEAN_RGB, image_lib.IMAGENET_STD_RGB
+  m, s = core_scaling.IMAGENET_MEAN_RGB, core_scaling.IMAGENET_STD_RGB
   if not (mean.shape == (3,) and np.allclose(mean, m, atol=1e-3) and (
       np.allclose(var, s, atol=1e-3) or np.allclose(var, s**2, atol=1e-3))):
     raise UserError(
@@ -493,7 +494,7 @@ def check_files(config):
           _import_torch(path)
       except UserError as e:
         raise UserError(f'{field}={e}') from e
-  image_lib.resolve_scaling(config)
+  scaling_table.resolve_scaling(config)
 
 
 def speech_input_scaling(config) -> str:
@@ -505,7 +506,7 @@ def speech_input_scaling(config) -> str:
   """
   for branch, backbone, _, path in trunk_weights(config):
     if branch == 'N2_s' and path:
-      return image_lib.weights_scaling(backbone, path) or ''
+      return scaling_table.weights_scaling(backbone, path) or ''
   return ''
 
 
@@ -535,7 +536,7 @@ def load_into(variables: dict, config) -> dict:
   """
   jobs = [j for j in trunk_weights(config) if j[3]]
   if any(branch == 'N2_i' for branch, *_ in jobs):
-    image_lib.resolve_scaling(config)
+    scaling_table.resolve_scaling(config)
   loaded = {}
   for branch, backbone, field, path in jobs:
     trunk = {c: variables[c].get(branch, {}).get('backbone', {})

@@ -124,7 +124,8 @@ class Progress:
 # configuration", deprecations); their errors still show.
 _WARNING_NOISE = ('tensorflow_datasets', 'tensorflow', 'orbax', 'clu',
                   'absl', 'jax')
-_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 
 
 def _is_ours(pathname):
