@@ -45,6 +45,7 @@ def _state_files(workdir, which, step, sub=''):
                                 'state', sub, 'd', '*'))
 
 
+@pytest.mark.slow
 def test_damaged_newest_checkpoint_resumes_from_previous(tmp_path, caplog):
   data = train_helpers.ArrayData(_config(1), sizes=(16, 8, 8))  # 2 steps/epoch.
   base = str(tmp_path / 'base')

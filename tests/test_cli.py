@@ -57,6 +57,7 @@ def assert_user_error(result, *needles):
     assert n in err, (n, err)
 
 
+@pytest.mark.slow
 def test_help_exits_0_and_examples_are_clean():
   code, out, err = run_main('--help')
   assert code == 0, err
@@ -67,6 +68,7 @@ def test_help_exits_0_and_examples_are_clean():
       assert '   ' not in line.strip(), line  # no runs of stray spaces
 
 
+@pytest.mark.slow
 def test_misspelt_override_names_it_with_the_hint_on_its_own_line(tmp_path):
   workdir = tmp_path / 'w'
   result = run_main('--config=configs/demo.py', f'--workdir={workdir}',
@@ -84,6 +86,7 @@ def test_misspelt_override_names_it_with_the_hint_on_its_own_line(tmp_path):
   assert code == 1 and 'Traceback' in err
 
 
+@pytest.mark.slow
 def test_missing_config_file(tmp_path):
   assert_user_error(
       run_main('--config=configs/nope.py', f'--workdir={tmp_path / "w"}',
@@ -173,6 +176,7 @@ def late_errors(tmp_path_factory):
   return dict(results=results, tmp=tmp, data_dir=data_dir)
 
 
+@pytest.mark.slow
 def test_eval_before_training_names_the_workdir(late_errors):
   tmp = late_errors['tmp']
   assert_user_error(late_errors['results']['eval_new_workdir'],
@@ -180,6 +184,7 @@ def test_eval_before_training_names_the_workdir(late_errors):
   assert not (tmp / 'new').exists()
 
 
+@pytest.mark.slow
 def test_missing_dataset_names_manual_dir_and_our_build_command(late_errors):
   tmp, data_dir = late_errors['tmp'], late_errors['data_dir']
   result = late_errors['results']['paper_no_dataset']
@@ -192,6 +197,7 @@ def test_missing_dataset_names_manual_dir_and_our_build_command(late_errors):
   assert not data_dir.exists()
 
 
+@pytest.mark.slow
 def test_bad_files_are_one_line_naming_the_file(late_errors):
   tmp = late_errors['tmp']
   results = late_errors['results']
@@ -204,6 +210,7 @@ def test_bad_files_are_one_line_naming_the_file(late_errors):
   assert not (tmp / 'x1').exists() and not (tmp / 'x2').exists()
 
 
+@pytest.mark.slow
 def test_corrupt_and_missing_files_name_the_file(tmp_path):
   """The same UserError path, in process: corrupt WAV, missing file."""
   from configs import demo  # pylint: disable=g-import-not-at-top
@@ -224,6 +231,7 @@ def test_corrupt_and_missing_files_name_the_file(tmp_path):
 # ------------------------------------------------------- the demo's log --
 
 
+@pytest.mark.slow
 def test_demo_log_is_short_and_a_rerun_says_it_had_finished(tmp_path):
   """The demo (shrunk: 80 examples, 2 epochs, 2 explanations at depth 1)
   through main.py with default logging: under 40 lines, one per epoch, no
@@ -282,6 +290,7 @@ def test_demo_log_is_short_and_a_rerun_says_it_had_finished(tmp_path):
   assert (workdir / 'explain' / 'face__long.png').exists()
 
 
+@pytest.mark.slow
 def test_audio_longer_or_shorter_than_the_clip_gets_a_notice(tmp_path):
   from configs import demo  # pylint: disable=g-import-not-at-top
   from input_pipeline import audio  # pylint: disable=g-import-not-at-top
@@ -304,6 +313,7 @@ def test_audio_longer_or_shorter_than_the_clip_gets_a_notice(tmp_path):
   assert notices['exact'] is None
 
 
+@pytest.mark.slow
 def test_unimodal_explanations_report_only_the_used_modality(
     monkeypatch, tmp_path):
   """A SER-only model: no image cue rates, scores or figure panels."""

@@ -96,6 +96,7 @@ def test_class_map():
 # --------------------------------------------------------- TTS backends --
 
 
+@pytest.mark.slow
 def test_tts_backends_write_complete_wavs(tmp_path):
   import soundfile as sf  # pylint: disable=g-import-not-at-top
   espeak = construct.EspeakTTS(sample_rate=8000)
@@ -149,6 +150,7 @@ def _read_csv(path):
     return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_bad_input_strict_and_skip_bad(tmp_path):
   src = tmp_path / 'src'
   rows = construct_helpers.make_source(str(src), 8)
@@ -206,6 +208,7 @@ def test_bad_input_strict_and_skip_bad(tmp_path):
     construct.construct_dataset(str(src), str(out), **kw)
 
 
+@pytest.mark.slow
 def test_label_from_source_gives_sentiment_manifest(tmp_path):
   from input_pipeline import builders  # pylint: disable=g-import-not-at-top
   from input_pipeline import manifest  # pylint: disable=g-import-not-at-top
@@ -235,6 +238,7 @@ def test_label_from_source_gives_sentiment_manifest(tmp_path):
     construct.construct_dataset(str(src), str(tmp_path / 'o2'), tts=tts)
 
 
+@pytest.mark.slow
 def test_library_imports_nothing_of_parallelnet():
   """Only the ground floor (parallelnet.core) of the model package loads."""
   code = ('import sys; import input_pipeline.construct; '
@@ -247,6 +251,7 @@ def test_library_imports_nothing_of_parallelnet():
   assert out.strip() == '[]', out
 
 
+@pytest.mark.slow
 def test_command_line_with_callable_teachers(tmp_path):
   src = tmp_path / 'src'
   construct_helpers.make_source(str(src), 4)
@@ -327,6 +332,7 @@ def _stop_after(chunk):
   return hook
 
 
+@pytest.mark.slow
 def test_end_to_end_espeak(teachers, tmp_path):
   """espeak-ng + the trained teachers: the manifest builds with iitr_sier and
   trains a step; 2 workers and an interrupted-then-resumed run give
@@ -398,6 +404,7 @@ def test_end_to_end_espeak(teachers, tmp_path):
   assert int(state.step) == 1 and np.isfinite(float(out['loss']))
 
 
+@pytest.mark.slow
 def test_end_to_end_command_tts_resume_skips_done_rows(teachers, tmp_path):
   """A command-template TTS with the trained teachers; a resumed run does not
   synthesise the rows of finished chunks again."""
@@ -436,6 +443,7 @@ np.save(sys.argv[3], t.predict(np.load(sys.argv[2])))
 """
 
 
+@pytest.mark.slow
 def test_teacher_inference_on_a_4_device_mesh(teachers, tmp_path):
   """The same probabilities with the batch sharded over 4 (simulated) CPU
   devices as on 1, padding included (5 inputs, batch 8)."""

@@ -17,7 +17,7 @@ import explain_worker
 import worker_setup
 from explain import run
 
-pytestmark = pytest.mark.usefixtures('fast_compile')
+pytestmark = [pytest.mark.usefixtures('fast_compile'), pytest.mark.slow]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, 'explain_worker.py')

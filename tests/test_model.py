@@ -369,6 +369,7 @@ def flax_layer_sequence(module, input_shape, with_stats=False):
   return calls, variables['params']
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['vgg16', 'vgg19'])
 def test_vgg_trunk_matches_keras_applications(name):
   keras = pytest.importorskip('keras')
@@ -416,6 +417,7 @@ KERAS_TWINS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(KERAS_TWINS))
 def test_backbone_matches_keras_applications(name):
   keras = pytest.importorskip('keras')
@@ -479,6 +481,7 @@ def test_resnet34_basic_blocks():
   assert 'conv3_block2_0_conv' not in params
 
 
+@pytest.mark.slow
 def test_inception_v3_matches_keras_applications():
   keras = pytest.importorskip('keras')
   ref = keras.applications.InceptionV3(
@@ -529,6 +532,7 @@ def test_every_backbone_is_tested():
   assert set(models.known_backbones()) == set(TRUNK_CHANNELS)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(TRUNK_CHANNELS))
 def test_backbone_builds_at_tiny_width(name):
   net = models.get_backbone(name, 1 / 16, jnp.bfloat16)
@@ -543,6 +547,7 @@ def test_backbone_builds_at_tiny_width(name):
       jnp.dtype(jnp.float32)}
 
 
+@pytest.mark.slow
 def test_efficientnet_b0_tiny_train_and_eval():
   net = models.get_backbone('efficientnet_b0', 1 / 8, jnp.float32)
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))

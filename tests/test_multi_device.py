@@ -13,6 +13,10 @@ import numpy as np
 
 import worker_setup
 
+import pytest
+
+pytestmark = pytest.mark.slow  # Several processes or a whole demo run.
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, 'multi_worker.py')
 

@@ -7,7 +7,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import worker_setup
+
+pytestmark = pytest.mark.slow  # Several processes or a whole demo run.
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

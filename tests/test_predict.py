@@ -65,6 +65,7 @@ def scored(tmp_path_factory):
   return config, workdir, model, variables, metrics, out
 
 
+@pytest.mark.slow
 def test_test_split_accuracy_equals_eval(scored):
   config, workdir, _, _, metrics, out = scored
   classes = list(config.dataset.classes)
@@ -85,6 +86,7 @@ def test_test_split_accuracy_equals_eval(scored):
     assert classes[int(np.argmax(p))] == r['predicted']
 
 
+@pytest.mark.slow
 def test_unlabelled_manifest_folder(scored, tmp_path, caplog):
   config, workdir, model, variables, _, _ = scored
   import input_pipeline  # pylint: disable=g-import-not-at-top

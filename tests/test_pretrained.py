@@ -142,6 +142,7 @@ def _trunk(variables, branch):
           if branch in variables[c] and 'backbone' in variables[c][branch]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(SIZES))
 def test_keras_files_give_keras_outputs(name, keras_files):
   files = keras_files(name)
@@ -163,6 +164,7 @@ def test_keras_files_give_keras_outputs(name, keras_files):
                              atol=1e-5 * float(np.abs(ref).max()))
 
 
+@pytest.mark.slow
 def test_with_top_file_loads_the_trunk_and_skips_the_top(keras_files,
                                                          tmp_path):
   base = keras_files('vgg16')['model']
@@ -202,6 +204,7 @@ def _rewrite_legacy(src, dst, layer_name, weight_name):
         g.create_dataset(v, data=fin[n][w][()])
 
 
+@pytest.mark.slow
 def test_older_keras_naming_loads(keras_files, tmp_path):
   """Keras 1 weight names (VGG's block1_conv1_W_1:0), Keras 2's '/' in
   DenseNet layer names, Inception-v3 auto-names counted from 1, and foreign
@@ -246,6 +249,7 @@ def test_older_keras_naming_loads(keras_files, tmp_path):
     _load(_config('vgg16', path))
 
 
+@pytest.mark.slow
 def test_keras3_file_without_layer_names_loads(keras_files, tmp_path):
   """Keras 3 versions that do not record names: keys map via the model."""
   files = keras_files('mobilenet_v2')
@@ -263,6 +267,7 @@ def test_keras3_file_without_layer_names_loads(keras_files, tmp_path):
                _trunk(_load(config, shapes), 'N2_i'))
 
 
+@pytest.mark.slow
 def test_wrong_architecture_fails_naming_the_layer(keras_files):
   cases = [
       ('vgg16', 'vgg19', r"no weights for layer 'block3_conv4' of the vgg19"),

@@ -112,6 +112,7 @@ def test_row_configs_are_variants_plus_command_line_overrides():
     study.row_configs(config, file, over, ['proposed'])
 
 
+@pytest.mark.slow
 def test_two_rows_write_the_files_and_a_second_call_retrains_nothing(
     tmp_path, monkeypatch):
   """Also the frozen-trunk check of train.trunk_lr_multiplier=0 (one
@@ -200,6 +201,7 @@ def test_two_rows_write_the_files_and_a_second_call_retrains_nothing(
     real(config, str(workdir / 'proposed'), data=data)
 
 
+@pytest.mark.slow
 def test_cv_rows_report_std_columns_and_error_bars(tmp_path, monkeypatch):
   """With study.cv the rows' cv_metrics.json (mean ± std) is read (here
   written beforehand, so nothing trains) and the std columns appear."""
@@ -243,6 +245,7 @@ def _b_t4sa_folder(folder, n=30, sr=8000):
       'id,image,audio,label\n' + '\n'.join(rows) + '\n')
 
 
+@pytest.mark.slow
 def test_sentiment_row_trains_on_a_b_t4sa_folder(tmp_path):
   _b_t4sa_folder(tmp_path / 'bt4sa')
   config, file, over = _parse(

@@ -79,6 +79,7 @@ def test_early_stopping_counts_like_keras():
   assert stopper.best_metric == 0.8
 
 
+@pytest.mark.slow
 def test_nan_guard_mismatch_refusal_and_restore(tmp_path):
   config = _speech_config()
   config.train.num_epochs = 2
@@ -131,6 +132,7 @@ class _FoldData:
     return call
 
 
+@pytest.mark.slow
 def test_cross_validate_reports_mean_and_std_over_folds(tmp_path):
   config = _speech_config()
   config.dataset.num_folds = 2
@@ -158,6 +160,7 @@ def _run(args, env):
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path):
   """Real pipeline (synthetic corpus) and model; a checkpoint every step."""
   data_dir = str(tmp_path / 'tfds')
@@ -199,6 +202,7 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path):
     np.testing.assert_array_equal(x, y)
 
 
+@pytest.mark.slow
 def test_checkpointing_does_not_import_train():
   """train imports checkpointing, never the reverse (DESIGN.md): a fresh
   interpreter that imports checkpointing and restores nothing has no train."""
