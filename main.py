@@ -85,9 +85,11 @@ def main(argv):
     progress.quiet_logs()
 
   config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
-  if (_IMAGE.value or _AUDIO.value) and mode not in ('explain', 'predict'):
-    raise UserError(f'--image/--audio are read by --mode=explain (and '
-                    f'predict), not --mode={mode}.')
+  if (_IMAGE.value or _AUDIO.value) and mode != 'explain':
+    raise UserError(f'--image/--audio are read by --mode=explain only, not '
+                    f'--mode={mode}; to score files with --mode=predict, list '
+                    f'them in a manifest folder given as '
+                    f'--config.predict.manual_dir.')
   if mode == 'summary':
     from parallelnet import summary  # pylint: disable=g-import-not-at-top
     print(summary.summarize(config))
@@ -140,10 +142,6 @@ def main(argv):
       explain_run.explain_dataset(config, workdir)
   elif mode == 'predict':
     from parallelnet import predict  # pylint: disable=g-import-not-at-top
-    if _IMAGE.value or _AUDIO.value:
-      raise UserError('--mode=predict scores config.predict.manual_dir (or '
-                      'the test split), not --image/--audio; list the pair '
-                      'in a manifest folder, or use --mode=explain.')
     out = predict.predict(config, workdir)
     if out['accuracy'] is not None:
       print(f"accuracy={out['accuracy']:.4f}")
