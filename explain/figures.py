@@ -18,19 +18,20 @@ colour bars share one scale; the title gives the predicted probability p, the
 baseline input's probability v(∅) and how p - v(∅) splits between the
 modalities, so a small score under a high v(∅) reads as what it is. Without
 regions, the colours fall back to per-pixel / per-frame values, labelled so.
-Matplotlib's Agg backend: no display needed.
+The figure is a bare `matplotlib.figure.Figure` (no pyplot, no display);
+the one backend setup of the project is `parallelnet.core.plotting`.
 """
 
 from typing import Optional, Sequence
 
 import matplotlib
-
-matplotlib.use('Agg')
-from matplotlib import cm as mcm  # pylint: disable=g-import-not-at-top
-from matplotlib import colors as mcolors  # pylint: disable=g-import-not-at-top
-from matplotlib import figure as mfigure  # pylint: disable=g-import-not-at-top
-from matplotlib import patheffects  # pylint: disable=g-import-not-at-top
+from matplotlib import cm as mcm
+from matplotlib import colors as mcolors
+from matplotlib import figure as mfigure
+from matplotlib import patheffects
 import numpy as np
+
+from parallelnet.core import paths
 
 IMAGE_TITLE = 'Image'
 IMAGE_SCORES_TITLE = 'Image: region scores'
@@ -240,7 +241,9 @@ def make_figure(*, image_raw, image_map, waveform, sample_rate: int,
 
 
 def save_figure(path: str, **kwargs) -> str:
-  """Builds the figure with `make_figure(**kwargs)` and writes it as a PNG."""
+  """Builds the figure with `make_figure(**kwargs)` and writes it as a PNG
+  (atomically: a reader never sees half a file)."""
   fig = make_figure(**kwargs)
-  fig.savefig(path, format='png')
+  with paths.atomic_open(path, 'wb') as f:
+    fig.savefig(f, format='png')
   return path

@@ -16,7 +16,6 @@ import dataclasses
 import functools
 import json
 import os
-import re
 import time
 from typing import Optional
 
@@ -31,6 +30,7 @@ from explain.dncshap import dncshap_batch
 from explain.dncshap import FactorizedFn
 from explain.dncshap import num_evaluations
 from explain import figures
+from parallelnet.core import paths
 from parallelnet.core import progress
 from parallelnet.core.errors import UserError
 from parallelnet.models import scaling as model_scaling
@@ -269,10 +269,6 @@ def explain_batch(fn, images, spectrograms, baseline, *, depth, mode,
   return out[0] if len(out) == 1 else average_explanations(out)
 
 
-def _safe_name(text):
-  return re.sub(r'[^A-Za-z0-9_.-]+', '_', str(text)).strip('_') or 'example'
-
-
 def _intersects(a0, a1, b0, b1):
   return min(a1, b1) > max(a0, b0)
 
@@ -307,7 +303,7 @@ def _write_example(config, out_dir, ex_id, e, *, image_raw, waveform,
   """Speech post-processing, figure and npz for one explained example."""
   classes = list(config.dataset.classes)
   used = _used_modalities(config)
-  name = _safe_name(ex_id)
+  name = paths.safe_name(ex_id)
   e = jax.device_get(e)
   sp = speech_lib.explain_speech(
       e.speech_map, waveform, hop_length=config.input.hop_length,
@@ -512,7 +508,7 @@ def explain_files(config, workdir, image_path, audio_path):
   summary = dict(image=image_path, audio=audio_path,
                  **_settings(config, step, baseline),
                  **rec)
-  name = _safe_name(ex_id)
+  name = paths.safe_name(ex_id)
   with open(os.path.join(out_dir, f'{name}.json'), 'w') as f:
     json.dump(summary, f, indent=2)
   print(f"prediction: {rec['predicted']} (softmax {rec['probability']:.4f}; "

@@ -17,6 +17,7 @@ from configs import parallelnet as parallelnet_config
 import input_pipeline
 from explain import run
 from parallelnet import checkpointing
+from parallelnet.core import paths
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
@@ -89,7 +90,8 @@ def test_explain_dataset_writes_files_and_cue_rates(fakes, tmp_path):
   config, examples = fakes
   summary = run.explain_dataset(config, str(tmp_path))
   out = tmp_path / 'explain'
-  for name in ('a_1', 'b_2', 'c3'):
+  for ex_id in ('a/1', 'b 2', 'c3'):
+    name = paths.safe_name(ex_id)  # 'c3' itself, the other two hashed.
     assert os.path.getsize(out / f'{name}.png') > 10_000
     assert os.path.getsize(out / f'{name}_kept.wav') > 1_000
     with np.load(out / f'{name}.npz') as z:
