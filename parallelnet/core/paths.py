@@ -8,6 +8,7 @@ a reader of the final name.
 """
 
 import contextlib
+import io
 import hashlib
 import json
 import os
@@ -39,13 +40,22 @@ def tmp_name(p) -> str:
 def atomic_open(p, mode='w'):
   """open(p, mode) that moves a temporary file into place on success and
   removes it on failure. Text mode writes UTF-8 with '\n' line ends."""
+  if mode not in ('w', 'wb'):
+    raise ValueError(f'atomic_open writes whole files: mode {mode!r}')
   p = epath.Path(p)
   p.parent.mkdir(parents=True, exist_ok=True)
   tmp = epath.Path(tmp_name(p))
-  kwargs = {} if 'b' in mode else dict(encoding='utf-8', newline='')
   try:
-    with tmp.open(mode, **kwargs) as f:
-      yield f
+    with tmp.open('wb') as raw:
+      if mode == 'wb':
+        yield raw
+      else:
+        # epath's open takes no `newline`; wrap the bytes stream ourselves so
+        # csv's '\r\n' rows and our '\n' text are written unchanged.
+        f = io.TextIOWrapper(raw, encoding='utf-8', newline='')
+        yield f
+        f.flush()
+        f.detach()  # `raw` is closed by its own `with`.
     tmp.replace(p)
   finally:
     if tmp.exists():
