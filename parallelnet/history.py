@@ -11,14 +11,13 @@ import math
 import os
 import time
 
-import jax
-
 FILE = 'history.jsonl'
 
 
 def log_epoch(workdir: str, epoch: int, step: int, scalars: dict,
               seconds: float):
   """Appends epoch `epoch`'s (1-based) scalars (process 0 only)."""
+  import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() != 0:
     return
   record = dict(epoch=int(epoch), step=int(step), seconds=float(seconds),
