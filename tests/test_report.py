@@ -219,10 +219,10 @@ def _chromium(url, *args, timeout=120):
       capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def render(index, fragment='', *, n_expected=None):
+def render(index, fragment=''):
   """The DOM after scripts ran, and chromium's stderr."""
   url = 'file://' + index + fragment
-  out = _chromium(url, '--dump-dom')
+  out = _chromium(url, '--dump-dom', '--window-size=1000,4000')
   assert '<html' in out.stdout, out.stderr[-2000:]
   return out.stdout, out.stderr
 
@@ -244,6 +244,8 @@ def test_browser_renders_filters_and_screenshot(tmp_path):
   assert 'data-js-errors' not in root, root['data-js-errors']
   assert 'Uncaught' not in err, err[-2000:]
   assert root.get('data-shown') == '12'
+  # Audio players of the cards in view were made from their templates.
+  assert dom.count('<template>') < 12
   assert not _hidden_ids(dom)
   for tag, a in tags:
     src = a.get('src')

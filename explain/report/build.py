@@ -437,10 +437,12 @@ def _card(w, e, used):
             if os.path.isfile(w.path('explain', f'{name}.wav')) else
             '<p class="note">clip not saved (explanations older than the '
             'report; rerun --mode=explain)</p>')
-    audio = ('<div class="audio"><span>clip</span>' + clip +
+    # Players are made when the card nears the viewport (report.js): a
+    # thousand <audio> elements at once take seconds to lay out.
+    audio = ('<div class="audio"><template><span>clip</span>' + clip +
              '<span>kept speech</span>' +
              _media(w, os.path.join('explain', f'{name}_kept.wav'), 'audio')
-             + '</div>')
+             + '</template></div>')
     segs = e.get('segments_s') or []
     rows.append(('kept segments (s)', ', '.join(
         f'{a:.2f}–{b:.2f}' for a, b in segs) or 'none'))

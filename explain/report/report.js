@@ -60,10 +60,32 @@
       var sign = key === 'speech' ? 1 : -1;
       order.sort(function (a, b) { return sign * (number(a, attr) - number(b, attr)); });
     }
-    order.forEach(function (card) { box.appendChild(card); });
+    var moved = order.some(function (card, i) { return box.children[i] !== card; });
+    if (moved) {  // One re-insertion of all cards, only when the order changed.
+      var frag = document.createDocumentFragment();
+      order.forEach(function (card) { frag.appendChild(card); });
+      box.appendChild(frag);
+    }
     var label = document.getElementById('shown');
     if (label) { label.textContent = shown + ' of ' + original.length + ' shown'; }
     root.setAttribute('data-shown', String(shown));
+  }
+
+  // Audio players: instantiated from their templates near the viewport.
+  function players(div) {
+    var tpl = div.querySelector('template');
+    if (tpl) { div.appendChild(tpl.content.cloneNode(true)); tpl.remove(); }
+  }
+  var pending = document.querySelectorAll('.audio');
+  if ('IntersectionObserver' in window) {
+    var watch = new IntersectionObserver(function (entries) {
+      entries.forEach(function (e) {
+        if (e.isIntersecting) { players(e.target); watch.unobserve(e.target); }
+      });
+    }, {rootMargin: '800px'});
+    Array.prototype.forEach.call(pending, function (d) { watch.observe(d); });
+  } else {
+    Array.prototype.forEach.call(pending, players);
   }
 
   fields.forEach(function (name) {
