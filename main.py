@@ -47,7 +47,8 @@ _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Directory for checkpoints, metrics and explanations.')
 _MODE = flags.DEFINE_enum(
     'mode', 'train',
-    ['train', 'eval', 'cv', 'explain', 'summary', 'study', 'predict'],
+    ['train', 'eval', 'cv', 'explain', 'summary', 'study', 'predict',
+     'report'],
     'train: train, evaluate on the test split (and explain if '
     'config.explain.after_train); eval: evaluate the best checkpoint; cv: '
     'k-fold cross-validation; explain: DnCShap for test examples or for '
@@ -55,7 +56,9 @@ _MODE = flags.DEFINE_enum(
     'and evaluate each row of config.study.rows (Table 2/3, N2 sweep) in '
     '<workdir>/<row>/, then study.csv, study.md, study.png; predict: '
     'class probabilities of the best checkpoint for the test split or '
-    'config.predict.manual_dir in <workdir>/predictions.csv.')
+    'config.predict.manual_dir in <workdir>/predictions.csv; report: '
+    '<workdir>/report/index.html from what the workdir holds (train, explain '
+    'and study also write it at their end).')
 _IMAGE = flags.DEFINE_string('image', None, 'Explain this image (with --audio).')
 _AUDIO = flags.DEFINE_string('audio', None, 'Explain this audio (with --image).')
 _COORDINATOR = flags.DEFINE_string(
@@ -77,6 +80,11 @@ def main(argv):
   if len(argv) > 1:
     raise UserError(f'unexpected arguments {" ".join(argv[1:])!r}: flags take '
                     'the form --name=value (e.g. --mode=eval).')
+  started = time.time()
+  if _MODE.value == 'report':  # Reads files only: no TensorFlow needed.
+    from explain import report  # pylint: disable=g-import-not-at-top
+    print(f'wrote {report.write_report(_WORKDIR.value)}')
+    return
   # TF serves only the input pipeline: keep it off the accelerators JAX uses.
   quiet = not _full_logs(sys.argv)
   tf = progress.import_tensorflow_quietly(quiet=quiet)
@@ -108,7 +116,6 @@ def main(argv):
     random_trunks = pretrained.random_trunks_warning(config)
     if random_trunks:
       logging.warning(random_trunks)
-  started = time.time()
 
   if mode == 'train':
     metrics = train.train_and_evaluate(config, workdir)
@@ -148,7 +155,33 @@ def main(argv):
 
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() == 0:
+    if mode in ('train', 'explain', 'study'):
+      _write_report(workdir, mode, started,
+                    config if mode == 'train' else None)
     print(written_summary(workdir, started))
+
+
+def _write_report(workdir, mode, started, config=None):
+  """Writes <workdir>/report/index.html, recording this run in runs.jsonl
+  (with the split sizes when `config` is given). Returns the page's path."""
+  from explain import report  # pylint: disable=g-import-not-at-top
+  config_flag = flags.FLAGS['config']
+  path, colon, arg = config_flag.config_filename.partition(':')
+  run = dict(mode=mode, config_file=os.path.abspath(path) + colon + arg,
+             overrides={k: v for k, v in (config_flag.override_values
+                                          or {}).items()},
+             started=started, seconds=time.time() - started)
+  if config is not None:
+    import input_pipeline  # pylint: disable=g-import-not-at-top
+    from parallelnet.models import scaling  # pylint: disable=g-import-not-at-top
+    resolved = scaling.resolve_config(config)
+    run['splits'] = {}
+    for split in ('train', 'validation', 'test'):
+      try:
+        run['splits'][split] = int(input_pipeline.num_examples(resolved, split))
+      except (ValueError, KeyError, UserError):  # No such split (val = test).
+        pass
+  return report.write_report(workdir, run=run)
 
 
 def written_summary(workdir, since):

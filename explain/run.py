@@ -5,6 +5,7 @@ Writes under `<workdir>/explain/`:
   <id>.npz       image_map, speech_map, frame_importance, modality_scores,
                  target, probability, segments (+ region values and boxes).
   <id>_kept.wav  the kept speech (explain/speech.py).
+  <id>.wav       the whole clip, to hear beside the kept speech.
   summary.json   settings, per-example results and, on the demo corpus
                  (examples with `image_cue_box` / `speech_cue_span`), how
                  often the top-ranked leaf region hits the planted cue.
@@ -309,7 +310,8 @@ def _write_example(config, out_dir, ex_id, e, *, image_raw, waveform,
       e.speech_map, waveform, hop_length=config.input.hop_length,
       sample_rate=config.input.sample_rate,
       keep_percentile=config.explain.keep_percentile,
-      wav_path=os.path.join(out_dir, f'{name}_kept.wav'))
+      wav_path=os.path.join(out_dir, f'{name}_kept.wav'),
+      clip_wav_path=os.path.join(out_dir, f'{name}.wav'))
   target = int(e.target)
   figures.save_figure(
       os.path.join(out_dir, f'{name}.png'),
@@ -339,7 +341,7 @@ def _write_example(config, out_dir, ex_id, e, *, image_raw, waveform,
       speech_region_values=np.asarray(e.speech_regions.values),
       speech_region_boxes=e.speech_regions.boxes)
   return dict(
-      id=str(ex_id), predicted=classes[target],
+      id=str(ex_id), file=name, predicted=classes[target],
       probability=float(e.probability),
       baseline_probability=float(e.baseline_probability),
       modality_scores={m: float(e.modality_scores[i])

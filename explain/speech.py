@@ -102,6 +102,7 @@ def keep_mask_samples(keep, hop_length: int, num_samples: int) -> np.ndarray:
 def explain_speech(speech_map, waveform, *, hop_length: int, sample_rate: int,
                    keep_percentile: float = 30.0,
                    wav_path: Optional[str] = None,
+                   clip_wav_path: Optional[str] = None,
                    transcriber: Optional[Transcriber] = None
                    ) -> SpeechExplanation:
   """Frame importance, the percentile cut, kept segments and kept audio.
@@ -112,6 +113,8 @@ def explain_speech(speech_map, waveform, *, hop_length: int, sample_rate: int,
     hop_length, sample_rate: the STFT hop and rate (config.input).
     keep_percentile: frames strictly under this percentile are dropped.
     wav_path: if given, the kept audio is written there (16-bit PCM WAV).
+    clip_wav_path: if given, the whole clip is written there, to hear
+      beside the kept audio (the run report plays both).
     transcriber: optional `fn(kept_waveform, sample_rate) -> str`.
   """
   waveform = np.asarray(waveform, np.float32)
@@ -124,6 +127,8 @@ def explain_speech(speech_map, waveform, *, hop_length: int, sample_rate: int,
   kept = np.where(mask, waveform, 0.0).astype(np.float32)
   if wav_path is not None:
     sf.write(wav_path, kept, sample_rate, subtype='PCM_16')
+  if clip_wav_path is not None:
+    sf.write(clip_wav_path, waveform, sample_rate, subtype='PCM_16')
   transcript = transcriber(kept, sample_rate) if transcriber else None
   return SpeechExplanation(
       frame_importance=importance.astype(np.float32),

@@ -36,6 +36,7 @@ import optax
 from parallelnet.core import errors
 from parallelnet.core import progress
 from parallelnet import checkpointing
+from parallelnet import history  # Per-epoch curves for the run report.
 from parallelnet import losses
 from parallelnet import mesh as mesh_lib
 from parallelnet import metrics as metrics_lib
@@ -589,6 +590,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                'lr': tc.learning_rate * float(state.plateau.scale),
                **{f'val/{k}': val[k] for k in METRIC_KEYS}}
     writer.write_scalars(step, scalars)
+    history.log_epoch(workdir, epoch + 1, step, scalars, time.time() - epoch_t0)
     writer.flush()
     logging.vlog(1, 'epoch %d/%d done: %s; val confusion %s', epoch + 1,
                  tc.num_epochs,
