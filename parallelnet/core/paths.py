@@ -42,7 +42,8 @@ def atomic_open(p, mode='w'):
   p = epath.Path(p)
   p.parent.mkdir(parents=True, exist_ok=True)
   tmp = epath.Path(tmp_name(p))
-  kwargs = {} if 'b' in mode else dict(encoding='utf-8', newline='')
+  # epath's open() takes no `newline`; its text files write '\n' as is.
+  kwargs = {} if 'b' in mode else dict(encoding='utf-8')
   try:
     with tmp.open(mode, **kwargs) as f:
       yield f
