@@ -9,7 +9,7 @@ Table 3's setting):
 
   speech = TTS(text)                      (espeak-ng, or any command)
   p_s = SER teacher(speech), p_i = IER teacher(image)
-  label = label_pair(p_i, p_s)            (the more confident teacher's argmax)
+  label = label_pair(p_i, p_s)            (the more confident teacher's class)
 
 The command line is parallelnet/construct.py (`python -m
 parallelnet.construct`): it may load a training workdir as a teacher
@@ -42,14 +42,23 @@ probabilities (the stacked decoded arrays, or the list of file paths for
 kind 'path'): a training workdir (parallelnet/teachers.py), or any
 `module:function` taking a list of file paths (`CallableTeacher`).
 
-Class map (labels.py). Teacher classes are mapped onto the target classes:
-a class with a target's name maps to it, others through `class_map`
-(default excitement->happy, disgust->hate); a teacher class that maps
-nowhere is an error. Probabilities of teacher classes mapped onto one target
-are summed, so p_s and p_i are distributions over the target classes.
+Class map (labels.py). A teacher class with a target's name maps to it,
+others through `class_map` (default excitement->happy, disgust->hate).
+The paper's rule (class_merge='max'): each teacher's confidence is the
+maximum over its OWN classes and it names the target its argmax class maps
+to; a pair whose more confident teacher names a class that maps to no
+target (fear, neutral, ...) is dropped as `unmapped`. class_merge='sum'
+instead sums the probabilities of classes mapped onto one target before
+taking the maximum (every class must then map). decisions.csv records each
+teacher's own probabilities, in the order stats.json's settings list
+(`ser_classes`, `ier_classes`).
 """
 
+from input_pipeline.construct.labels import CLASS_MERGES
 from input_pipeline.construct.labels import class_matrix
+from input_pipeline.construct.labels import class_targets
+from input_pipeline.construct.labels import ClassMapping
+from input_pipeline.construct.labels import combine
 from input_pipeline.construct.labels import DECISIONS
 from input_pipeline.construct.labels import DEFAULT_CLASS_MAP
 from input_pipeline.construct.labels import label_pair

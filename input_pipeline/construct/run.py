@@ -24,13 +24,17 @@ STATE_DIR = '.construct'  # Journal of a run in progress; removed at the end.
 
 
 def _settings_record(tts, ser, ier, classes, label_from, batch_size,
-                     class_map):
+                     class_map, class_merge):
+  """What the run's outputs depend on; `ser_classes`/`ier_classes` give the
+  order of decisions.csv's speech_probs/image_probs."""
   return dict(
       tts=tts.describe(),
       ser_teacher=ser.description if ser else None,
       ier_teacher=ier.description if ier else None,
+      ser_classes=list(ser.classes) if ser else None,
+      ier_classes=list(ier.classes) if ier else None,
       classes=list(classes), label_from=label_from, batch_size=batch_size,
-      class_map=dict(sorted(class_map.items())))
+      class_map=dict(sorted(class_map.items())), class_merge=class_merge)
 
 
 def _prepare_out(out, settings):
@@ -83,8 +87,9 @@ def _fmt_probs(p):
 
 
 def construct_dataset(source, out, *, tts, ser_teacher=None, ier_teacher=None,
-                      classes=EMOTIONS, class_map=None, threshold=0.5,
-                      require_agreement=False, label_from='teachers',
+                      classes=EMOTIONS, class_map=None, class_merge='max',
+                      threshold=0.5, require_agreement=False,
+                      label_from='teachers',
                       skip_bad=False, workers=1, batch_size=32,
                       show_progress=True, on_chunk=None):
   """Builds the dataset folder `out` from `source` (see the package doc).
@@ -92,6 +97,9 @@ def construct_dataset(source, out, *, tts, ser_teacher=None, ier_teacher=None,
   `tts`: EspeakTTS or CommandTTS (or anything with check/synthesize/
   describe, picklable). Teachers: see the package doc; both are required with
   label_from='teachers', optional with 'source' (then only recorded).
+  `class_map` ('teacher_class:target_class,...' or a dict) and
+  `class_merge` ('max': the paper's rule; 'sum') say how the teachers'
+  classes become the targets (labels.py).
   `on_chunk(k)` is called after chunk k is journaled (tests interrupt there).
   Returns the stats dict (as in stats.json) plus `timing` (seconds: tts and
   decode summed over rows, teachers, wall).
@@ -107,11 +115,14 @@ def construct_dataset(source, out, *, tts, ser_teacher=None, ier_teacher=None,
     raise UserError(f'--threshold={threshold} must be in [0, 1].')
   if batch_size < 1 or workers < 1:
     raise UserError('--batch_size and --workers must be at least 1.')
+  if class_merge not in labels.CLASS_MERGES:
+    raise UserError(f'--class_merge={class_merge!r}; use max (the paper\'s '
+                    'rule) or sum.')
   if class_map is None:
     class_map = labels.DEFAULT_CLASS_MAP
   class_map = (labels.parse_class_map(class_map) if isinstance(class_map, str)
                else dict(class_map))
-  teachers = {}
+  teachers, mappings = {}, {}
   for who, t, modality in (('SER teacher', ser_teacher, 'speech'),
                            ('IER teacher', ier_teacher, 'image')):
     if t is None:
@@ -119,13 +130,17 @@ def construct_dataset(source, out, *, tts, ser_teacher=None, ier_teacher=None,
     if t.modality != modality:
       raise UserError(f'The {who} ({t.description}) is a {t.modality} model; '
                       f'expected a {modality} one.')
-    teachers[modality] = (t, labels.class_matrix(t.classes, classes, class_map, who))
+    teachers[modality] = t
+    if label_from == 'teachers':
+      mappings[modality] = labels.ClassMapping(t.classes, classes, class_map,
+                                               class_merge, who)
   tts.check()
-  header, rows = sources.read_source(source, classes=classes, label_from=label_from)
+  header, rows = sources.read_source(source, classes=classes,
+                                     label_from=label_from)
   if not rows:
     raise UserError(f'{source}/source.csv has no rows.')
   settings = _settings_record(tts, ser_teacher, ier_teacher, classes,
-                              label_from, batch_size, class_map)
+                              label_from, batch_size, class_map, class_merge)
   records = _prepare_out(out, settings)
   journal_path = os.path.join(out, STATE_DIR, 'chunks.jsonl')
 
@@ -141,9 +156,9 @@ def construct_dataset(source, out, *, tts, ser_teacher=None, ier_teacher=None,
       if os.path.exists(wav):
         os.remove(wav)
   # Without a teacher, files are still checked to decode ('path').
-  speech_spec = (teachers['speech'][0].input_spec if 'speech' in teachers
+  speech_spec = (teachers['speech'].input_spec if 'speech' in teachers
                  else {'kind': 'path'})
-  image_spec = (teachers['image'][0].input_spec if 'image' in teachers
+  image_spec = (teachers['image'].input_spec if 'image' in teachers
                 else {'kind': 'path'})
 
   def tasks_of(k):
@@ -154,7 +169,8 @@ def construct_dataset(source, out, *, tts, ser_teacher=None, ier_teacher=None,
             for r in chunks[k]]
 
   timing = dict(tts_s=0.0, decode_s=0.0, teachers_s=0.0)
-  runner = workers_lib.Runner(min(workers, max(1, len(todo) * batch_size)), speech_spec)
+  runner = workers_lib.Runner(min(workers, max(1, len(todo) * batch_size)),
+                              speech_spec)
   bar = progress_lib.Progress(sum(len(chunks[k]) for k in todo),
                               'constructing', unit='rows',
                               enabled=show_progress)
@@ -163,16 +179,16 @@ def construct_dataset(source, out, *, tts, ser_teacher=None, ier_teacher=None,
       for k, results in zip(todo, runner.map_chunks(tasks_of(k) for k in todo)):
         probs = {}
         t0 = time.perf_counter()
-        for modality, (t, matrix) in teachers.items():
+        for modality, t in teachers.items():
           ok = [i for i, res in enumerate(results) if res['ok']]
           if not ok:
             continue
           inputs = [results[i][modality] for i in ok]
           if t.input_spec['kind'] != 'path':
             inputs = np.stack(inputs)
-          p = teachers_lib.teacher_probs(t, inputs, matrix,
-                             'SER teacher' if modality == 'speech'
-                             else 'IER teacher')
+          p = teachers_lib.teacher_probs(
+              t, inputs,
+              'SER teacher' if modality == 'speech' else 'IER teacher')
           probs[modality] = dict(zip(ok, p))
         timing['teachers_s'] += time.perf_counter() - t0
         rec_rows = []
@@ -198,15 +214,33 @@ def construct_dataset(source, out, *, tts, ser_teacher=None, ier_teacher=None,
   bar.close()
 
   stats = _finish(source, out, header, rows, chunks, records, classes,
-                  threshold, require_agreement, label_from, skip_bad,
-                  settings)
+                  mappings, threshold, require_agreement, label_from,
+                  skip_bad, settings)
   timing['wall_s'] = time.perf_counter() - t_start
   stats['timing'] = timing
   return stats
 
 
-def _finish(source, out, header, rows, chunks, records, classes, threshold,
-            require_agreement, label_from, skip_bad, settings):
+def _decide(mappings, p_image, p_speech, threshold, require_agreement):
+  """(decision, label index or None, labelling modality, reason) of a pair
+  from the teachers' own probabilities (labels.py's rule)."""
+  votes = {'image': mappings['image'].vote(p_image),
+           'speech': mappings['speech'].vote(p_speech)}
+  label, decision = labels.combine(votes['image'], votes['speech'],
+                                   threshold=threshold,
+                                   require_agreement=require_agreement)
+  who = 'image' if votes['image'][1] >= votes['speech'][1] else 'speech'
+  reason = ''
+  if decision == 'unmapped':
+    p = p_image if who == 'image' else p_speech
+    name = mappings[who].classes[int(np.argmax(p))]
+    reason = (f'the {who} teacher\'s class {name!r} ({max(p):.3f}) is none '
+              'of the target classes')
+  return decision, label, (who if label is not None else None), reason
+
+
+def _finish(source, out, header, rows, chunks, records, classes, mappings,
+            threshold, require_agreement, label_from, skip_bad, settings):
   """Decisions, then decisions.csv, stats, images, manifest.csv (last)."""
   results = [rec_row for k in range(len(chunks))
              for rec_row in records[k]['rows']]
@@ -214,31 +248,27 @@ def _finish(source, out, header, rows, chunks, records, classes, threshold,
          for r, res in zip(rows, results) if not res['ok']]
   if bad and not skip_bad:
     raise sources.ConstructError(bad, os.path.join(source, 'source.csv'))
-  decisions = []  # (decision, label index or None, labelling modality)
+  decisions = []  # (decision, label index or None, labeller, reason)
   for r, res in zip(rows, results):
     if not res['ok']:
-      decisions.append(('bad_input', None, None))
+      decisions.append(('bad_input', None, None, res['reason']))
     elif label_from == 'source':
-      decisions.append(('kept', classes.index(r['label'].strip()), 'source'))
+      decisions.append(('kept', classes.index(r['label'].strip()), 'source',
+                        ''))
     else:
-      label, decision = labels.label_pair(res['image'], res['speech'],
-                                   threshold=threshold,
-                                   require_agreement=require_agreement)
-      who = None
-      if label is not None:
-        who = 'image' if max(res['image']) >= max(res['speech']) else 'speech'
-      decisions.append((decision, label, who))
+      decisions.append(_decide(mappings, res['image'], res['speech'],
+                               threshold, require_agreement))
 
   with paths.atomic_open(os.path.join(out, 'decisions.csv')) as f:
     w = csv.writer(f, lineterminator='\n')
     w.writerow(['id', 'decision', 'label', 'image_probs', 'speech_probs',
                 'reason'])
-    for r, res, (decision, label, _) in zip(rows, results, decisions):
+    for r, res, (decision, label, _, reason) in zip(rows, results, decisions):
       w.writerow([r['id'], decision, '' if label is None else classes[label],
                   _fmt_probs(res['image']), _fmt_probs(res['speech']),
-                  res['reason']])
+                  reason])
 
-  kept = [(r, label) for r, (d, label, _) in zip(rows, decisions)
+  kept = [(r, label) for r, (d, label, _, _) in zip(rows, decisions)
           if d == 'kept']
   stats = dict(
       rows=len(rows), kept=len(kept),

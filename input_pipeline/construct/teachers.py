@@ -47,8 +47,8 @@ def is_callable_spec(spec):
           re.fullmatch(r'[A-Za-z_][\w.]*:[A-Za-z_]\w*', spec) is not None)
 
 
-def teacher_probs(teacher, inputs, target_matrix, who):
-  """The teacher's probabilities mapped onto the targets, checked."""
+def teacher_probs(teacher, inputs, who):
+  """The teacher's probabilities over its own classes, checked."""
   n = len(inputs)
   p = np.asarray(teacher.predict(inputs), np.float64)
   if p.shape != (n, len(teacher.classes)):
@@ -60,4 +60,4 @@ def teacher_probs(teacher, inputs, target_matrix, who):
     raise UserError(f'The {who} ({teacher.description}) returned values that '
                     'are not probabilities (finite, >= 0, rows summing to 1); '
                     'apply a softmax.')
-  return p @ target_matrix
+  return p
