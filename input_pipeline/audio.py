@@ -8,6 +8,7 @@ the explanation step (which re-decodes the clip to play segments back).
 
 import functools
 import os
+import types
 
 import librosa
 import numpy as np
@@ -21,6 +22,16 @@ TOP_DB = 80.0  # Dynamic range kept by power_to_db; also the [0, 1] scale.
 
 class AudioError(UserError, ValueError):
   """A clip that cannot be used; the message is the reason shown to users."""
+
+
+INPUT_KEYS = ('sample_rate', 'n_fft', 'hop_length', 'n_mels', 'num_frames',
+              'duration_s')  # The config.input fields this module reads.
+
+
+def input_settings(settings):
+  """The input config this module reads, from any mapping holding
+  INPUT_KEYS (a builder's settings, a teacher's input_spec)."""
+  return types.SimpleNamespace(**{k: settings[k] for k in INPUT_KEYS})
 
 
 def check_duration(input_config):
@@ -229,3 +240,13 @@ def load_spectrogram(path, input_config):
   """Decode + pad/crop + log-mel; returns (spectrogram, waveform)."""
   wav = load_waveform(path, input_config)
   return log_mel(wav, input_config), wav
+
+
+def warm_up(settings):
+  """Runs log-mel and resampling once: librosa loads its parts lazily on
+  first use, which should happen before forking workers or timing rows."""
+  ic = input_settings(settings)
+  log_mel(np.random.default_rng(0).standard_normal(
+      num_samples(ic)).astype(np.float32), ic)
+  librosa.resample(np.zeros(1000, np.float32), orig_sr=44100,
+                   target_sr=ic.sample_rate, res_type='soxr_hq')

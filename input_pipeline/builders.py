@@ -171,22 +171,13 @@ def _paper_and_runlocal(classes, synthetic_size=0):
   return out
 
 
-class _InputSettings:
-  """The config.input attributes that audio.py reads, from a settings dict."""
-
-  def __init__(self, settings):
-    for k in ('sample_rate', 'n_fft', 'hop_length', 'n_mels', 'num_frames',
-              'duration_s'):
-      setattr(self, k, settings[k])
-
-
 def _decode_row(row, settings):
   """Decodes one manifest row; returns (example_dict, None) or (None, reason).
 
   The example carries `clip_fit` (audio.FITS), which the build counts and
   pops before writing.
   """
-  ic = _InputSettings(settings)
+  ic = audio_lib.input_settings(settings)
   reasons = []
   try:
     img, (h, w) = image_lib.decode_image(row['image'], settings['image_size'])
@@ -242,7 +233,7 @@ def iter_decoded(rows, settings, workers=None, window=None):
       for r in rows:
         yield (r, *_decode_row(r, settings))
       return
-    _warm_up(settings)  # Load librosa's lazy modules once, before forking.
+    audio_lib.warm_up(settings)  # librosa's lazy modules, before forking.
     chunks = (rows[i:i + CHUNK] for i in range(0, len(rows), CHUNK))
     with concurrent.futures.ProcessPoolExecutor(
         workers, mp_context=multiprocessing.get_context('fork'),
@@ -265,14 +256,6 @@ def iter_decoded(rows, settings, workers=None, window=None):
         submit()
         for r, (ex, reason) in zip(chunk, results):
           yield r, ex, reason
-
-
-def _warm_up(settings):
-  ic = _InputSettings(settings)
-  audio_lib.log_mel(np.random.default_rng(0).standard_normal(
-      audio_lib.num_samples(ic)).astype(np.float32), ic)
-  audio_lib.librosa.resample(np.zeros(1000, np.float32), orig_sr=44100,
-                             target_sr=ic.sample_rate, res_type='soxr_hq')
 
 
 class _Spill:

@@ -5,6 +5,7 @@ the dataset"):
       --ser_teacher=SER_WORKDIR --ier_teacher=IER_WORKDIR [--tts=espeak-ng |
       --tts_cmd='mytts --out {out} --text-file {text_file}'] [--threshold=0.5]
       [--require_agreement] [--class_map=excitement:happy,disgust:hate]
+      [--class_merge=max|sum]
       [--label_from=teachers|source] [--skip_bad] [--workers=2]
 
 The library (input_pipeline.construct) takes teacher objects; this entry
@@ -16,6 +17,7 @@ import os
 import sys
 import types
 
+from input_pipeline.construct import CLASS_MERGES
 from input_pipeline.construct import CommandTTS
 from input_pipeline.construct import construct_dataset
 from input_pipeline.construct import DEFAULT_CLASS_MAP
@@ -61,6 +63,11 @@ def _flags():
       'argmaxes differ.')
   f.class_map = flags.DEFINE_string(
       'class_map', DEFAULT_CLASS_MAP, 'teacher_class:target_class pairs.')
+  f.class_merge = flags.DEFINE_enum(
+      'class_merge', 'max', list(CLASS_MERGES),
+      'max: the paper\'s rule (a teacher\'s maximum over its own classes, '
+      'then relabelled; a class mapping to no target drops the pair as '
+      'unmapped); sum: probabilities of classes mapped together are summed.')
   f.classes = flags.DEFINE_list('classes', list(EMOTIONS),
                                 'Target classes, in label-index order.')
   f.label_from = flags.DEFINE_enum(
@@ -103,6 +110,7 @@ def main(argv, f):
   stats = construct_dataset(
       f.source.value, f.out.value, tts=tts, ser_teacher=ser, ier_teacher=ier,
       classes=f.classes.value, class_map=f.class_map.value,
+      class_merge=f.class_merge.value,
       threshold=f.threshold.value, require_agreement=f.require_agreement.value,
       label_from=f.label_from.value, skip_bad=f.skip_bad.value,
       workers=f.workers.value, batch_size=f.batch_size.value)

@@ -8,7 +8,7 @@ so the construction decodes files with the teacher's own preprocessing
 batched and jitted on the mesh like evaluation: parameters replicated, the
 batch sharded on the 'data' axis, padded to a fixed size (one compilation).
 
-It satisfies the teacher interface of input_pipeline/construct.py (modality,
+It satisfies the teacher interface of input_pipeline.construct (modality,
 classes, input_spec, description, predict); the construction library never
 imports this module, only its command line does.
 """

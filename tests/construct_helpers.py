@@ -89,3 +89,12 @@ def speech_uniformish_teacher(paths):
 
 speech_uniformish_teacher.classes = ('anger', 'happy', 'excitement', 'sad',
                                      'disgust')
+
+
+def image_fear_teacher(paths):
+  """image_red_teacher whose fourth class is 'fear', a class that maps to
+  none of the targets."""
+  return image_red_teacher(paths)
+
+
+image_fear_teacher.classes = ('anger', 'happy', 'hate', 'fear')

@@ -77,20 +77,46 @@ def test_label_pair_rejects_non_probabilities():
 def test_class_map():
   cmap = construct.parse_class_map(construct.DEFAULT_CLASS_MAP)
   assert cmap == {'excitement': 'happy', 'disgust': 'hate'}
+  with pytest.raises(UserError, match='teacher_class:target_class'):
+    construct.parse_class_map('excitement-happy')
   teacher = ('anger', 'excitement', 'happy', 'sad', 'disgust')
-  m = construct.class_matrix(teacher, EMOTIONS, cmap)
-  p = np.array([0.1, 0.3, 0.2, 0.15, 0.25]) @ m
-  np.testing.assert_allclose(p, [0.1, 0.5, 0.25, 0.15])  # Merged by sum.
-  # An SER teacher that says 'excitement' 0.6 labels the pair happy.
-  pi = np.array([0.4, 0.3, 0.2, 0.1])
-  ps = np.array([0.1, 0.6, 0.0, 0.1, 0.2]) @ m
-  assert construct.label_pair(pi, ps) == (1, 'kept')
+  paper = construct.ClassMapping(teacher, EMOTIONS, cmap)  # class_merge=max.
+  summed = construct.ClassMapping(teacher, EMOTIONS, cmap, merge='sum')
+  # The paper relabels the argmax class: excitement -> happy, disgust -> hate.
+  assert paper.vote([0.1, 0.6, 0.1, 0.1, 0.1]) == (1, 0.6)
+  assert paper.vote([0.1, 0.1, 0.0, 0.1, 0.7]) == (2, 0.7)
+  # happy 0.3 + excitement 0.3 + anger 0.4: the paper's maximum over the
+  # teacher's own classes is anger at 0.4, below 0.5, so the pair is
+  # discarded; summing first would give happy at 0.6 and keep it.
+  p = [0.4, 0.3, 0.3, 0.0, 0.0]
+  assert paper.vote(p) == (0, 0.4)
+  np.testing.assert_allclose(summed.vote(p), (1, 0.6))
+  image = (0, 0.3)  # An image teacher's vote: anger at 0.3.
+  assert construct.combine(image, paper.vote(p)) == (None, 'low_confidence')
+  assert construct.combine(image, summed.vote(p)) == (1, 'kept')
+  np.testing.assert_allclose(p @ construct.class_matrix(teacher, EMOTIONS,
+                                                        cmap), [0.4, 0.6, 0, 0])
+
+  # A class that maps to no target (fear): the pair it labels is dropped as
+  # unmapped; it counts only when its teacher is the more confident one.
+  fearful = construct.ClassMapping(('anger', 'happy', 'hate', 'sad', 'fear'),
+                                   EMOTIONS, cmap)
+  fear = fearful.vote([0.1, 0.1, 0.0, 0.1, 0.7])
+  assert fear == (None, 0.7)
+  assert construct.combine((3, 0.6), fear) == (None, 'unmapped')
+  assert construct.combine((3, 0.7), fear) == (3, 'kept')  # Ties: image.
+  assert construct.combine((3, 0.8), fear, require_agreement=True) == (
+      None, 'disagreement')
+  assert construct.combine((3, 0.3), (None, 0.4)) == (None, 'low_confidence')
+  # Summing needs every class to map; a typo in the map is always an error.
+  with pytest.raises(UserError, match=r"'fear'.*--class_merge=max"):
+    construct.ClassMapping(fearful.classes, EMOTIONS, cmap, merge='sum')
   with pytest.raises(UserError, match=r"'neutral'.*--class_map"):
     construct.class_matrix(('anger', 'neutral'), EMOTIONS, cmap)
   with pytest.raises(UserError, match='unknown class'):
-    construct.class_matrix(('fear',), EMOTIONS, {'fear': 'scared'})
-  with pytest.raises(UserError, match='teacher_class:target_class'):
-    construct.parse_class_map('excitement-happy')
+    construct.ClassMapping(('fear',), EMOTIONS, {'fear': 'scared'})
+  with pytest.raises(UserError, match='class_merge'):
+    construct.ClassMapping(teacher, EMOTIONS, cmap, merge='mean')
 
 
 # --------------------------------------------------------- TTS backends --
@@ -193,19 +219,47 @@ def test_bad_input_strict_and_skip_bad(tmp_path):
   assert sorted(os.listdir(out / 'audio')) == sorted(
       f'{r["id"]}.wav' for r in manifest)
   assert not (out / construct.STATE_DIR).exists()
-  # The SER teacher's five classes were mapped (excitement->happy,
-  # disgust->hate): speech probabilities are over the four targets.
+  # decisions.csv records each teacher's own probabilities: the SER
+  # teacher's five classes, in the order stats.json lists.
+  assert stats['settings']['ser_classes'] == [
+      'anger', 'happy', 'excitement', 'sad', 'disgust']
   for r in dec.values():
     if r['speech_probs']:
       p = np.array(r['speech_probs'].split(), float)
-      assert p.shape == (4,) and abs(p.sum() - 1) < 1e-5
-      # v = (1, 2, 1 + m, 1, 3) / (8 + m): happy + excitement, disgust.
-      m = round(3 / p[2]) - 8
-      np.testing.assert_allclose(p, np.array([1, 3 + m, 3, 1]) / (8 + m),
+      assert p.shape == (5,) and abs(p.sum() - 1) < 1e-5
+      m = round(3 / p[4]) - 8  # v = (1, 2, 1 + m, 1, 3) / (8 + m).
+      np.testing.assert_allclose(p, np.array([1, 2, 1 + m, 1, 3]) / (8 + m),
                                  atol=2e-6)
   # A finished folder is not overwritten.
   with pytest.raises(UserError, match='finished construction'):
     construct.construct_dataset(str(src), str(out), **kw)
+
+
+@pytest.mark.slow
+def test_unmapped_teacher_class_drops_the_pair(tmp_path):
+  """An IER teacher whose fourth class is 'fear': the row it labels fear is
+  dropped as unmapped (the paper's rule), counted, and left out."""
+  src = tmp_path / 'src'
+  construct_helpers.make_source(str(src), 4)
+  ser, _ = _callable_teachers()
+  ier = construct.load_callable_teacher(
+      'construct_helpers:image_fear_teacher', 'image', EMOTIONS)
+  kw = dict(tts=construct.CommandTTS(construct_helpers.sine_tts_template(
+      str(tmp_path))), ser_teacher=ser, ier_teacher=ier, batch_size=4,
+            show_progress=False)
+  with pytest.raises(UserError, match=r"'fear'.*--class_merge=max"):
+    construct.construct_dataset(str(src), str(tmp_path / 'sum'),
+                                class_merge='sum', **kw)
+  out = tmp_path / 'out'
+  stats = construct.construct_dataset(str(src), str(out), **kw)
+  dec = _read_csv(out / 'decisions.csv')
+  assert [r['decision'] for r in dec] == ['kept', 'kept', 'kept', 'unmapped']
+  assert [r['label'] for r in dec] == ['anger', 'happy', 'hate', '']
+  assert "image teacher's class 'fear'" in dec[3]['reason']
+  assert stats['decisions']['unmapped'] == 1 and stats['kept'] == 3
+  assert stats['label_modality'] == {'image': 3, 'speech': 0}
+  assert [r['id'] for r in _read_csv(out / 'manifest.csv')] == [
+      'tw000', 'tw001', 'tw002']
 
 
 @pytest.mark.slow

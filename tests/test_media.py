@@ -407,7 +407,7 @@ def test_decoding_is_ordered_and_bounded_in_flight(monkeypatch):
     return dict(id=row['id'], pid=os.getpid()), None
 
   monkeypatch.setattr(builders, '_decode_row', fake_decode)  # Forked: shared.
-  monkeypatch.setattr(builders, '_warm_up', lambda settings: None)
+  monkeypatch.setattr(builders.audio_lib, 'warm_up', lambda settings: None)
   rows = [dict(id=f'r{i}') for i in range(400)]
   window = 3
   ids, pids = [], set()
