@@ -9,6 +9,7 @@ a reader of the final name.
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import re
@@ -42,10 +43,16 @@ def atomic_open(p, mode='w'):
   p = epath.Path(p)
   p.parent.mkdir(parents=True, exist_ok=True)
   tmp = epath.Path(tmp_name(p))
-  kwargs = {} if 'b' in mode else dict(encoding='utf-8', newline='')
+  binary = 'b' in mode
   try:
-    with tmp.open(mode, **kwargs) as f:
-      yield f
+    # epath's open takes no `newline`: text goes through a UTF-8 wrapper of
+    # the binary file, with '\n' line ends on every platform.
+    with tmp.open(mode if binary else mode + 'b') as raw:
+      if binary:
+        yield raw
+      else:
+        with io.TextIOWrapper(raw, encoding='utf-8', newline='') as f:
+          yield f
     tmp.replace(p)
   finally:
     if tmp.exists():
