@@ -34,6 +34,7 @@ from explain import figures
 from parallelnet.core import paths
 from parallelnet.core import progress
 from parallelnet.core.errors import UserError
+from parallelnet import inference
 from parallelnet.models import scaling as model_scaling
 from explain import speech as speech_lib
 
@@ -76,11 +77,7 @@ def _model_functions(model):
                             method='fuse')
     return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
-  def full(variables, images, spectrograms):
-    logits, _ = model.apply(variables, images, spectrograms, train=False)
-    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-
-  return encode_image, encode_speech, fuse, full
+  return encode_image, encode_speech, fuse, inference.probabilities_fn(model)
 
 
 # --------------------------------------------------------------------------
@@ -383,10 +380,8 @@ def explain_dataset(config, workdir, *, split='test'):
   """
   config = model_scaling.resolve_config(config)
   import input_pipeline  # pylint: disable=g-import-not-at-top
-  from parallelnet import checkpointing  # pylint: disable=g-import-not-at-top
   c = config.explain
-  model, variables, step = checkpointing.restore_for_inference(
-      config, workdir, which='best')
+  model, variables, step = inference.restore(config, workdir, which='best')
   fn = probability_fn(model, variables)
   ex = input_pipeline.load_examples(config, split, int(c.num_examples))
   baseline = make_baseline(config, ex['image'].shape[1:],
@@ -486,14 +481,12 @@ def explain_files(config, workdir, image_path, audio_path):
   """Explains one user pair with the dataset's preprocessing; prints it."""
   config = model_scaling.resolve_config(config)
   import input_pipeline  # pylint: disable=g-import-not-at-top
-  from parallelnet import checkpointing  # pylint: disable=g-import-not-at-top
   c = config.explain
   # The files first: a bad file is reported before the model loads.
   pair = input_pipeline.preprocess_pair(config, image_path, audio_path)
   if pair.get('audio_notice'):
     logging.info('%s', pair['audio_notice'])
-  model, variables, step = checkpointing.restore_for_inference(
-      config, workdir, which='best')
+  model, variables, step = inference.restore(config, workdir, which='best')
   baseline = make_baseline(config, pair['image'].shape,
                            pair['spectrogram'].shape, workdir=workdir)
   e = explain_batch(

@@ -38,6 +38,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from parallelnet.core import errors
+from parallelnet.core import paths
 
 from parallelnet import mesh as mesh_lib
 
@@ -391,13 +392,8 @@ def write_config(config: ml_collections.ConfigDict, workdir: str):
   """
   if jax.process_index() != 0:
     return
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, CONFIG_FILE)
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w', encoding='utf-8') as f:
-    f.write(config.to_json(indent=2, sort_keys=True))
-    f.write('\n')
-  os.replace(tmp, path)
+  paths.write_text_atomic(os.path.join(workdir, CONFIG_FILE),
+                          config.to_json(indent=2, sort_keys=True) + '\n')
 
 
 def _merge(base: dict, saved: dict) -> dict:

@@ -18,124 +18,40 @@ process 0 writes the file.
 """
 
 import csv
-import math
 import os
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from parallelnet import checkpointing
+from input_pipeline import scoring
+from input_pipeline.scoring import folder_batches  # pylint: disable=unused-import
+from input_pipeline.scoring import split_batches  # pylint: disable=unused-import
+from parallelnet.core import paths
+from parallelnet import inference
 from parallelnet import mesh as mesh_lib
 from parallelnet.models import scaling as model_scaling
-
-
-def _share(total, index, count):
-  """[start, end) of process `index`'s contiguous share of `total` items."""
-  base, extra = divmod(total, count)
-  start = index * base + min(index, extra)
-  return start, start + base + (index < extra)
-
-
-def folder_batches(config, folder, local_batch, notices=None):
-  """This process's batches of a manifest folder (numpy dicts with id, label
-  (-1 when unknown), image, spectrogram, mask); every process yields the
-  same number of batches. `notices` (a list) collects preprocess_pair's
-  line for each audio file longer or shorter than the model's clip."""
-  import input_pipeline  # pylint: disable=g-import-not-at-top
-  from input_pipeline import manifest  # pylint: disable=g-import-not-at-top
-  rows, bad = manifest.read_manifest(folder, list(config.dataset.classes),
-                                     require_label=False)
-  if bad:
-    raise manifest.BadInputError(bad, os.path.join(folder, 'manifest.csv'))
-  if not rows:
-    raise ValueError(f'{folder}/manifest.csv lists no examples.')
-  pc = jax.process_count()
-  sizes = [_share(len(rows), i, pc) for i in range(pc)]
-  start, end = sizes[jax.process_index()]
-  num_batches = math.ceil(max(b - a for a, b in sizes) / local_batch)
-  mine = rows[start:end]
-  s = int(config.input.image_size)
-  t, f = int(config.input.num_frames), int(config.input.n_mels)
-  for b in range(num_batches):
-    part = mine[b * local_batch:(b + 1) * local_batch]
-    batch = dict(id=np.array([''] * local_batch, dtype=object),
-                 label=np.full(local_batch, -1, np.int32),
-                 image=np.zeros((local_batch, s, s, 3), np.float32),
-                 spectrogram=np.zeros((local_batch, t, f, 1), np.float32),
-                 mask=np.zeros(local_batch, bool))
-    for i, row in enumerate(part):
-      pair = input_pipeline.preprocess_pair(config, row['image'],
-                                            row['audio'])
-      if pair.get('audio_notice') and notices is not None:
-        notices.append(pair['audio_notice'])
-      batch['id'][i] = row['id']
-      batch['label'][i] = row['label']
-      batch['image'][i] = pair['image']
-      batch['spectrogram'][i] = pair['spectrogram']
-      batch['mask'][i] = True
-    yield batch
-
-
-def split_batches(config, split):
-  """This process's batches of a TFDS split, with ids (eval_dataset's)."""
-  import input_pipeline  # pylint: disable=g-import-not-at-top
-  ds = input_pipeline.eval_dataset(config, split, with_id=True)
-  for batch in ds.as_numpy_iterator():
-    batch['id'] = np.array([x.decode() for x in batch['id']], dtype=object)
-    yield batch
-
-
-def _probabilities(model, mesh):
-  """Jitted (variables, images, spectrograms) -> softmax, batch-sharded."""
-  data = mesh_lib.data_sharding(mesh)
-
-  def probs(variables, images, spectrograms):
-    logits, _ = model.apply(variables, images, spectrograms, train=False)
-    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-  return jax.jit(probs, out_shardings=data)
-
-
-def _local_rows(x):
-  """This process's rows of a batch-sharded global array, in order."""
-  shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
-  seen, rows = set(), []
-  for s in shards:
-    start = s.index[0].start or 0
-    if start not in seen:  # Replicas of a shard (other mesh axes).
-      seen.add(start)
-      rows.append(np.asarray(s.data))
-  return np.concatenate(rows)
 
 
 def predict(config, workdir, *, split='test'):
   """Scores every example; writes <workdir>/predictions.csv; returns
   dict(path, num_examples, accuracy (None without labels))."""
   config = model_scaling.resolve_config(config)
-  model, variables, step = checkpointing.restore_for_inference(
-      config, workdir, which='best')
   mesh = mesh_lib.make_mesh()
   batch = int(config.train.eval_batch_size)
+  predictor = inference.Predictor.restore(config, workdir, 'best',
+                                          batch_size=batch, mesh=mesh)
   mesh_lib.check_batch_size(batch, mesh, 'train.eval_batch_size')
-  if batch % jax.process_count():
-    raise ValueError(f'config.train.eval_batch_size={batch} is not divisible '
-                     f'by the {jax.process_count()} processes.')
-  local_batch = batch // jax.process_count()
   folder = str(config.predict.manual_dir or '')
   notices = []
   if folder:
-    batches = folder_batches(config, folder, local_batch, notices)
+    batches = scoring.folder_batches(config, folder, predictor.local_batch,
+                                     notices)
   else:
-    batches = split_batches(config, split)
-  variables = jax.device_put(variables, mesh_lib.replicated(mesh))
-  probs_fn = _probabilities(model, mesh)
-  data = mesh_lib.data_sharding(mesh)
+    batches = scoring.split_batches(config, split)
   ids, labels, probs = [], [], []
   for b in batches:
-    glob = {k: jax.make_array_from_process_local_data(data, b[k])
-            for k in ('image', 'spectrogram')}
-    p = _local_rows(probs_fn(variables, glob['image'], glob['spectrogram']))
+    p = predictor.batch(b['image'], b['spectrogram'])
     keep = np.asarray(b['mask'], bool)
     ids += [str(x) for x in b['id'][keep]]
     labels += [int(x) for x in np.asarray(b['label'])[keep]]
@@ -146,7 +62,7 @@ def predict(config, workdir, *, split='test'):
                     notices[0])
   probs = np.concatenate(probs) if probs else np.zeros((0, 0), np.float32)
   rows = _gather(ids, labels, probs)
-  return _write(config, workdir, rows, step, folder or split)
+  return _write(config, workdir, rows, predictor.step, folder or split)
 
 
 def _gather(ids, labels, probs):
@@ -164,8 +80,7 @@ def _write(config, workdir, rows, step, source):
   preds = [int(np.argmax(p)) for _, _, p in rows]
   correct = sum(p == label for p, (_, label, _) in zip(preds, rows))
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(path, 'w', newline='') as f:
+    with paths.atomic_open(path) as f:
       w = csv.writer(f)
       w.writerow(['id'] + (['label'] if known else []) + ['predicted'] +
                  [f'p_{c}' for c in classes])

@@ -48,6 +48,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from parallelnet.core import paths
+from parallelnet.core import plotting
 from parallelnet.core.errors import UserError
 from parallelnet import models
 from parallelnet import train
@@ -216,8 +218,8 @@ def run_row(row: str, config, row_dir: str, cv: bool, data=None) -> dict:
       train.train_and_evaluate(config, row_dir, data=data)
     seconds = time.time() - t0
     if jax.process_index() == 0:
-      with open(info_path, 'w') as f:
-        json.dump({'row': row, 'train_seconds': seconds}, f, indent=2)
+      paths.write_json_atomic(info_path,
+                              {'row': row, 'train_seconds': seconds})
   saved = _read_json(metrics_path)
   out = {'row': row}
   for m in METRICS:
@@ -247,8 +249,8 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *,
                            os.path.join(workdir, row_folder(row)), cv, data))
   if jax.process_index() == 0:
     write_csv(results, os.path.join(workdir, 'study.csv'), cv)
-    with open(os.path.join(workdir, 'study.md'), 'w') as f:
-      f.write(markdown_table(results, cv))
+    paths.write_text_atomic(os.path.join(workdir, 'study.md'),
+                            markdown_table(results, cv))
     plot(results, os.path.join(workdir, 'study.png'), cv)
   return results
 
@@ -261,7 +263,7 @@ def _columns(cv):
 
 
 def write_csv(results, path, cv):
-  with open(path, 'w', newline='') as f:
+  with paths.atomic_open(path) as f:
     w = csv.DictWriter(f, fieldnames=_columns(cv), extrasaction='ignore')
     w.writeheader()
     for r in results:
@@ -318,9 +320,7 @@ def markdown_table(results, cv) -> str:
 
 def plot(results, path, cv):
   """Bar chart: accuracy and macro-F1 per row (error bars: std over folds)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = plotting.pyplot()
   ordered, _ = _ordered(results)
   x = np.arange(len(ordered))
   fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(ordered) + 2), 3.6))
@@ -341,5 +341,4 @@ def plot(results, path, cv):
   ax.legend(loc='upper left', ncols=2, fontsize=8)
   ax.grid(axis='y', alpha=0.3)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  plotting.save(fig, path, dpi=100)

@@ -5,25 +5,22 @@ with configs/parallelnet.py:ser_only or :ier_only), restored from its workdir
 alone with the config it was trained with (checkpointing.restore_from_workdir),
 so the construction decodes files with the teacher's own preprocessing
 (sample rate, STFT, mel bins, frames, image size and scaling). Inference is
-batched and jitted on the mesh like evaluation: parameters replicated, the
-batch sharded on the 'data' axis, padded to a fixed size (one compilation).
+parallelnet.inference's Predictor, as for --mode=predict: jitted once,
+parameters replicated, padded batches sharded on the mesh's 'data' axis.
 
 It satisfies the teacher interface of input_pipeline.construct (modality,
 classes, input_spec, description, predict); the construction library never
 imports this module, only its command line does.
 """
 
-import functools
 import os
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from parallelnet.models import scaling as scaling_table
 from parallelnet.core.errors import UserError
 from parallelnet import checkpointing
-from parallelnet import mesh as mesh_lib
+from parallelnet import inference
 
 
 class WorkdirTeacher:
@@ -65,46 +62,23 @@ class WorkdirTeacher:
       # 'auto' resolves as in the input pipeline (the weights' scaling).
       self.input_spec = dict(kind='image', image_size=int(c.image_size),
                              image_scaling=scaling_table.resolve_scaling(config))
-    self.mesh = mesh or mesh_lib.make_mesh()
-    n_dev = self.mesh.devices.size
-    self.batch_size = -(-int(batch_size) // n_dev) * n_dev
-    self.variables = jax.device_put(variables, mesh_lib.replicated(self.mesh))
-    self._sharding = mesh_lib.data_sharding(self.mesh)
-    self._probs = _jitted_probs(model, modality, self.mesh,
-                                _other_shape(config, modality))
+    self._predictor = inference.Predictor(model, variables, step=step,
+                                          batch_size=batch_size, mesh=mesh)
+    self.mesh = self._predictor.mesh
+    self.batch_size = self._predictor.batch_size
+    self._other = _other_shape(config, modality)
 
   def predict(self, inputs):
     """(n, ...) decoded inputs -> (n, len(classes)) float32 probabilities."""
     x = np.asarray(inputs, np.float32)
-    out = []
-    for start in range(0, len(x), self.batch_size):
-      part = x[start:start + self.batch_size]
-      pad = self.batch_size - len(part)
-      if pad:
-        part = np.concatenate([part, np.zeros((pad,) + part.shape[1:],
-                                              part.dtype)])
-      batch = jax.device_put(part, self._sharding)
-      out.append(np.asarray(self._probs(self.variables, batch))[:len(part) - pad])
-    return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
+    # Unimodal models take both inputs and ignore one: zeros stand in.
+    pair = (self._other, x) if self.modality == 'speech' else (x, self._other)
+    return self._predictor.predict(*pair)
 
 
 def _other_shape(config, modality):
   """Per-example shape of the input the unimodal model ignores."""
   c = config.input
   if modality == 'speech':
-    return (c.image_size, c.image_size, 3)
-  return (c.num_frames, c.n_mels, 1)
-
-
-@functools.lru_cache(maxsize=8)
-def _jitted_probs(model, modality, mesh, other_shape):
-  def probs(variables, x):
-    # Unimodal models take both inputs and ignore one: a zero stand-in.
-    other = jnp.zeros((x.shape[0],) + other_shape, x.dtype)
-    image, spectrogram = (other, x) if modality == 'speech' else (x, other)
-    logits, _ = model.apply(variables, image, spectrogram, train=False)
-    return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-
-  return jax.jit(probs, in_shardings=(mesh_lib.replicated(mesh),
-                                      mesh_lib.data_sharding(mesh)),
-                 out_shardings=mesh_lib.replicated(mesh))
+    return (int(c.image_size), int(c.image_size), 3)
+  return (int(c.num_frames), int(c.n_mels), 1)

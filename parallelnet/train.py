@@ -1,32 +1,24 @@
 """Training and evaluation (PAPER.md, "Training"): the paper's recipe, data-parallel.
 
-Parallelism: one jit-compiled `train_step` over a ('data',) mesh. Parameters
-and optimizer state are replicated, batches are sharded on their leading axis,
-and the state buffers are donated. Under jit the model sees the global batch,
-so BatchNorm statistics and the gradient are global-batch quantities whatever
-the number of devices or processes; the step's rng is `fold_in(key, step)`.
-
 Recipe (configurable in `config.train`): Adam; loss = ce_weight·CE +
 focal_weight·focal (`losses.py`); reduce-on-plateau and early stopping on the
 validation loss, both once per epoch; the best state (lowest validation loss)
 is what is evaluated on the test split.
 
-Side effects (logging, TensorBoard, JSON, figures, checkpoints) live in
-`train_and_evaluate` / `evaluate` / `cross_validate`; the step functions are
-pure.
+This module is the loop: `train_and_evaluate`, `evaluate`, `cross_validate`.
+The state and optimizer live in `train_state.py`, the pure jitted steps in
+`steps.py` (parallelism: see there), and what is written or logged (metric
+writer, NaN guard, eval_metrics.json, confusion_matrix.png) in `writers.py`;
+their public names are importable from here too.
 """
 
 import copy
-import functools
-import json
-import math
+import dataclasses
 import os
 import time
-from typing import Any, Iterable
+from typing import Any
 
 from absl import logging
-from flax.training import early_stopping
-from flax.training import train_state
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -34,295 +26,39 @@ import numpy as np
 import optax
 
 from parallelnet.core import errors
+from parallelnet.core import paths
 from parallelnet.core import progress
 from parallelnet import checkpointing
 from parallelnet import history  # Per-epoch curves for the run report.
-from parallelnet import losses
 from parallelnet import mesh as mesh_lib
 from parallelnet import metrics as metrics_lib
+from parallelnet import models
+from parallelnet import writers
 from parallelnet.models import scaling as model_scaling
-
-METRIC_KEYS = ('accuracy', 'macro_f1', 'cohen_kappa')
-
-
-class TrainState(train_state.TrainState):
-  """Flax TrainState plus BatchNorm statistics and the plateau state."""
-  batch_stats: Any = None
-  # optax.contrib.reduce_on_plateau state; its `scale` multiplies the Adam
-  # updates (equivalently the learning rate, as Adam's update is linear in
-  # it). It is stepped once per epoch with the validation loss by
-  # `update_plateau`, never inside train_step: reduce_on_plateau counts every
-  # call as one observation, so feeding it from the step would count steps,
-  # not epochs. Keeping it beside (not inside) the Adam chain keeps both clean.
-  plateau: Any = None
-  rng: Any = None  # Key data (uint32) of the base training key.
-
-
-def plateau_transform(factor: float, patience: int
-                      ) -> optax.GradientTransformationExtraArgs:
-  """Keras ReduceLROnPlateau semantics: an improvement must beat the best by
-  1e-4 (absolute, Keras' min_delta); after `patience` epochs without one the
-  scale is multiplied by `factor`."""
-  return optax.contrib.reduce_on_plateau(
-      factor=float(factor), patience=int(patience), rtol=0.0, atol=1e-4)
-
-
-def create_train_state(model, variables: dict, train_key_data: jax.Array, *,
-                       learning_rate: float, plateau_factor: float,
-                       plateau_patience: int,
-                       trunk_lr_multiplier: float = 1.0) -> TrainState:
-  """A fresh TrainState around initial `variables` (pure; jit it)."""
-  tx = make_optimizer(learning_rate, trunk_lr_multiplier)
-  return TrainState.create(
-      apply_fn=model.apply, params=variables['params'], tx=tx,
-      batch_stats=variables['batch_stats'],
-      plateau=plateau_transform(plateau_factor, plateau_patience).init(
-          variables['params']),
-      rng=train_key_data)
-
-
-# The N2 trunks' parameters: params[N2_s | N2_i]['backbone'] (models/).
-TRUNK_PATHS = (('N2_s', 'backbone'), ('N2_i', 'backbone'))
-
-
-def trunk_labels(params) -> Any:
-  """'trunk' for the N2 trunks' parameters, 'rest' for all others (the
-  labels of `make_optimizer`'s optax.multi_transform)."""
-  def label(path, _):
-    keys = tuple(getattr(k, 'key', None) for k in path[:2])
-    return 'trunk' if keys in TRUNK_PATHS else 'rest'
-  return jax.tree_util.tree_map_with_path(label, params)
-
-
-def optimizer_layout(trunk_lr_multiplier: float) -> str:
-  """The optimizer-state layout `make_optimizer` gives: 'adam' (one Adam,
-  multiplier 1), 'adam+frozen_trunk' (0) or 'adam+trunk_adam' (other)."""
-  m = float(trunk_lr_multiplier)
-  if m < 0 or not math.isfinite(m):
-    raise errors.UserError(f'config.train.trunk_lr_multiplier={m}; it must be a '
-                    'finite number >= 0 (1 = same rate, 0 = frozen trunks).')
-  return {1.0: 'adam', 0.0: 'adam+frozen_trunk'}.get(m, 'adam+trunk_adam')
-
-
-@functools.lru_cache(maxsize=8)
-def make_optimizer(learning_rate: float, trunk_lr_multiplier: float = 1.0
-                   ) -> optax.GradientTransformation:
-  """Adam; the N2 trunks at `trunk_lr_multiplier` times the rate.
-
-  Multiplier 1 is plain Adam (the checkpoint layout of earlier versions);
-  otherwise optax.multi_transform over `trunk_labels`, the trunks getting
-  Adam at learning_rate * multiplier (Adam's step is linear in the rate), or
-  optax.set_to_zero at 0: frozen trunks get zero updates and no Adam moments,
-  so their parameters never change (bit for bit, except that a -0.0 entry
-  would become +0.0). Cached: one object per setting, so the jitted steps
-  see equal static state fields.
-  """
-  layout = optimizer_layout(trunk_lr_multiplier)
-  if layout == 'adam':
-    return optax.adam(learning_rate)
-  trunk = (optax.set_to_zero() if layout == 'adam+frozen_trunk'
-           else optax.adam(learning_rate * trunk_lr_multiplier))
-  return optax.multi_transform(
-      {'rest': optax.adam(learning_rate), 'trunk': trunk}, trunk_labels)
-
-
-def trunk_lr_multiplier_of(config) -> float:
-  """config.train.trunk_lr_multiplier (1, plain Adam, when absent)."""
-  return float(config.train.get('trunk_lr_multiplier', 1.0))
-
-
-def _optimizer(config) -> optax.GradientTransformation:
-  return make_optimizer(float(config.train.learning_rate),
-                        trunk_lr_multiplier_of(config))
-
-
-@functools.lru_cache(maxsize=8)
-def _jitted_state_factory(model, learning_rate, plateau_factor,
-                          plateau_patience, trunk_lr_multiplier, mesh):
-  return jax.jit(
-      functools.partial(create_train_state, model,
-                        learning_rate=learning_rate,
-                        plateau_factor=plateau_factor,
-                        plateau_patience=plateau_patience,
-                        trunk_lr_multiplier=trunk_lr_multiplier),
-      out_shardings=mesh_lib.replicated(mesh))
-
-
-def _keys(config):
-  init_key, train_key = jax.random.split(jax.random.key(config.seed))
-  return init_key, train_key
-
-
-def init_train_state(config, model, mesh) -> TrainState:
-  """Initial variables (pretrained trunks if config.model.*_weights), Adam,
-  plateau state and the training key, replicated over `mesh`.
-
-  Every process computes the same values from config.seed.
-  """
-  from parallelnet import models  # pylint: disable=g-import-not-at-top
-  init_key, train_key = _keys(config)
-  variables = models.init_variables(model, config, init_key)
-  variables = jax.device_put(jax.tree.map(np.asarray, variables),
-                             mesh_lib.replicated(mesh))
-  factory = _jitted_state_factory(
-      model, float(config.train.learning_rate),
-      float(config.train.plateau_factor), int(config.train.plateau_patience),
-      trunk_lr_multiplier_of(config), mesh)
-  return factory(variables, np.asarray(jax.random.key_data(train_key)))
-
-
-def abstract_checkpoint_tree(config, model, mesh):
-  """ShapeDtypeStructs (replicated on `mesh`) of `checkpoint_tree(state)`."""
-  from parallelnet import models  # pylint: disable=g-import-not-at-top
-
-  def make():
-    init_key, train_key = _keys(config)
-    variables = models.init_variables(model, config, init_key,
-                                      load_pretrained=False)
-    return checkpoint_tree(create_train_state(
-        model, variables, jax.random.key_data(train_key),
-        learning_rate=config.train.learning_rate,
-        plateau_factor=config.train.plateau_factor,
-        plateau_patience=config.train.plateau_patience,
-        trunk_lr_multiplier=trunk_lr_multiplier_of(config)))
-
-  return checkpointing.abstract_with_sharding(
-      jax.eval_shape(make), mesh_lib.replicated(mesh))
-
-
-def checkpoint_tree(state: TrainState) -> dict:
-  """The arrays of `state` that a checkpoint holds."""
-  return dict(step=state.step, params=state.params,
-              batch_stats=state.batch_stats, opt_state=state.opt_state,
-              plateau=state.plateau, rng=state.rng)
-
-
-def _apply(state, params, batch, train, rng=None):
-  variables = {'params': params, 'batch_stats': state.batch_stats}
-  if train:
-    (logits, _), updates = state.apply_fn(
-        variables, batch['image'], batch['spectrogram'], train=True,
-        mutable=['batch_stats'], rngs={'dropout': rng})
-    return logits, updates.get('batch_stats', state.batch_stats)
-  logits, _ = state.apply_fn(variables, batch['image'], batch['spectrogram'],
-                             train=False)
-  return logits, state.batch_stats
-
-
-def train_step(state: TrainState, batch: dict, rng: jax.Array, *,
-               loss_kwargs: dict) -> tuple[TrainState, dict]:
-  """One Adam step on the global batch. Returns (state, {loss, grad_norm,
-  accuracy}). `rng` is this step's key (fold_in(base, step))."""
-  mask = batch.get('mask')
-
-  def loss_fn(params):
-    logits, batch_stats = _apply(state, params, batch, True, rng)
-    per_example = losses.per_example_loss(logits, batch['label'],
-                                          **loss_kwargs)
-    return losses.masked_mean(per_example, mask), (logits, batch_stats)
-
-  (loss, (logits, batch_stats)), grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params)
-  updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-  updates = optax.tree.scale(state.plateau.scale, updates)
-  new_state = state.replace(
-      step=state.step + 1, params=optax.apply_updates(state.params, updates),
-      opt_state=opt_state, batch_stats=batch_stats)
-  correct = (jnp.argmax(logits, -1) == batch['label']).astype(jnp.float32)
-  return new_state, dict(loss=loss, grad_norm=optax.tree.norm(grads),
-                         accuracy=losses.masked_mean(correct, mask))
-
-
-def eval_step(state: TrainState, batch: dict, *, loss_kwargs: dict,
-              num_classes: int) -> dict:
-  """Loss sum, example count and confusion matrix of one (padded) batch."""
-  logits, _ = _apply(state, state.params, batch, False)
-  mask = batch.get('mask')
-  if mask is None:
-    mask = jnp.ones(batch['label'].shape, bool)
-  per_example = losses.per_example_loss(logits, batch['label'], **loss_kwargs)
-  return dict(
-      loss_sum=jnp.sum(jnp.where(mask, per_example, 0.0)),
-      count=jnp.sum(mask.astype(jnp.int32)),
-      confusion=metrics_lib.confusion_matrix(
-          batch['label'], jnp.argmax(logits, -1), num_classes, mask))
-
-
-def make_early_stopping(patience: int) -> early_stopping.EarlyStopping:
-  """Early stopping on the validation loss with Keras' counting: stop at the
-  `patience`-th epoch in a row without improvement. (flax's EarlyStopping
-  stops one epoch later, at the (patience + 1)-th, hence the - 1.)"""
-  if patience < 1:
-    raise errors.UserValueError(
-        f'config.train.early_stopping_patience={patience}; it must be at '
-        'least 1 (use num_epochs to train a fixed number of epochs).')
-  return early_stopping.EarlyStopping(min_delta=0.0, patience=patience - 1)
-
-
-def update_plateau(state: TrainState, val_loss: jax.Array, *,
-                   plateau_factor: float, plateau_patience: int) -> TrainState:
-  """Feeds one epoch's validation loss to the reduce-on-plateau state."""
-  _, plateau = plateau_transform(plateau_factor, plateau_patience).update(
-      updates=(), state=state.plateau, value=val_loss)
-  return state.replace(plateau=plateau)
-
-
-class Steps:
-  """The jit-compiled step functions of one run.
-
-  Built through `_jitted_steps`, cached on the hashable settings, so that
-  runs in one process with the same settings (cross-validation folds, tests)
-  reuse one compilation.
-  """
-
-  def __init__(self, config, mesh):
-    self.train, self.eval, self.plateau, self.step_key = _jitted_steps(
-        mesh, tuple(sorted(losses.loss_weights(config.train).items())),
-        len(config.dataset.classes),
-        (float(config.train.plateau_factor),
-         int(config.train.plateau_patience)))
-
-
-@functools.lru_cache(maxsize=8)
-def _jitted_steps(mesh, loss_items, num_classes, plateau_settings):
-  repl = mesh_lib.replicated(mesh)
-  data = mesh_lib.data_sharding(mesh)
-  loss_kwargs = dict(loss_items)
-  train = jax.jit(functools.partial(train_step, loss_kwargs=loss_kwargs),
-                  in_shardings=(repl, data, repl), out_shardings=(repl, repl),
-                  donate_argnums=0)
-  evaluate_ = jax.jit(
-      functools.partial(eval_step, loss_kwargs=loss_kwargs,
-                        num_classes=num_classes),
-      in_shardings=(repl, data), out_shardings=repl)
-  plateau = jax.jit(
-      functools.partial(update_plateau, plateau_factor=plateau_settings[0],
-                        plateau_patience=plateau_settings[1]),
-      in_shardings=(repl, repl), out_shardings=repl, donate_argnums=0)
-  step_key = jax.jit(
-      lambda key_data, step: jax.random.fold_in(
-          jax.random.wrap_key_data(key_data), step),
-      out_shardings=repl)
-  return train, evaluate_, plateau, step_key
-
-
-def evaluate_batches(steps: Steps, state: TrainState,
-                     batches: Iterable[dict]) -> tuple[float, np.ndarray]:
-  """(mean loss, confusion matrix) over eval batches (padding masked)."""
-  total = None
-  for batch in batches:
-    out = steps.eval(state, batch)
-    total = out if total is None else jax.tree.map(jnp.add, total, out)
-  if total is None:
-    raise ValueError('The evaluation split yielded no batches.')
-  total = jax.device_get(total)
-  count = int(total['count'])
-  if count == 0:
-    raise ValueError('The evaluation split has no (unmasked) examples.')
-  return float(total['loss_sum']) / count, np.asarray(total['confusion'])
-
-
-# ------------------------------------------------------------------ edges --
+# The state, steps and writers, importable from here as before the split.
+from parallelnet.steps import eval_step  # pylint: disable=unused-import
+from parallelnet.steps import evaluate_batches
+from parallelnet.steps import Steps
+from parallelnet.steps import train_step  # pylint: disable=unused-import
+from parallelnet.train_state import abstract_checkpoint_tree
+from parallelnet.train_state import checkpoint_tree
+from parallelnet.train_state import create_train_state  # pylint: disable=unused-import
+from parallelnet.train_state import init_train_state
+from parallelnet.train_state import keys as _keys  # pylint: disable=unused-import
+from parallelnet.train_state import make_early_stopping
+from parallelnet.train_state import make_optimizer  # pylint: disable=unused-import
+from parallelnet.train_state import optimizer_layout
+from parallelnet.train_state import plateau_transform  # pylint: disable=unused-import
+from parallelnet.train_state import restored_state
+from parallelnet.train_state import TrainState
+from parallelnet.train_state import TRUNK_PATHS  # pylint: disable=unused-import
+from parallelnet.train_state import trunk_labels  # pylint: disable=unused-import
+from parallelnet.train_state import trunk_lr_multiplier_of
+from parallelnet.train_state import update_plateau  # pylint: disable=unused-import
+from parallelnet.writers import METRIC_KEYS
+from parallelnet.writers import NonFiniteLossError  # pylint: disable=unused-import
+from parallelnet.writers import plot_confusion_matrix  # pylint: disable=unused-import
+from parallelnet.writers import write_eval_outputs as _write_eval_outputs
 
 
 def _pipeline():
@@ -330,127 +66,237 @@ def _pipeline():
   return input_pipeline
 
 
-class _DropOrbaxInfo:
-  """absl-logging filter: orbax logs every save and restore at INFO."""
-
-  def filter(self, record):
-    return record.levelno >= 30 or '/orbax/' not in record.pathname
-
-
-def _quiet_orbax():
-  absl_logger = logging.get_absl_logger()
-  if not any(isinstance(f, _DropOrbaxInfo) for f in absl_logger.filters):
-    absl_logger.addFilter(_DropOrbaxInfo())
-
-
-class _LoggingOnlyWriter:
-  """Stand-in for clu's writer when TensorBoard is not installed: logs only."""
-
-  def write_scalars(self, step, scalars):
-    logging.info('[%d] %s', step, ', '.join(
-        f'{k}={float(v):.6g}' for k, v in sorted(scalars.items())))
-
-  def write_images(self, step, images):
-    del step, images  # Nothing to show without TensorBoard.
-
-  def flush(self):
-    pass
-
-  def close(self):
-    pass
+@dataclasses.dataclass
+class _Run:
+  """What one training run holds fixed: config, data, mesh, steps, files."""
+  config: Any
+  workdir: str
+  data: Any
+  mesh: Any
+  model: Any
+  steps: Steps
+  steps_per_epoch: int
+  layout: str
+  ckpts: checkpointing.Checkpoints
+  abstract: Any
+  writer: Any
 
 
-def _writer(workdir):
-  """clu metric writer: TensorBoard events in `workdir` plus logging."""
-  try:
-    from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  except ImportError as e:  # clu's TensorBoard writer needs `tensorboard`.
-    logging.warning('No TensorBoard events will be written (%s); install '
-                    'tensorboard==2.21.0 to get them.', e)
-    return _LoggingOnlyWriter()
-  return metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0, asynchronous=False)
+@dataclasses.dataclass
+class _Position:
+  """Where training stands: the metadata every checkpoint records."""
+  stopper: Any
+  layout: str
+  epoch: int = 0
+  position: int = 0  # Steps done in the current epoch.
+  loss_sum: float = 0.0
+  acc_sum: float = 0.0
+
+  def meta(self) -> dict:
+    s = self.stopper
+    return dict(epoch=self.epoch, position=self.position,
+                train_loss_sum=self.loss_sum, train_accuracy_sum=self.acc_sum,
+                optimizer=self.layout,
+                early_stopping=dict(best_metric=s.best_metric,
+                                    patience_count=s.patience_count,
+                                    should_stop=bool(s.should_stop)))
+
+  def next_epoch(self):
+    self.epoch, self.position, self.loss_sum, self.acc_sum = (
+        self.epoch + 1, 0, 0.0, 0.0)
 
 
-class NonFiniteLossError(errors.UserError, FloatingPointError):
-  """Training diverged (NaN/Inf loss or gradient); the message says what to
-  change and where the last good checkpoint is."""
+def _steps_per_epoch(config, data) -> int:
+  """The data's steps per epoch (input_pipeline.steps_per_epoch); a
+  UserError when the train split holds less than one batch."""
+  steps = int(data.steps_per_epoch(config))
+  if steps < 1:
+    raise errors.UserError(
+        f'The train split has {data.num_examples(config, "train")} examples, '
+        f'fewer than one batch of config.train.batch_size='
+        f'{config.train.batch_size}.')
+  return steps
 
 
-def _check_finite(step: int, out: dict, ckpts, workdir: str):
-  """Stops training on a non-finite loss or gradient norm."""
-  for name in ('loss', 'grad_norm'):
-    value = float(out[name])
-    if not math.isfinite(value):
-      ckpts.wait()
-      last = ckpts.latest_step()
-      raise NonFiniteLossError(
-          f'Non-finite {name} ({value}) at training step {step}: training '
-          f'stopped. The last good checkpoint is step {last} in '
-          f'{os.path.join(workdir, "checkpoints", "latest")} (nothing was '
-          f'saved after the failure). Lower train.learning_rate or check the '
-          f'inputs.')
+def _check_layout(config, workdir, ckpts, layout):
+  """Refuses a workdir whose checkpoint has another optimizer layout."""
+  _, saved_meta = ckpts.restore_meta('latest')
+  if saved_meta is None or saved_meta.get('optimizer', 'adam') == layout:
+    return
+  raise errors.UserError(
+      f'The checkpoint in {os.path.join(workdir, "checkpoints")} was '
+      f'trained with optimizer layout {saved_meta.get("optimizer", "adam")!r}'
+      f' but config.train.trunk_lr_multiplier='
+      f'{trunk_lr_multiplier_of(config)} '
+      f'gives {layout!r} (1 = plain Adam, 0 = frozen trunks, other = a '
+      f'second Adam for the trunks); resume with the old multiplier or use '
+      f'another --workdir.')
 
 
-def plot_confusion_matrix(cm, class_names, path: str, title: str = ''):
-  """Saves a confusion-matrix heat map with counts, like the paper's Fig. 4."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  cm = np.asarray(cm)
-  fig, ax = plt.subplots(figsize=(1.2 * len(class_names) + 2,
-                                  1.2 * len(class_names) + 1.5))
-  im = ax.imshow(cm, cmap='Blues')
-  fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-  ticks = np.arange(len(class_names))
-  ax.set_xticks(ticks, class_names, rotation=45, ha='right')
-  ax.set_yticks(ticks, class_names)
-  ax.set_xlabel('Predicted label')
-  ax.set_ylabel('True label')
-  threshold = cm.max() / 2 if cm.size else 0
-  for i in range(cm.shape[0]):
-    for j in range(cm.shape[1]):
-      ax.text(j, i, str(cm[i, j]), ha='center', va='center',
-              color='white' if cm[i, j] > threshold else 'black')
-  ax.set_title(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+def _open_run(config, written_config, workdir, data) -> _Run:
+  """Checks the settings, the data and the workdir, then opens the run's
+  checkpoints, config.json and metric writer."""
+  tc = config.train
+  mesh = mesh_lib.make_mesh()
+  mesh_lib.check_batch_size(tc.batch_size, mesh)
+  mesh_lib.check_batch_size(tc.eval_batch_size, mesh, 'train.eval_batch_size')
+  model = models.get_model(config)
+  # The data first (it may be built now): a run that fails on its inputs
+  # leaves no workdir, checkpoint folder or event file behind.
+  steps_per_epoch = _steps_per_epoch(config, data)
+  layout = optimizer_layout(trunk_lr_multiplier_of(config))  # Checks it.
+  ckpts = checkpointing.Checkpoints(workdir, config)
+  # Refuse another model's workdir (and optimizer layout) up front.
+  _check_layout(config, workdir, ckpts, layout)
+  # The full config, so the workdir alone can be restored (teachers, §3.1).
+  checkpointing.write_config(written_config, workdir)
+  return _Run(config=config, workdir=workdir, data=data, mesh=mesh,
+              model=model, steps=Steps(config, mesh),
+              steps_per_epoch=steps_per_epoch, layout=layout, ckpts=ckpts,
+              abstract=abstract_checkpoint_tree(config, model, mesh),
+              writer=writers.metric_writer(workdir))
 
 
-def _write_eval_outputs(config, workdir, cm, step, split, writer=None):
-  summary = metrics_lib.summarize(cm, config.dataset.classes)
-  summary['checkpoint_step'] = int(step)
-  summary['split'] = split
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'eval_metrics.json'), 'w') as f:
-      json.dump(summary, f, indent=2)
-    plot_confusion_matrix(
-        cm, config.dataset.classes,
-        os.path.join(workdir, 'confusion_matrix.png'),
-        f'{split}: accuracy {summary["accuracy"]:.3f}, '
-        f'macro-F1 {summary["macro_f1"]:.3f}')
-    if writer is not None:
-      writer.write_scalars(int(step), {f'{split}/{k}': summary[k]
-                                       for k in METRIC_KEYS})
-      # The same figure in TensorBoard's Images tab (uint8 RGB, batch of 1).
-      import matplotlib.image  # pylint: disable=g-import-not-at-top
-      png = matplotlib.image.imread(
-          os.path.join(workdir, 'confusion_matrix.png'))[..., :3]
-      writer.write_images(int(step), {
-          f'{split}/confusion_matrix': (png[None] * 255).astype(np.uint8)})
-      writer.flush()
-  logging.info('%s metrics at checkpoint step %d: accuracy %.4f, macro-F1 '
-               '%.4f, kappa %.4f, confusion %s', split, step,
-               summary['accuracy'], summary['macro_f1'],
-               summary['cohen_kappa'], summary['confusion_matrix'])
-  return summary
+def _start(run: _Run) -> tuple[TrainState, _Position]:
+  """The state and position to train from: the newest checkpoint (a
+  damaged one is logged, set aside and the previous one used), else a
+  fresh initial state."""
+  tc = run.config.train
+  pos = _Position(stopper=make_early_stopping(tc.early_stopping_patience),
+                  layout=run.layout)
+  tree, meta = run.ckpts.restore('latest', run.abstract, fallback=True)
+  if tree is None:
+    return init_train_state(run.config, run.model, run.mesh), pos
+  state = restored_state(run.config, run.model, tree)
+  pos.epoch, pos.position = meta['epoch'], meta['position']
+  pos.loss_sum, pos.acc_sum = meta['train_loss_sum'], meta['train_accuracy_sum']
+  pos.stopper = pos.stopper.replace(**meta['early_stopping'])
+  if pos.epoch >= tc.num_epochs or pos.stopper.should_stop:
+    logging.info('Training in %s had finished (%d epochs%s); evaluating '
+                 'its best checkpoint.', run.workdir, pos.epoch,
+                 ', stopped early' if pos.stopper.should_stop else '')
+  else:
+    logging.info('Resuming at epoch %d, step %d of the epoch (global step '
+                 '%d).', pos.epoch + 1, pos.position, int(state.step))
+  return state, pos
 
 
-def _fmt_time(seconds: float) -> str:
-  seconds = int(max(seconds, 0))
-  return f'{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}'
+class _Rate:
+  """Steps per second since the run (re)started, for the ETA log line."""
+
+  def __init__(self, step, total_steps):
+    self.t0, self.step0, self.total = time.time(), step, total_steps
+
+  def log(self, run, pos, step, out):
+    tc = run.config.train
+    rate = (step - self.step0) / max(time.time() - self.t0, 1e-9)
+    eta = (self.total - step) / max(rate, 1e-9)
+    logging.vlog(1, 'epoch %d step %d/%d  loss %.4f  %.2f steps/s  ETA %s '
+                 '(if all %d epochs run)', pos.epoch + 1, pos.position,
+                 run.steps_per_epoch, float(out['loss']), rate,
+                 progress.format_seconds(eta), tc.num_epochs)
+    run.writer.write_scalars(step, {'train/loss': out['loss']})
+
+
+def _train_epoch(run: _Run, state, pos: _Position, step: int, rate: _Rate):
+  """The rest of epoch `pos.epoch` from step `pos.position` of it.
+  Returns (state, step)."""
+  tc = run.config.train
+  batches = run.data.train_batches(run.config, run.mesh, epoch=pos.epoch,
+                                   start_step=pos.position)
+  # Progress within the epoch, only when it takes long (paper size).
+  bar = progress.Progress(run.steps_per_epoch, f'epoch {pos.epoch + 1}',
+                          unit='steps', interval_s=30.0,
+                          enabled=jax.process_index() == 0)
+  bar.done = pos.position
+  # The metrics of step k are read after step k + 1 is dispatched, so the
+  # host never waits for a step before queueing the next one.
+  pending = []
+
+  def consume():
+    for s, out in pending:
+      writers.check_finite(s, out, run.ckpts, run.workdir)
+      pos.loss_sum += float(out['loss'])
+      pos.acc_sum += float(out['accuracy'])
+    pending.clear()
+
+  for batch in batches:
+    if pos.position >= run.steps_per_epoch:
+      break
+    state, out = run.steps.train(state, batch,
+                                 run.steps.step_key(state.rng, step))
+    consume()
+    pending.append((step, out))
+    step, pos.position = step + 1, pos.position + 1
+    bar.update()
+    if tc.log_every_steps > 0 and step % tc.log_every_steps == 0:
+      rate.log(run, pos, step, out)
+    if (tc.checkpoint_every_steps > 0 and pos.position < run.steps_per_epoch
+        and step % tc.checkpoint_every_steps == 0):
+      consume()
+      run.ckpts.save('latest', step, checkpoint_tree(state), pos.meta())
+  consume()
+  bar.close()
+  if pos.position < run.steps_per_epoch:
+    raise ValueError(
+        f'Epoch {pos.epoch} yielded {pos.position} training batches; expected '
+        f'{run.steps_per_epoch} (num_examples // batch_size).')
+  return state, step
+
+
+def _end_epoch(run: _Run, state, pos: _Position, step: int, seconds: float):
+  """Validates, steps the plateau and early stopping, logs and saves the
+  latest (and maybe best) checkpoint. Returns the state."""
+  tc, config = run.config.train, run.config
+  val_loss, cm = evaluate_batches(
+      run.steps, state,
+      run.data.eval_batches(config, run.mesh, split='validation'))
+  val = metrics_lib.summarize(cm, config.dataset.classes)
+  state = run.steps.plateau(state, jnp.float32(val_loss))
+  pos.stopper = pos.stopper.update(val_loss)
+  scalars = {'train/loss': pos.loss_sum / pos.position,
+             'train/accuracy': pos.acc_sum / pos.position,
+             'val/loss': val_loss,
+             'lr': tc.learning_rate * float(state.plateau.scale),
+             **{f'val/{k}': val[k] for k in METRIC_KEYS}}
+  run.writer.write_scalars(step, scalars)
+  run.writer.flush()
+  history.log_epoch(run.workdir, pos.epoch + 1, step, scalars, seconds)
+  logging.vlog(1, 'epoch %d/%d done: %s; val confusion %s', pos.epoch + 1,
+               tc.num_epochs,
+               ', '.join(f'{k} {v:.4g}' for k, v in scalars.items()),
+               val['confusion_matrix'])
+  logging.info(
+      'epoch %*d/%d  loss %.4f  acc %.3f  val loss %.4f  val acc %.3f  '
+      'lr %.3g  %.1f s%s', len(str(tc.num_epochs)), pos.epoch + 1,
+      tc.num_epochs, scalars['train/loss'], scalars['train/accuracy'],
+      val_loss, val['accuracy'], scalars['lr'], seconds,
+      '  (best)' if pos.stopper.has_improved else '')
+  pos.next_epoch()
+  tree = checkpoint_tree(state)
+  if pos.stopper.has_improved:
+    run.ckpts.save('best', step, tree, pos.meta())
+  run.ckpts.save('latest', step, tree, pos.meta())
+  if pos.stopper.should_stop:
+    logging.info('Early stopping after epoch %d: no validation-loss gain '
+                 'for %d epochs.', pos.epoch, tc.early_stopping_patience)
+  return state
+
+
+def _test_best(run: _Run, state) -> dict:
+  """Evaluates the best state (Keras' restore_best_weights) on the test
+  split and writes its outputs."""
+  run.ckpts.wait()
+  tree, _ = run.ckpts.restore('best', run.abstract)
+  if tree is None:
+    raise RuntimeError(
+        f'No best checkpoint in {run.workdir}: did any epoch run?')
+  state = state.replace(**tree)
+  _, cm = evaluate_batches(
+      run.steps, state, run.data.eval_batches(run.config, run.mesh,
+                                              split='test'))
+  return _write_eval_outputs(run.config, run.workdir, cm, int(state.step),
+                             'test', run.writer)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -460,169 +306,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   also written to `<workdir>/eval_metrics.json`.
 
   `data` is the input pipeline module (default `input_pipeline`); tests may
-  pass an object with the same `train_batches`, `eval_batches` and
-  `num_examples`.
+  pass an object with the same `train_batches`, `eval_batches`,
+  `num_examples` and `steps_per_epoch`.
   """
-  from parallelnet import models  # pylint: disable=g-import-not-at-top
   data = data or _pipeline()
-  _quiet_orbax()
-  written_config = config  # config.json keeps the user's 'auto'.
-  config = model_scaling.resolve_config(config)
-  tc = config.train
-  mesh = mesh_lib.make_mesh()
-  mesh_lib.check_batch_size(tc.batch_size, mesh)
-  mesh_lib.check_batch_size(tc.eval_batch_size, mesh, 'train.eval_batch_size')
-  model = models.get_model(config)
-  # The data first (it may be built now): a run that fails on its inputs
-  # leaves no workdir, checkpoint folder or event file behind.
-  steps_per_epoch = data.num_examples(config, 'train') // tc.batch_size
-  if tc.max_steps_per_epoch > 0:
-    steps_per_epoch = min(steps_per_epoch, tc.max_steps_per_epoch)
-  if steps_per_epoch < 1:
-    raise errors.UserError(
-        f'The train split has {data.num_examples(config, "train")} examples, '
-        f'fewer than one batch of config.train.batch_size={tc.batch_size}.')
-  layout = optimizer_layout(trunk_lr_multiplier_of(config))  # Checks it.
-  ckpts = checkpointing.Checkpoints(workdir, config)
-  # Refuse another model's workdir (and optimizer layout) up front.
-  _, saved_meta = ckpts.restore_meta('latest')
-  if saved_meta is not None and saved_meta.get('optimizer', 'adam') != layout:
-    raise errors.UserError(
-        f'The checkpoint in {os.path.join(workdir, "checkpoints")} was '
-        f'trained with optimizer layout {saved_meta.get("optimizer", "adam")!r}'
-        f' but config.train.trunk_lr_multiplier='
-        f'{trunk_lr_multiplier_of(config)} '
-        f'gives {layout!r} (1 = plain Adam, 0 = frozen trunks, other = a '
-        f'second Adam for the trunks); resume with the old multiplier or use '
-        f'another --workdir.')
-  # The full config, so the workdir alone can be restored (teachers, §3.1).
-  checkpointing.write_config(written_config, workdir)
-  steps = Steps(config, mesh)
-  abstract = abstract_checkpoint_tree(config, model, mesh)
-  writer = _writer(workdir)
-
-  stopper = make_early_stopping(tc.early_stopping_patience)
-  epoch, position, loss_sum, acc_sum = 0, 0, 0.0, 0.0
-  # A damaged newest checkpoint: logged, set aside, the previous one used.
-  tree, meta = ckpts.restore('latest', abstract, fallback=True)
-  if tree is None:
-    state = init_train_state(config, model, mesh)
-  else:  # No fresh init (it may read pretrained weights): all is restored.
-    state = TrainState(apply_fn=model.apply, tx=_optimizer(config), **tree)
-    epoch, position = meta['epoch'], meta['position']
-    loss_sum, acc_sum = meta['train_loss_sum'], meta['train_accuracy_sum']
-    stopper = stopper.replace(**meta['early_stopping'])
-    if epoch >= tc.num_epochs or stopper.should_stop:
-      logging.info('Training in %s had finished (%d epochs%s); evaluating '
-                   'its best checkpoint.', workdir, epoch,
-                   ', stopped early' if stopper.should_stop else '')
-    else:
-      logging.info('Resuming at epoch %d, step %d of the epoch (global step '
-                   '%d).', epoch + 1, position, int(state.step))
-
-  def meta_now():
-    return dict(epoch=epoch, position=position, train_loss_sum=loss_sum,
-                train_accuracy_sum=acc_sum, optimizer=layout,
-                early_stopping=dict(best_metric=stopper.best_metric,
-                                    patience_count=stopper.patience_count,
-                                    should_stop=bool(stopper.should_stop)))
-
-  total_steps = steps_per_epoch * tc.num_epochs
+  writers.quiet_orbax()
+  # config.json keeps the user's 'auto'; the run uses the resolved scaling.
+  run = _open_run(model_scaling.resolve_config(config), config, workdir, data)
+  state, pos = _start(run)
+  tc = run.config.train
   step = int(state.step)  # Tracked on the host from here on.
-  t0, step0 = time.time(), step
-  while epoch < tc.num_epochs and not stopper.should_stop:
+  rate = _Rate(step, run.steps_per_epoch * tc.num_epochs)
+  while pos.epoch < tc.num_epochs and not pos.stopper.should_stop:
     epoch_t0 = time.time()
-    batches = data.train_batches(config, mesh, epoch=epoch,
-                                 start_step=position)
-    # Progress within the epoch, only when it takes long (paper size).
-    bar = progress.Progress(steps_per_epoch, f'epoch {epoch + 1}',
-                            unit='steps', interval_s=30.0,
-                            enabled=jax.process_index() == 0)
-    bar.done = position
-    # The metrics of step k are read after step k + 1 is dispatched, so the
-    # host never waits for a step before queueing the next one.
-    pending = []
-
-    def consume():
-      nonlocal loss_sum, acc_sum
-      for s, out in pending:
-        _check_finite(s, out, ckpts, workdir)
-        loss_sum += float(out['loss'])
-        acc_sum += float(out['accuracy'])
-      pending.clear()
-
-    for batch in batches:
-      if position >= steps_per_epoch:
-        break
-      state, out = steps.train(state, batch, steps.step_key(state.rng, step))
-      consume()
-      pending.append((step, out))
-      step, position = step + 1, position + 1
-      bar.update()
-      if tc.log_every_steps > 0 and step % tc.log_every_steps == 0:
-        rate = (step - step0) / max(time.time() - t0, 1e-9)
-        eta = (total_steps - step) / max(rate, 1e-9)
-        logging.vlog(1, 'epoch %d step %d/%d  loss %.4f  %.2f steps/s  ETA %s '
-                     '(if all %d epochs run)', epoch + 1, position,
-                     steps_per_epoch, float(out['loss']), rate,
-                     _fmt_time(eta), tc.num_epochs)
-        writer.write_scalars(step, {'train/loss': out['loss']})
-      if (tc.checkpoint_every_steps > 0 and position < steps_per_epoch
-          and step % tc.checkpoint_every_steps == 0):
-        consume()
-        ckpts.save('latest', step, checkpoint_tree(state), meta_now())
-    consume()
-    bar.close()
-    if position < steps_per_epoch:
-      raise ValueError(
-          f'Epoch {epoch} yielded {position} training batches; expected '
-          f'{steps_per_epoch} (num_examples // batch_size).')
-
-    # Epoch end: validate, step the plateau and early stopping, checkpoint.
-    val_loss, cm = evaluate_batches(
-        steps, state, data.eval_batches(config, mesh, split='validation'))
-    val = metrics_lib.summarize(cm, config.dataset.classes)
-    state = steps.plateau(state, jnp.float32(val_loss))
-    stopper = stopper.update(val_loss)
-    scalars = {'train/loss': loss_sum / position,
-               'train/accuracy': acc_sum / position,
-               'val/loss': val_loss,
-               'lr': tc.learning_rate * float(state.plateau.scale),
-               **{f'val/{k}': val[k] for k in METRIC_KEYS}}
-    writer.write_scalars(step, scalars)
-    history.log_epoch(workdir, epoch + 1, step, scalars, time.time() - epoch_t0)
-    writer.flush()
-    logging.vlog(1, 'epoch %d/%d done: %s; val confusion %s', epoch + 1,
-                 tc.num_epochs,
-                 ', '.join(f'{k} {v:.4g}' for k, v in scalars.items()),
-                 val['confusion_matrix'])
-    logging.info(
-        'epoch %*d/%d  loss %.4f  acc %.3f  val loss %.4f  val acc %.3f  '
-        'lr %.3g  %.1f s%s', len(str(tc.num_epochs)), epoch + 1,
-        tc.num_epochs, scalars['train/loss'], scalars['train/accuracy'],
-        val_loss, val['accuracy'], scalars['lr'], time.time() - epoch_t0,
-        '  (best)' if stopper.has_improved else '')
-    epoch, position, loss_sum, acc_sum = epoch + 1, 0, 0.0, 0.0
-    tree = checkpoint_tree(state)
-    if stopper.has_improved:
-      ckpts.save('best', step, tree, meta_now())
-    ckpts.save('latest', step, tree, meta_now())
-    if stopper.should_stop:
-      logging.info('Early stopping after epoch %d: no validation-loss gain '
-                   'for %d epochs.', epoch, tc.early_stopping_patience)
-
-  ckpts.wait()
-  # Evaluate the best state (Keras' restore_best_weights) on the test split.
-  tree, _ = ckpts.restore('best', abstract)
-  if tree is None:
-    raise RuntimeError(f'No best checkpoint in {workdir}: did any epoch run?')
-  state = state.replace(**tree)
-  _, cm = evaluate_batches(steps, state,
-                           data.eval_batches(config, mesh, split='test'))
-  summary = _write_eval_outputs(config, workdir, cm, int(state.step), 'test',
-                                writer)
-  ckpts.close()
-  writer.close()
+    state, step = _train_epoch(run, state, pos, step, rate)
+    state = _end_epoch(run, state, pos, step, time.time() - epoch_t0)
+  summary = _test_best(run, state)
+  run.ckpts.close()
+  run.writer.close()
   return summary
 
 
@@ -632,7 +333,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   eval_metrics.json and confusion_matrix.png there and returns the metrics."""
   config = model_scaling.resolve_config(config)
   data = data or _pipeline()
-  _quiet_orbax()
+  writers.quiet_orbax()
   model, variables, step = checkpointing.restore_for_inference(
       config, workdir, which)
   mesh = mesh_lib.make_mesh()
@@ -646,6 +347,18 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   _, cm = evaluate_batches(steps, state,
                            data.eval_batches(config, mesh, split=split))
   return _write_eval_outputs(config, workdir, cm, step, split)
+
+
+def _cv_summary(folds) -> dict:
+  """Per-fold metrics and their mean and population std over folds."""
+  result = {'num_folds': len(folds), 'folds': [
+      {m: f[m] for m in METRIC_KEYS + ('num_examples', 'checkpoint_step')}
+      for f in folds]}
+  for m in METRIC_KEYS:
+    values = np.array([f[m] for f in folds], np.float64)
+    result[m] = {'mean': float(values.mean()), 'std': float(values.std())}
+    logging.vlog(1, 'CV %s: %.4f ± %.4f', m, values.mean(), values.std())
+  return result
 
 
 def cross_validate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -671,17 +384,9 @@ def cross_validate(config: ml_collections.ConfigDict, workdir: str, *,
     logging.info('Cross-validation: fold %d/%d test accuracy %.4f, macro-F1 '
                  '%.4f  (%s elapsed, about %s left)', fold + 1, k,
                  folds[-1]['accuracy'], folds[-1]['macro_f1'],
-                 _fmt_time(elapsed),
-                 _fmt_time(elapsed / (fold + 1) * (k - fold - 1)))
-  result = {'num_folds': k, 'folds': [
-      {m: f[m] for m in METRIC_KEYS + ('num_examples', 'checkpoint_step')}
-      for f in folds]}
-  for m in METRIC_KEYS:
-    values = np.array([f[m] for f in folds], np.float64)
-    result[m] = {'mean': float(values.mean()), 'std': float(values.std())}
-    logging.vlog(1, 'CV %s: %.4f ± %.4f', m, values.mean(), values.std())
+                 progress.format_seconds(elapsed),
+                 progress.format_seconds(elapsed / (fold + 1) * (k - fold - 1)))
+  result = _cv_summary(folds)
   if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'cv_metrics.json'), 'w') as f:
-      json.dump(result, f, indent=2)
+    paths.write_json_atomic(os.path.join(workdir, 'cv_metrics.json'), result)
   return result

@@ -1,7 +1,7 @@
 """Helpers for the training tests: an in-memory stand-in for input_pipeline.
 
-`ArrayData` has the same `train_batches` / `eval_batches` / `num_examples`
-contract as input_pipeline (global jax.Arrays sharded on the mesh's data
+`ArrayData` has the same `train_batches` / `eval_batches` / `num_examples` /
+`steps_per_epoch` contract as input_pipeline (global jax.Arrays sharded on the mesh's data
 axis, epoch order a pure function of (seed, epoch), eval batches padded with
 mask=False), over small random arrays whose label is readable from the image,
 so a tiny model can learn it.
@@ -61,6 +61,13 @@ class ArrayData:
 
   def num_examples(self, config, split):
     return len(self.splits[split]['label'])
+
+  def steps_per_epoch(self, config):
+    """As input_pipeline.steps_per_epoch: full batches, capped by
+    config.train.max_steps_per_epoch when it is positive."""
+    steps = self.num_examples(config, 'train') // int(config.train.batch_size)
+    cap = int(config.train.get('max_steps_per_epoch', -1))
+    return min(steps, cap) if cap > 0 else steps
 
   def _global(self, mesh, batch):
     sharding = mesh_lib.data_sharding(mesh)

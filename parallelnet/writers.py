@@ -1,0 +1,148 @@
+"""What training writes and logs: metric writer, NaN guard, eval outputs.
+
+TensorBoard events through clu (logging only without tensorboard), the
+stop on a non-finite loss, and the evaluation files: eval_metrics.json and
+confusion_matrix.png (the paper's Fig. 4), written atomically by process 0.
+"""
+
+import io
+import math
+import os
+
+from absl import logging
+import jax
+import numpy as np
+from PIL import Image
+
+from parallelnet.core import errors
+from parallelnet.core import paths
+from parallelnet.core import plotting
+from parallelnet import metrics as metrics_lib
+
+METRIC_KEYS = ('accuracy', 'macro_f1', 'cohen_kappa')
+
+
+class _DropOrbaxInfo:
+  """absl-logging filter: orbax logs every save and restore at INFO."""
+
+  def filter(self, record):
+    return record.levelno >= 30 or '/orbax/' not in record.pathname
+
+
+def quiet_orbax():
+  """Drops orbax's INFO lines from the absl log (idempotent)."""
+  absl_logger = logging.get_absl_logger()
+  if not any(isinstance(f, _DropOrbaxInfo) for f in absl_logger.filters):
+    absl_logger.addFilter(_DropOrbaxInfo())
+
+
+class LoggingOnlyWriter:
+  """Stand-in for clu's writer when TensorBoard is not installed: logs only."""
+
+  def write_scalars(self, step, scalars):
+    logging.info('[%d] %s', step, ', '.join(
+        f'{k}={float(v):.6g}' for k, v in sorted(scalars.items())))
+
+  def write_images(self, step, images):
+    del step, images  # Nothing to show without TensorBoard.
+
+  def flush(self):
+    pass
+
+  def close(self):
+    pass
+
+
+def metric_writer(workdir):
+  """clu metric writer: TensorBoard events in `workdir` plus logging."""
+  try:
+    from clu import metric_writers  # pylint: disable=g-import-not-at-top
+  except ImportError as e:  # clu's TensorBoard writer needs `tensorboard`.
+    logging.warning('No TensorBoard events will be written (%s); install '
+                    'tensorboard==2.21.0 to get them.', e)
+    return LoggingOnlyWriter()
+  return metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0, asynchronous=False)
+
+
+class NonFiniteLossError(errors.UserError, FloatingPointError):
+  """Training diverged (NaN/Inf loss or gradient); the message says what to
+  change and where the last good checkpoint is."""
+
+
+def check_finite(step: int, out: dict, ckpts, workdir: str):
+  """Stops training on a non-finite loss or gradient norm in `out`."""
+  for name in ('loss', 'grad_norm'):
+    value = float(out[name])
+    if not math.isfinite(value):
+      ckpts.wait()
+      last = ckpts.latest_step()
+      raise NonFiniteLossError(
+          f'Non-finite {name} ({value}) at training step {step}: training '
+          f'stopped. The last good checkpoint is step {last} in '
+          f'{os.path.join(workdir, "checkpoints", "latest")} (nothing was '
+          f'saved after the failure). Lower train.learning_rate or check the '
+          f'inputs.')
+
+
+def confusion_png(cm, class_names, title: str = '') -> bytes:
+  """A confusion-matrix heat map with counts, like the paper's Fig. 4, as
+  PNG bytes."""
+  plt = plotting.pyplot()
+  cm = np.asarray(cm)
+  fig, ax = plt.subplots(figsize=(1.2 * len(class_names) + 2,
+                                  1.2 * len(class_names) + 1.5))
+  try:
+    im = ax.imshow(cm, cmap='Blues')
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ticks = np.arange(len(class_names))
+    ax.set_xticks(ticks, class_names, rotation=45, ha='right')
+    ax.set_yticks(ticks, class_names)
+    ax.set_xlabel('Predicted label')
+    ax.set_ylabel('True label')
+    threshold = cm.max() / 2 if cm.size else 0
+    for i in range(cm.shape[0]):
+      for j in range(cm.shape[1]):
+        ax.text(j, i, str(cm[i, j]), ha='center', va='center',
+                color='white' if cm[i, j] > threshold else 'black')
+    ax.set_title(title)
+    fig.tight_layout()
+    return plotting.figure_bytes(fig, dpi=120)
+  finally:
+    plt.close(fig)
+
+
+def plot_confusion_matrix(cm, class_names, path: str, title: str = ''):
+  """Saves `confusion_png` to `path` (atomically)."""
+  paths.write_bytes_atomic(path, confusion_png(cm, class_names, title))
+
+
+def write_eval_outputs(config, workdir, cm, step, split, writer=None):
+  """Metrics of confusion matrix `cm`: eval_metrics.json and
+  confusion_matrix.png in `workdir` (process 0), TensorBoard scalars and
+  the figure when `writer` is given, and a log line. Returns the metrics."""
+  summary = metrics_lib.summarize(cm, config.dataset.classes)
+  summary['checkpoint_step'] = int(step)
+  summary['split'] = split
+  if jax.process_index() == 0:
+    paths.write_json_atomic(os.path.join(workdir, 'eval_metrics.json'),
+                            summary)
+    png = confusion_png(
+        cm, config.dataset.classes,
+        f'{split}: accuracy {summary["accuracy"]:.3f}, '
+        f'macro-F1 {summary["macro_f1"]:.3f}')
+    paths.write_bytes_atomic(os.path.join(workdir, 'confusion_matrix.png'),
+                             png)
+    if writer is not None:
+      writer.write_scalars(int(step), {f'{split}/{k}': summary[k]
+                                       for k in METRIC_KEYS})
+      # The same figure in TensorBoard's Images tab (uint8 RGB, batch of 1).
+      pixels = np.asarray(Image.open(io.BytesIO(png)).convert('RGB'))
+      writer.write_images(int(step), {f'{split}/confusion_matrix':
+                                      pixels[None]})
+      writer.flush()
+  logging.info('%s metrics at checkpoint step %d: accuracy %.4f, macro-F1 '
+               '%.4f, kappa %.4f, confusion %s', split, step,
+               summary['accuracy'], summary['macro_f1'],
+               summary['cohen_kappa'], summary['confusion_matrix'])
+  return summary
