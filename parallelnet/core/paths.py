@@ -9,6 +9,7 @@ a reader of the final name.
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import re
@@ -42,10 +43,13 @@ def atomic_open(p, mode='w'):
   p = epath.Path(p)
   p.parent.mkdir(parents=True, exist_ok=True)
   tmp = epath.Path(tmp_name(p))
-  kwargs = {} if 'b' in mode else dict(encoding='utf-8', newline='')
   try:
-    with tmp.open(mode, **kwargs) as f:
-      yield f
+    with tmp.open(mode if 'b' in mode else mode + 'b') as raw:
+      if 'b' in mode:
+        yield raw
+      else:  # epath's open takes no encoding/newline arguments.
+        with io.TextIOWrapper(raw, encoding='utf-8', newline='') as f:
+          yield f
     tmp.replace(p)
   finally:
     if tmp.exists():
