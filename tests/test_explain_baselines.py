@@ -274,3 +274,13 @@ def test_background_is_the_mean_of_per_baseline_explanations():
     y = dncshap_batch(FN, images, speeches, depth=1, mode='dnc',
                       target=(np.asarray(x.target) + 1) % 3)
     average_explanations([x, y])
+
+
+def test_paper_explain_variant_is_algorithm1_the_default_is_measured():
+  """PAPER.md, "Where we choose": Algorithm 1's setting is one variant."""
+  paper = parallelnet_config.get_config('paper_explain').explain
+  assert (paper.mode, paper.context, paper.baseline) == (
+      'dnc', 'absent', 'zeros')
+  default = parallelnet_config.get_config().explain
+  assert (default.mode, default.context, default.baseline) == (
+      'dnc', 'present', 'mean')

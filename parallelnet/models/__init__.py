@@ -70,6 +70,8 @@ def init_variables(model: nn.Module, config, rng,
   (see models/pretrained.py). With load_pretrained=False it works under
   `jax.eval_shape` (nothing is allocated then).
   """
+  if load_pretrained:
+    pretrained.check_required(config)
   image, spectrogram = dummy_inputs(config)
 
   @jax.jit
