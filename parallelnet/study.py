@@ -50,6 +50,7 @@ import numpy as np
 
 from parallelnet.core.errors import UserError
 from parallelnet import models
+from parallelnet import summary
 from parallelnet import train
 
 FIXED_ROWS = ('proposed', 'ser_only', 'ier_only', 'baseline1', 'baseline2',
@@ -178,16 +179,7 @@ def _flat(c):
 
 def trainable_params(config) -> int:
   """Parameters that training changes (frozen N2 trunks excluded)."""
-  model = models.get_model(config)
-  params = jax.eval_shape(
-      lambda k: models.init_variables(model, config, k,
-                                      load_pretrained=False),
-      jax.random.key(0))['params']
-  total = models.count_params(params)
-  if train.trunk_lr_multiplier_of(config) == 0.0:
-    total -= sum(models.count_params(params[b]['backbone'])
-                 for b, _ in train.TRUNK_PATHS if b in params)
-  return total
+  return summary.param_counts(config)[0]
 
 
 def _read_json(path):
