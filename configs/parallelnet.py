@@ -153,6 +153,10 @@ def get_config(arg=None):
   # Folder of the b_t4sa manifest for the `sentiment` row (its manual_dir);
   # '' = dataset.manual_dir.
   c.study.sentiment_dir = ''
+  # A row folder trained with another config (its config.json differs in a
+  # field that changes the result) stops the study naming the fields; True:
+  # move that folder aside to <row>.stale and retrain the row.
+  c.study.retrain_changed = False
 
   # --- Prediction (--mode=predict) -----------------------------------------
   c.predict = ml_collections.ConfigDict()

@@ -421,13 +421,14 @@ def _write_eval_outputs(config, workdir, cm, step, split, writer=None):
   summary = metrics_lib.summarize(cm, config.dataset.classes)
   summary['checkpoint_step'] = int(step)
   summary['split'] = split
+  suffix = '' if split == 'test' else f'_{split}'  # Test files keep their names.
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'eval_metrics.json'), 'w') as f:
+    with open(os.path.join(workdir, f'eval_metrics{suffix}.json'), 'w') as f:
       json.dump(summary, f, indent=2)
     plot_confusion_matrix(
         cm, config.dataset.classes,
-        os.path.join(workdir, 'confusion_matrix.png'),
+        os.path.join(workdir, f'confusion_matrix{suffix}.png'),
         f'{split}: accuracy {summary["accuracy"]:.3f}, '
         f'macro-F1 {summary["macro_f1"]:.3f}')
     if writer is not None:
@@ -627,7 +628,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 def evaluate(config: ml_collections.ConfigDict, workdir: str, *,
              which: str = 'best', split: str = 'test', data=None) -> dict:
   """Evaluates the `which` checkpoint of `workdir` on `split`; writes
-  eval_metrics.json and confusion_matrix.png there and returns the metrics."""
+  eval_metrics.json and confusion_matrix.png there (another split:
+  eval_metrics_<split>.json, confusion_matrix_<split>.png) and returns the
+  metrics."""
   config = model_scaling.resolve_config(config)
   data = data or _pipeline()
   _quiet_orbax()
