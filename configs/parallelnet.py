@@ -13,6 +13,13 @@ Usage:
   baseline2   criss-cross before N2, EfficientNet-B0 as N2.
   baseline3   criss-cross after N2, EfficientNet-B0 as N2.
   sentiment   B-T4SA with three sentiment classes (Table 3).
+  imagenet    the paper's ImageNet-initialised N2 trunks: requires
+              --config.model.speech_weights=FILE --config.model.image_weights=FILE
+              (an error names the empty field; README, 'Pretrained weights').
+  paper_explain  DnCShap as Algorithm 1: absent players are a black image
+              and silence (baseline=zeros), dnc contexts without the other
+              players (context=absent); the default is the measured better
+              setting (PAPER.md, "Where we choose").
   proposed    no change (the proposed model; a row name of --mode=study).
   n2=<name>   the §4.3.2 N2 sweep: backbone <name> in both N2 trunks.
   runlocal    tiny widths and inputs so that a 2-core CPU runs it in seconds.
@@ -24,7 +31,8 @@ from parallelnet.core.classes import EMOTIONS
 from parallelnet.core.classes import SENTIMENTS
 
 VARIANTS = ('proposed', 'ser_only', 'ier_only', 'baseline1', 'baseline2',
-            'baseline3', 'sentiment', 'n2=<backbone>', 'runlocal')
+            'baseline3', 'sentiment', 'imagenet', 'paper_explain',
+            'n2=<backbone>', 'runlocal')
 # Table 2's rows, in the paper's order: --mode=study's default.
 TABLE2_ROWS = ('ser_only', 'ier_only', 'baseline1', 'baseline2', 'baseline3',
                'proposed')
@@ -86,6 +94,10 @@ def get_config(arg=None):
   c.model.speech_weights = ''  # File for N2_s's trunk (speech_backbone); '' = random init.
   c.model.image_weights = ''  # File for N2_i's trunk (image_backbone); '' = random init.
   c.model.pretrained = ''  # Older form: one .npz for both trunks; excludes *_weights.
+  # True: every N2 trunk the model has needs its weights file (variant
+  # imagenet); an empty field is an error before anything runs. False: an
+  # empty field means random init, with a warning at full width.
+  c.model.require_weights = False
 
   # --- Training (PAPER.md, "Training") ---------------------------------------------------
   c.train = ml_collections.ConfigDict()
@@ -104,20 +116,25 @@ def get_config(arg=None):
   c.train.checkpoint_every_steps = 0  # Mid-epoch checkpoint period; 0 = epoch ends only.
   c.train.max_steps_per_epoch = -1  # Cap for quick runs; -1 = the whole split.
   # Learning-rate factor of the N2 trunks (fine-tuning): 1 = same as the rest,
-  # 0 = frozen (their parameters never change).
+  # 0 = frozen as Keras' trainable=False: their parameters never change and
+  # their BatchNorms run in inference mode (running statistics kept).
   c.train.trunk_lr_multiplier = 1.0
 
   # --- Explanation (PAPER.md, "DnCShap") --------------------------------------------
   c.explain = ml_collections.ConfigDict()
   c.explain.depth = 4  # Halvings per modality: 2**depth leaf regions each.
   c.explain.mode = 'dnc'  # dnc (2**(depth+2) evaluations) | exact (Owen values).
-  c.explain.context = 'present'  # dnc context policy: absent | present | random (README).
-  # What absent players take: zeros (Algorithm 1) | mean (training split's
-  # mean input, cached in <workdir>/explain/baseline_mean.npz) | blur (the
-  # input blurred) | background (explanations averaged over background_size
-  # training inputs, that many times the evaluations) | a path to an .npz
-  # with arrays image (H, W, 3) and spectrogram (T, F, 1). README,
-  # 'Explanations', says why mean is the default.
+  # The defaults context='present', baseline='mean' are the measured better
+  # setting (README, 'Explanations'); Algorithm 1's is context='absent',
+  # baseline='zeros': the variant paper_explain (PAPER.md, "Where we choose").
+  c.explain.context = 'present'  # dnc context policy: absent | present | random.
+  # What absent players take: zeros (Algorithm 1's blank input: a black image
+  # and silence, put through the data's preprocessing) | mean (training
+  # split's mean input, cached in <workdir>/explain/baseline_mean.npz) | blur
+  # (the input blurred) | background (explanations averaged over
+  # background_size training inputs, that many times the evaluations) | a
+  # path to an .npz with arrays image (H, W, 3) and spectrogram (T, F, 1),
+  # in model-input space.
   c.explain.baseline = 'mean'  # zeros | mean | blur | background | path.npz.
   c.explain.blur_sigma = 4.0  # baseline=blur: Gaussian sigma in pixels / (frames, mel bins).
   c.explain.background_size = 8  # baseline=background: training inputs averaged over.
@@ -136,6 +153,10 @@ def get_config(arg=None):
   # Folder of the b_t4sa manifest for the `sentiment` row (its manual_dir);
   # '' = dataset.manual_dir.
   c.study.sentiment_dir = ''
+  # A row folder trained with another config (its config.json differs in a
+  # field that changes the result) stops the study naming the fields; True:
+  # move that folder aside to <row>.stale and retrain the row.
+  c.study.retrain_changed = False
 
   # --- Prediction (--mode=predict) -----------------------------------------
   c.predict = ml_collections.ConfigDict()
@@ -169,6 +190,12 @@ def apply_variant(c, variant):
   elif variant == 'sentiment':
     c.dataset.name = 'b_t4sa'
     c.dataset.classes = SENTIMENTS
+  elif variant == 'imagenet':
+    c.model.require_weights = True
+  elif variant == 'paper_explain':
+    c.explain.mode = 'dnc'
+    c.explain.context = 'absent'
+    c.explain.baseline = 'zeros'
   elif variant == 'runlocal':
     c.input.image_size = 32
     c.input.n_mels = 32

@@ -33,6 +33,7 @@ from explain.dncshap import num_evaluations
 from explain import figures
 from parallelnet.core import paths
 from parallelnet.core import progress
+from parallelnet.core import scaling as core_scaling
 from parallelnet.core.errors import UserError
 from parallelnet import inference
 from parallelnet.models import scaling as model_scaling
@@ -92,9 +93,11 @@ class Baseline:
   """The values absent players take, resolved from config.explain.baseline.
 
   name: 'zeros' | 'mean' | 'blur' | 'background' | the .npz path.
-  images, spectrograms: (K, H, W, 3), (K, T, F, 1) fixed baselines (K = 1
-    for 'mean' and an .npz, K = background_size for 'background'); None for
-    'zeros' (the core's default) and 'blur' (made from each input).
+  images, spectrograms: (K, H, W, 3), (K, T, F, 1) fixed baselines in model
+    input space (K = 1 for 'zeros', 'mean' and an .npz, K = background_size
+    for 'background'); None for 'blur' (made from each input). A 'zeros'
+    Baseline built without arrays means model-input zeros (the core's
+    default).
   blur_sigma: Gaussian sigma, in array cells along both axes, for 'blur'.
   """
   name: str
@@ -196,10 +199,22 @@ def _pick_training_inputs(config, k, train):
   return np.concatenate(got_i), np.concatenate(got_s)
 
 
+def blank_input(config, image_shape, speech_shape):
+  """Algorithm 1's blank pair in model-input space: a black image (RGB 0)
+  under config.input.image_scaling (e.g. caffe: minus the ImageNet mean
+  colour, not 0) and a silent spectrogram (0 in the [0, 1] dB mapping of
+  input_pipeline/audio.py). `config` has a resolved scaling."""
+  black = np.zeros(tuple(image_shape), np.uint8)
+  image = core_scaling.scale_image(black, config.input.image_scaling)
+  return image.astype(np.float32), np.zeros(tuple(speech_shape), np.float32)
+
+
 def make_baseline(config, image_shape, speech_shape, *, train=None,
                   workdir=None):
   """Resolves config.explain.baseline into a `Baseline`.
 
+  'zeros' is the blank pair of raw inputs, a black image and silence, put
+  through the same preprocessing as the data (`blank_input`).
   'mean' and 'background' read the training split, streamed (or `train`, a
   dict with 'image' and 'spectrogram' arrays, when given): the per-pixel
   mean input, or background_size inputs drawn without replacement with
@@ -211,7 +226,8 @@ def make_baseline(config, image_shape, speech_shape, *, train=None,
   c = config.explain
   name = str(c.baseline)
   if name == 'zeros':
-    return Baseline('zeros')
+    image, speech = blank_input(config, image_shape, speech_shape)
+    return Baseline('zeros', image[None], speech[None])
   if name == 'blur':
     sigma = float(c.blur_sigma)
     if not sigma > 0:
@@ -226,9 +242,10 @@ def make_baseline(config, image_shape, speech_shape, *, train=None,
     else:
       image, speech = _mean_input(config, train)
       if cache and jax.process_index() == 0:
-        os.makedirs(os.path.dirname(cache), exist_ok=True)
-        np.savez(cache, image=image.astype(np.float32),
-                 spectrogram=speech.astype(np.float32))
+        # Atomic: another process may be reading the cache meanwhile.
+        with paths.atomic_open(cache, 'wb') as f:
+          np.savez(f, image=image.astype(np.float32),
+                   spectrogram=speech.astype(np.float32))
     return Baseline('mean', image[None].astype(np.float32),
                     speech[None].astype(np.float32))
   if name == 'background':
@@ -248,7 +265,7 @@ def explain_batch(fn, images, spectrograms, baseline, *, depth, mode,
   """`dncshap_batch` with a `Baseline`: blur made per input, a background
   explained once per baseline and averaged (K times the evaluations)."""
   kwargs = dict(depth=depth, mode=mode, context=context, max_batch=max_batch)
-  if baseline.name == 'zeros':
+  if baseline.name == 'zeros' and baseline.images is None:
     return dncshap_batch(fn, images, spectrograms, key=key, target=target,
                          **kwargs)
   if baseline.name == 'blur':
@@ -297,8 +314,9 @@ def top_speech_hit(regions_values, spans, cue_span):
 
 
 def _write_example(config, out_dir, ex_id, e, *, image_raw, waveform,
-                   label=None):
-  """Speech post-processing, figure and npz for one explained example."""
+                   label=None, write=True):
+  """Speech post-processing, figure and npz for one explained example; the
+  record only (no files) when not `write`."""
   classes = list(config.dataset.classes)
   used = _used_modalities(config)
   name = paths.safe_name(ex_id)
@@ -307,9 +325,20 @@ def _write_example(config, out_dir, ex_id, e, *, image_raw, waveform,
       e.speech_map, waveform, hop_length=config.input.hop_length,
       sample_rate=config.input.sample_rate,
       keep_percentile=config.explain.keep_percentile,
-      wav_path=os.path.join(out_dir, f'{name}_kept.wav'),
-      clip_wav_path=os.path.join(out_dir, f'{name}.wav'))
+      wav_path=os.path.join(out_dir, f'{name}_kept.wav') if write else None,
+      clip_wav_path=os.path.join(out_dir, f'{name}.wav') if write else None)
   target = int(e.target)
+  record = dict(
+      id=str(ex_id), file=name, predicted=classes[target],
+      probability=float(e.probability),
+      baseline_probability=float(e.baseline_probability),
+      modality_scores={m: float(e.modality_scores[i])
+                       for i, m in enumerate(('image', 'speech'))
+                       if m in used},
+      segments_s=[[float(a), float(b)] for a, b in sp.segments],
+      true=None if label is None else classes[int(label)])
+  if not write:
+    return record
   figures.save_figure(
       os.path.join(out_dir, f'{name}.png'),
       image_raw=image_raw, image_map=e.image_map, waveform=waveform,
@@ -337,15 +366,7 @@ def _write_example(config, out_dir, ex_id, e, *, image_raw, waveform,
       image_region_boxes=e.image_regions.boxes,
       speech_region_values=np.asarray(e.speech_regions.values),
       speech_region_boxes=e.speech_regions.boxes)
-  return dict(
-      id=str(ex_id), file=name, predicted=classes[target],
-      probability=float(e.probability),
-      baseline_probability=float(e.baseline_probability),
-      modality_scores={m: float(e.modality_scores[i])
-                       for i, m in enumerate(('image', 'speech'))
-                       if m in used},
-      segments_s=[[float(a), float(b)] for a, b in sp.segments],
-      true=None if label is None else classes[int(label)])
+  return record
 
 
 def _settings(config, step, baseline):
@@ -478,7 +499,12 @@ def explain_dataset(config, workdir, *, split='test'):
 
 
 def explain_files(config, workdir, image_path, audio_path):
-  """Explains one user pair with the dataset's preprocessing; prints it."""
+  """Explains one user pair with the dataset's preprocessing; prints it.
+
+  Every process of a multi-process run computes the explanation (the same
+  one: same inputs, weights and key); process 0 alone writes the files and
+  prints. Returns the summary dict on every process.
+  """
   config = model_scaling.resolve_config(config)
   import input_pipeline  # pylint: disable=g-import-not-at-top
   c = config.explain
@@ -494,18 +520,22 @@ def explain_files(config, workdir, image_path, audio_path):
       pair['spectrogram'][None], baseline, depth=int(c.depth), mode=c.mode,
       context=c.context, key=jax.random.key(config.seed),
       max_batch=int(c.max_batch)).example(0)
+  writer = jax.process_index() == 0
   out_dir = os.path.join(workdir, 'explain')
-  os.makedirs(out_dir, exist_ok=True)
+  if writer:
+    os.makedirs(out_dir, exist_ok=True)
   ex_id = (f'{os.path.splitext(os.path.basename(image_path))[0]}__'
            f'{os.path.splitext(os.path.basename(audio_path))[0]}')
   rec = _write_example(config, out_dir, ex_id, e,
-                       image_raw=pair['image_raw'], waveform=pair['waveform'])
+                       image_raw=pair['image_raw'], waveform=pair['waveform'],
+                       write=writer)
   summary = dict(image=image_path, audio=audio_path,
                  **_settings(config, step, baseline),
                  **rec)
+  if not writer:
+    return summary
   name = paths.safe_name(ex_id)
-  with open(os.path.join(out_dir, f'{name}.json'), 'w') as f:
-    json.dump(summary, f, indent=2)
+  paths.write_json_atomic(os.path.join(out_dir, f'{name}.json'), summary)
   print(f"prediction: {rec['predicted']} (softmax {rec['probability']:.4f}; "
         f"baseline input {rec['baseline_probability']:.4f})")
   print('modality scores: ' + '  '.join(

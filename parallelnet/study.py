@@ -22,19 +22,32 @@ Each row trains and evaluates in `<workdir>/<row folder>/` exactly as
 are not run (use --mode=explain on a row's folder). Row folders are the row
 names with '=' replaced by '_' (`n2=vgg16` -> `n2_vgg16`). A row whose
 eval_metrics.json (cv_metrics.json with cv) exists is reused, not retrained;
-an interrupted row resumes from its checkpoint. Every row name is checked
-(and every row config built) before anything trains.
+an interrupted row resumes from its checkpoint. A row folder trained with
+another config (its config.json differs from the row's config now in a field
+that changes the result, `changed_fields`) stops the study naming the
+fields, before anything trains; with config.study.retrain_changed the folder
+is moved aside to <row folder>.stale[N] and the row retrained. Every row name
+is checked (and every row config built) before anything trains.
 
-Outputs in `<workdir>/`: study.csv (rows in the given order; row, accuracy,
-macro_f1, cohen_kappa, trainable_params, train_seconds; with cv also
-<metric>_std over folds; train_seconds is the wall time of the call that
-finished the row, kept in <row>/study_row.json: an interrupted row counts only
-its last call, a row trained by --mode=train has none),
+The paper's Table 2 reports validation accuracy; its Table 3 and our
+eval_metrics.json the test split. Each row therefore gets both: the best
+checkpoint's test metrics (eval_metrics.json) and its validation accuracy and
+macro-F1 (eval_metrics_validation.json, from `train.evaluate`; per fold with
+cv).
+
+Outputs in `<workdir>/`: study.csv (rows in the given order; row,
+test_accuracy, test_macro_f1, test_cohen_kappa, val_accuracy, val_macro_f1,
+trainable_params, frozen_params, train_seconds; with cv also <column>_std
+over folds after the metric columns; train_seconds is the wall time of the
+call that finished the row, kept in <row>/study_row.json: an interrupted row
+counts only its last call, a row trained by --mode=train has none),
 study.md (a Markdown table laid out like the paper's Table 2: its rows in
-Table 2's order, then the N2 sweep and the sentiment row) and study.png
-(accuracy and macro-F1 per row; error bars are the std over folds with cv).
+Table 2's order, then the N2 sweep and the sentiment row; the header names
+each column's split) and study.png (test accuracy and macro-F1 per row;
+error bars are the std over folds with cv).
 """
 
+import copy
 import csv
 import importlib.util
 import json
@@ -51,13 +64,22 @@ import numpy as np
 from parallelnet.core import paths
 from parallelnet.core import plotting
 from parallelnet.core.errors import UserError
+from parallelnet import mesh as mesh_lib
 from parallelnet import models
+from parallelnet import summary
 from parallelnet import train
 
 FIXED_ROWS = ('proposed', 'ser_only', 'ier_only', 'baseline1', 'baseline2',
               'baseline3', 'sentiment')
 SWEEP_PREFIX = 'n2='
 METRICS = train.METRIC_KEYS  # accuracy, macro_f1, cohen_kappa.
+VAL_METRICS = ('accuracy', 'macro_f1')  # Table 2 reports validation accuracy.
+# Config fields that do not change a row's numbers: where the data are
+# cached, how often training logs or checkpoints, the eval batch (padded and
+# masked) and the other modes' settings.
+NOT_RESULT_FIELDS = ('explain.', 'study.', 'predict.', 'dataset.data_dir',
+                     'train.log_every_steps', 'train.checkpoint_every_steps',
+                     'train.eval_batch_size')
 
 # The paper's names for the rows (Table 2, Table 3), and Table 2's grouping.
 _LABELS = {'proposed': "Proposed ('ParallelNet')", 'ser_only': 'SER Only',
@@ -166,6 +188,10 @@ def row_configs(config: ml_collections.ConfigDict, config_file: str,
 
 
 def _flat(c):
+  return _flat_dict(c.to_dict())
+
+
+def _flat_dict(d):
   out = {}
 
   def walk(prefix, d):
@@ -174,22 +200,117 @@ def _flat(c):
         walk(f'{prefix}{k}.', v)
       else:
         out[prefix + k] = v
-  walk('', c.to_dict())
+  walk('', d)
   return out
+
+
+_ABSENT = '<absent>'
+
+
+def changed_fields(saved: dict, config, ignore=()) -> list[tuple]:
+  """[(field, saved value, value now)] for the fields that change the
+  result (all but NOT_RESULT_FIELDS and `ignore`) and differ between a
+  row's saved config.json (`saved`) and `config`. A field the saved file
+  lacks (added to the code after that run) counts as
+  configs/parallelnet.py's default, as checkpointing.read_config reads it."""
+  from configs import parallelnet as default_config  # pylint: disable=g-import-not-at-top
+  now = _flat_dict(json.loads(config.to_json()))
+  old = _flat_dict(saved)
+  default = _flat_dict(json.loads(default_config.get_config().to_json()))
+  skip = NOT_RESULT_FIELDS + tuple(ignore)
+  out = []
+  for k in sorted(set(now) | set(old)):
+    if k.startswith(skip):
+      continue
+    was = old.get(k, default.get(k, _ABSENT))
+    if was != now.get(k, _ABSENT):
+      out.append((k, was, now.get(k, _ABSENT)))
+  return out
+
+
+def _saved_config_path(row_dir, cv):
+  """The config.json a row folder's training wrote (cv: fold 0's)."""
+  return os.path.join(row_dir, 'fold_0' if cv else '', 'config.json')
+
+
+def check_row_folder(row: str, config, row_dir: str, cv: bool) -> bool:
+  """False when `row_dir` holds nothing or a run of `config`; True when it
+  holds a run of another config and config.study.retrain_changed allows
+  retraining it; UserError naming the differing fields otherwise."""
+  path = _saved_config_path(row_dir, cv)
+  if not os.path.exists(path):
+    return False
+  diff = changed_fields(_read_json(path), config,
+                        ignore=('dataset.fold',) if cv else ())
+  if not diff:
+    return False
+  if config.study.get('retrain_changed', False):
+    logging.warning('Study row %s: %s was trained with another config '
+                    '(%s); retraining it.', row, row_dir,
+                    ', '.join(k for k, *_ in diff))
+    return True
+  shown = '; '.join(f'{k}: {a!r} then, {b!r} now' for k, a, b in diff[:6])
+  more = f' (and {len(diff) - 6} more)' if len(diff) > 6 else ''
+  raise UserError(
+      f'Study row {row}: {row_dir} was trained with another config ({path}): '
+      f'{shown}{more}. Its numbers are not this row\'s. Use another '
+      f'--workdir, or set --config.study.retrain_changed=True to move the '
+      f'folder aside (to {os.path.basename(row_dir)}.stale) and retrain.')
+
+
+def _move_aside(row_dir):
+  """Renames a stale row folder to <folder>.stale (or .staleN if taken)."""
+  if jax.process_index() == 0:
+    target, n = f'{row_dir}.stale', 1
+    while os.path.exists(target):
+      n += 1
+      target = f'{row_dir}.stale{n}'
+    os.rename(row_dir, target)
+    logging.info('Moved %s to %s.', row_dir, target)
+  mesh_lib.allgather_json(None)  # Every process waits for the rename.
 
 
 def trainable_params(config) -> int:
   """Parameters that training changes (frozen N2 trunks excluded)."""
-  model = models.get_model(config)
-  params = jax.eval_shape(
-      lambda k: models.init_variables(model, config, k,
-                                      load_pretrained=False),
-      jax.random.key(0))['params']
-  total = models.count_params(params)
-  if train.trunk_lr_multiplier_of(config) == 0.0:
-    total -= sum(models.count_params(params[b]['backbone'])
-                 for b, _ in train.TRUNK_PATHS if b in params)
-  return total
+  return summary.param_counts(config)[0]
+
+
+def validation_metrics(config, row_dir: str, cv: bool, data=None) -> dict:
+  """{metric: value} of VAL_METRICS for the best checkpoint on the
+  validation split (with cv: {metric: mean, metric_std: std} over folds).
+
+  Read from <dir>/eval_metrics_validation.json when it belongs to the same
+  checkpoint as the dir's test metrics, else computed with `train.evaluate`
+  (which writes it).
+  """
+  if cv:
+    dirs = [(os.path.join(row_dir, f'fold_{k}'), k)
+            for k in range(int(config.dataset.num_folds))]
+  else:
+    dirs = [(row_dir, None)]
+  got = []
+  for d, fold in dirs:
+    cached = os.path.join(d, 'eval_metrics_validation.json')
+    test = os.path.join(d, 'eval_metrics.json')
+    if (os.path.exists(cached) and os.path.exists(test)
+        and _read_json(cached).get('checkpoint_step')
+        == _read_json(test).get('checkpoint_step')):
+      got.append(_read_json(cached))
+      continue
+    cfg = config
+    if fold is not None:
+      cfg = copy.deepcopy(config)
+      with cfg.unlocked():
+        cfg.dataset.fold = fold
+    got.append(train.evaluate(cfg, d, which='best', split='validation',
+                              data=data))
+  if not cv:
+    return {m: got[0][m] for m in VAL_METRICS}
+  out = {}
+  for m in VAL_METRICS:
+    values = np.array([g[m] for g in got], np.float64)
+    out[m], out[f'{m}_std'] = float(values.mean()), float(values.std())
+  return out
 
 
 def _read_json(path):
@@ -198,9 +319,12 @@ def _read_json(path):
 
 
 def run_row(row: str, config, row_dir: str, cv: bool, data=None) -> dict:
-  """Trains and evaluates one row in `row_dir` unless its metrics exist.
-  Returns {row, <metrics>, [<metric>_std], trainable_params, train_seconds,
-  reused}."""
+  """Trains and evaluates one row in `row_dir` unless its metrics exist
+  (and were made with this config: `check_row_folder`).
+  Returns {row, test_<metric>, val_<metric> [and their _std],
+  trainable_params, frozen_params, train_seconds, reused}."""
+  if check_row_folder(row, config, row_dir, cv):
+    _move_aside(row_dir)
   metrics_path = os.path.join(
       row_dir, 'cv_metrics.json' if cv else 'eval_metrics.json')
   info_path = os.path.join(row_dir, 'study_row.json')
@@ -224,10 +348,14 @@ def run_row(row: str, config, row_dir: str, cv: bool, data=None) -> dict:
   out = {'row': row}
   for m in METRICS:
     if cv:
-      out[m], out[f'{m}_std'] = saved[m]['mean'], saved[m]['std']
+      out[f'test_{m}'] = saved[m]['mean']
+      out[f'test_{m}_std'] = saved[m]['std']
     else:
-      out[m] = saved[m]
-  out['trainable_params'] = trainable_params(config)
+      out[f'test_{m}'] = saved[m]
+  val = validation_metrics(config, row_dir, cv, data)
+  out.update({f'val_{k}': v for k, v in val.items()})
+  out['trainable_params'], out['frozen_params'] = summary.param_counts(
+      config)
   out['train_seconds'] = seconds
   out['reused'] = reused
   return out
@@ -242,6 +370,9 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *,
   rows = parse_rows(config.study.rows)
   cv = bool(config.study.cv)
   configs = row_configs(config, config_file, overrides, rows)  # All checked.
+  for row in rows:  # A folder of another config stops the study up front.
+    check_row_folder(row, configs[row],
+                     os.path.join(workdir, row_folder(row)), cv)
   results = []
   for i, row in enumerate(rows):
     logging.info('Study: row %d of %d (%s).', i + 1, len(rows), row)
@@ -255,11 +386,16 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *,
   return results
 
 
+def _metric_columns():
+  return ([f'test_{m}' for m in METRICS]
+          + [f'val_{m}' for m in VAL_METRICS])
+
+
 def _columns(cv):
-  cols = ['row'] + list(METRICS)
+  cols = ['row'] + _metric_columns()
   if cv:
-    cols += [f'{m}_std' for m in METRICS]
-  return cols + ['trainable_params', 'train_seconds']
+    cols += [f'{m}_std' for m in _metric_columns()]
+  return cols + ['trainable_params', 'frozen_params', 'train_seconds']
 
 
 def write_csv(results, path, cv):
@@ -299,22 +435,31 @@ def _num(r, m, cv):
 
 def markdown_table(results, cv) -> str:
   """Table 2's layout (Model, Accuracy; groups in its order, a rule between
-  groups), plus macro-F1, Cohen's kappa, trainable parameters, time."""
+  groups): validation accuracy (Table 2's) and macro-F1, then the test
+  split's accuracy, macro-F1 and Cohen's kappa, trainable and frozen
+  parameters, time. The header names each column's split."""
   ordered, groups = _ordered(results)
-  lines = ['| Model | Accuracy | Macro-F1 | Cohen\'s κ | Trainable params '
-           '| Train time |', '|---|---:|---:|---:|---:|---:|']
+  lines = ['| Model | Accuracy (validation) | Macro-F1 (validation) '
+           '| Accuracy (test) | Macro-F1 (test) | Cohen\'s κ (test) '
+           '| Trainable params | Frozen params | Train time |',
+           '|---|---:|---:|---:|---:|---:|---:|---:|---:|']
   for k, r in enumerate(ordered):
     if k and groups[k] != groups[k - 1]:
-      lines.append('| | | | | | |')  # Table 2's dashed rule between groups.
+      lines.append('| | | | | | | | | |')  # Table 2's dashed rule.
     secs = r['train_seconds']
     time_text = ('n/a' if secs is None or math.isnan(secs)
                  else f'{secs / 60:.1f} min')
     label = row_label(r['row'])
     if r['row'] == 'proposed':
       label = f'**{label}**'
-    lines.append(f'| {label} (`{r["row"]}`) | {_pct(r, "accuracy", cv)} | '
-                 f'{_num(r, "macro_f1", cv)} | {_num(r, "cohen_kappa", cv)} | '
-                 f'{r["trainable_params"]:,} | {time_text} |')
+    lines.append(f'| {label} (`{r["row"]}`) | '
+                 f'{_pct(r, "val_accuracy", cv)} | '
+                 f'{_num(r, "val_macro_f1", cv)} | '
+                 f'{_pct(r, "test_accuracy", cv)} | '
+                 f'{_num(r, "test_macro_f1", cv)} | '
+                 f'{_num(r, "test_cohen_kappa", cv)} | '
+                 f'{r["trainable_params"]:,} | {r["frozen_params"]:,} | '
+                 f'{time_text} |')
   return '\n'.join(lines) + '\n'
 
 
@@ -324,8 +469,8 @@ def plot(results, path, cv):
   ordered, _ = _ordered(results)
   x = np.arange(len(ordered))
   fig, ax = plt.subplots(figsize=(max(5.0, 0.9 * len(ordered) + 2), 3.6))
-  for k, (m, name) in enumerate((('accuracy', 'accuracy'),
-                                 ('macro_f1', 'macro-F1'))):
+  for k, (m, name) in enumerate((('test_accuracy', 'accuracy'),
+                                 ('test_macro_f1', 'macro-F1'))):
     values = [r[m] for r in ordered]
     err = [r[m + '_std'] for r in ordered] if cv else None
     bars = ax.bar(x + (k - 0.5) * 0.38, values, 0.38, yerr=err, capsize=3,

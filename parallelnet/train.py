@@ -330,7 +330,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 def evaluate(config: ml_collections.ConfigDict, workdir: str, *,
              which: str = 'best', split: str = 'test', data=None) -> dict:
   """Evaluates the `which` checkpoint of `workdir` on `split`; writes
-  eval_metrics.json and confusion_matrix.png there and returns the metrics."""
+  eval_metrics.json and confusion_matrix.png there (another split:
+  eval_metrics_<split>.json, confusion_matrix_<split>.png) and returns the
+  metrics."""
   config = model_scaling.resolve_config(config)
   data = data or _pipeline()
   writers.quiet_orbax()

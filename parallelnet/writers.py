@@ -124,14 +124,15 @@ def write_eval_outputs(config, workdir, cm, step, split, writer=None):
   summary = metrics_lib.summarize(cm, config.dataset.classes)
   summary['checkpoint_step'] = int(step)
   summary['split'] = split
+  suffix = '' if split == 'test' else f'_{split}'  # Test files keep their names.
   if jax.process_index() == 0:
-    paths.write_json_atomic(os.path.join(workdir, 'eval_metrics.json'),
+    paths.write_json_atomic(os.path.join(workdir, f'eval_metrics{suffix}.json'),
                             summary)
     png = confusion_png(
         cm, config.dataset.classes,
         f'{split}: accuracy {summary["accuracy"]:.3f}, '
         f'macro-F1 {summary["macro_f1"]:.3f}')
-    paths.write_bytes_atomic(os.path.join(workdir, 'confusion_matrix.png'),
+    paths.write_bytes_atomic(os.path.join(workdir, f'confusion_matrix{suffix}.png'),
                              png)
     if writer is not None:
       writer.write_scalars(int(step), {f'{split}/{k}': summary[k]

@@ -232,6 +232,168 @@ def test_null_player_exact_respects_it_dnc_does_not():
   np.testing.assert_allclose(dnc.image_regions.values,
                              [p / 4, p / 4, p / 4, p / 4], atol=1e-6)
   np.testing.assert_allclose(dnc.speech_regions.values, 0, atol=1e-7)
+  # Context 'present', by hand from PAPER.md's dnc rule: the halves split
+  # p evenly (Eq. 3 in context {speech}, r = 0); inside the top half, with
+  # the bottom present, leaf 0 alone completes the product: s = (p, 0),
+  # r = p/2 - p, shared by area: (3p/4, -p/4); the bottom half alike.
+  present = dncshap(interaction, image, speech, depth=2, mode='dnc',
+                    context='present', target=0)
+  np.testing.assert_allclose(present.image_regions.values,
+                             [3 * p / 4, -p / 4, 3 * p / 4, -p / 4],
+                             atol=1e-6)
+
+
+class _Recursion:
+  """DnCShap re-derived from PAPER.md ("The hierarchy of players", "Below
+  the modalities") as a plain numpy recursion, sharing no code with
+  explain/dncshap.py: its own region splitting, masking and v(S) cache.
+
+  A node is (modality, box); a coalition is a frozenset of nodes, whose
+  pixels keep the input's values while every other pixel takes the baseline.
+  """
+
+  def __init__(self, fn, inputs, baselines, depth):
+    self.fn, self.inputs, self.baselines = jax.jit(fn), inputs, baselines
+    self.depth = depth
+    self.cache = {}
+    full = self.v_all_probs()
+    self.target = int(np.argmax(full))
+
+  def v_all_probs(self):
+    return np.asarray(self.fn(self.inputs[0][None], self.inputs[1][None]),
+                      np.float64)[0]
+
+  def v(self, coalition):
+    key = frozenset(coalition)
+    if key not in self.cache:
+      arrays = []
+      for m in (0, 1):
+        keep = np.zeros(self.inputs[m].shape[:2], bool)
+        for mod, (y0, x0, y1, x1) in key:
+          if mod == m:
+            keep[y0:y1, x0:x1] = True
+        arrays.append(np.where(keep[..., None], self.inputs[m],
+                               self.baselines[m])[None].astype(np.float32))
+      self.cache[key] = float(np.asarray(self.fn(*arrays))[0, self.target])
+    return self.cache[key]
+
+  @staticmethod
+  def split(node, level):
+    """Halves of a region, along rows at even levels below the modality
+    (time first for speech), columns at odd; n//2 and n - n//2."""
+    m, (y0, x0, y1, x1) = node
+    if level % 2 == 0:
+      mid = y0 + (y1 - y0) // 2
+      return (m, (y0, x0, mid, x1)), (m, (mid, x0, y1, x1))
+    mid = x0 + (x1 - x0) // 2
+    return (m, (y0, x0, y1, mid)), (m, (y0, mid, y1, x1))
+
+  @staticmethod
+  def area(node):
+    _, (y0, x0, y1, x1) = node
+    return (y1 - y0) * (x1 - x0)
+
+  def modalities(self):
+    return [(m, (0, 0) + self.inputs[m].shape[:2]) for m in (0, 1)]
+
+  def dnc(self, context):
+    """{node: value} by the paper's recursion made efficient (PAPER.md):
+    s_A, s_B by Eq. 3 in the node's context, r = phi_N - (f - b) shared by
+    area; each child's context is the node's (absent) or the node's plus
+    the sibling (present)."""
+    values = {}
+
+    def visit(node, level, phi, ctx, b, f):
+      values[node] = phi
+      if level == self.depth:
+        return
+      a_node, b_node = self.split(node, level)
+      a, c = self.v(ctx | {a_node}), self.v(ctx | {b_node})
+      s_a = ((a - b) + (f - c)) / 2
+      s_b = ((c - b) + (f - a)) / 2
+      r = phi - (f - b)
+      phi_a = s_a + r * self.area(a_node) / self.area(node)
+      phi_b = s_b + r * self.area(b_node) / self.area(node)
+      if context == 'absent':
+        visit(a_node, level + 1, phi_a, ctx, b, a)
+        visit(b_node, level + 1, phi_b, ctx, b, c)
+      else:
+        visit(a_node, level + 1, phi_a, ctx | {b_node}, c, f)
+        visit(b_node, level + 1, phi_b, ctx | {a_node}, a, f)
+
+    image, speech = self.modalities()
+    v0, vi, vs, vall = (self.v(set()), self.v({image}), self.v({speech}),
+                        self.v({image, speech}))
+    phi_image = ((vi - v0) + (vall - vs)) / 2  # Eq. 3-4.
+    phi_speech = ((vs - v0) + (vall - vi)) / 2
+    for node, phi, sibling, v_sib, v_node in (
+        (image, phi_image, speech, vs, vi), (speech, phi_speech, image, vi,
+                                             vs)):
+      if context == 'absent':
+        visit(node, 0, phi, frozenset(), v0, v_node)
+      else:
+        visit(node, 0, phi, frozenset({sibling}), v_sib, vall)
+    return values
+
+  def exact(self):
+    """{node: value}: phi(N) = 2^-k sum over the 2^k patterns of the
+    siblings of N and of its ancestors of v(C_b + N) - v(C_b)."""
+    values = {}
+
+    def visit(node, level, siblings):
+      total = 0.0
+      for bits in range(2**len(siblings)):
+        ctx = {s for j, s in enumerate(siblings) if bits >> j & 1}
+        total += self.v(ctx | {node}) - self.v(ctx)
+      values[node] = total / 2**len(siblings)
+      if level < self.depth:
+        a_node, b_node = self.split(node, level)
+        visit(a_node, level + 1, siblings + [b_node])
+        visit(b_node, level + 1, siblings + [a_node])
+
+    image, speech = self.modalities()
+    visit(image, 0, [speech])
+    visit(speech, 0, [image])
+    return values
+
+  def leaves(self, values, m):
+    """Leaf (box, value) pairs of modality m in heap order."""
+    nodes = [self.modalities()[m]]
+    for level in range(self.depth):
+      nodes = [h for n in nodes for h in self.split(n, level)]
+    return [n[1] for n in nodes], [values[n] for n in nodes]
+
+
+@pytest.mark.parametrize('mode,context', [('dnc', 'absent'),
+                                          ('dnc', 'present'),
+                                          ('exact', 'absent')])
+def test_independent_recursion_on_a_nonlinear_game_at_depth_3(mode, context):
+  """Every leaf value (and the modality scores) against the recursion
+  written from PAPER.md's formulas: odd sizes (area shares differ), a
+  nonzero baseline, a non-additive model."""
+  image_shape, speech_shape = (7, 9, 3), (5, 11, 1)
+  fn = _make_nonlinear(seed=3, image_shape=image_shape,
+                       speech_shape=speech_shape)
+  image, speech = _inputs(seed=6, image_shape=image_shape,
+                          speech_shape=speech_shape)
+  rng = np.random.default_rng(1)
+  base = (rng.uniform(0, 0.3, image_shape).astype(np.float32),
+          rng.uniform(0, 0.3, speech_shape).astype(np.float32))
+  ref = _Recursion(fn, (image, speech), base, depth=3)
+  values = ref.exact() if mode == 'exact' else ref.dnc(context)
+  e = dncshap(fn, image, speech, depth=3, mode=mode, context=context,
+              baseline=base)
+  assert int(e.target) == ref.target
+  np.testing.assert_allclose(
+      e.modality_scores, [values[n] for n in ref.modalities()], atol=1e-6)
+  for m, regions in ((0, e.image_regions), (1, e.speech_regions)):
+    boxes, expected = ref.leaves(values, m)
+    np.testing.assert_array_equal(regions.boxes, boxes)
+    np.testing.assert_allclose(regions.values, expected, atol=2e-6)
+  # Not a game where every rule agrees: the leaves differ by context.
+  if context == 'present':
+    absent = ref.leaves(ref.dnc('absent'), 0)[1]
+    assert np.abs(np.array(absent) - ref.leaves(values, 0)[1]).max() > 1e-4
 
 
 @pytest.mark.parametrize('mode,context', ALL_SETTINGS)

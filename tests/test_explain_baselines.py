@@ -12,6 +12,7 @@ from explain import dncshap
 from explain import dncshap_batch
 from explain import num_evaluations
 from explain import run
+from parallelnet.core import scaling as core_scaling
 from parallelnet.core.errors import UserError
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
@@ -132,6 +133,35 @@ def test_depth1_dnc_equals_algorithm1_four_evaluations_and_first_split(
 # --------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize('scaling', ['caffe', 'unit'])
+def test_zeros_baseline_is_a_black_image_and_silence(scaling):
+  """'zeros' is defined on raw inputs (RGB 0, silence) and preprocessed as
+  the data are: under caffe a black image is minus the ImageNet BGR mean
+  colour, not model-input zeros (which would be that mean colour)."""
+  config = _config('zeros')
+  config.input.image_scaling = scaling
+  b = run.make_baseline(config, (S, S, 3), (S, S, 1))
+  assert b.num_baselines == 1
+  black = core_scaling.scale_image(np.zeros((S, S, 3), np.uint8), scaling)
+  np.testing.assert_array_equal(b.images[0], black)
+  np.testing.assert_array_equal(core_scaling.unscale_image(b.images[0],
+                                                           scaling), 0.0)
+  if scaling == 'caffe':
+    np.testing.assert_allclose(b.images[0, 3, 5],
+                               -core_scaling.CAFFE_BGR_MEAN, rtol=1e-6)
+  else:
+    np.testing.assert_array_equal(b.images, 0.0)
+  # Silence: 0 in the spectrogram's [0, 1] dB mapping.
+  np.testing.assert_array_equal(b.spectrograms, 0.0)
+  images, speeches = _data(2, seed=2)
+  e = run.explain_batch(FN, images, speeches, b, depth=2, mode='dnc',
+                        context='present')
+  at_blank = np.asarray(FN(b.images, b.spectrograms))[0]
+  np.testing.assert_allclose(e.baseline_probability,
+                             at_blank[np.asarray(e.target)], atol=1e-6)
+  _check_efficiency(e)
+
+
 def test_mean_baseline_is_the_training_mean_and_is_what_absent_players_take():
   train = dict(zip(('image', 'spectrogram'), _data(5, seed=1)))
   b = run.make_baseline(_config('mean'), (S, S, 3), (S, S, 1), train=train)
@@ -244,3 +274,13 @@ def test_background_is_the_mean_of_per_baseline_explanations():
     y = dncshap_batch(FN, images, speeches, depth=1, mode='dnc',
                       target=(np.asarray(x.target) + 1) % 3)
     average_explanations([x, y])
+
+
+def test_paper_explain_variant_is_algorithm1_the_default_is_measured():
+  """PAPER.md, "Where we choose": Algorithm 1's setting is one variant."""
+  paper = parallelnet_config.get_config('paper_explain').explain
+  assert (paper.mode, paper.context, paper.baseline) == (
+      'dnc', 'absent', 'zeros')
+  default = parallelnet_config.get_config().explain
+  assert (default.mode, default.context, default.baseline) == (
+      'dnc', 'present', 'mean')

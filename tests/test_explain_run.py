@@ -9,6 +9,7 @@ rates, without training anything.
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -43,6 +44,7 @@ def _config():
   config.explain.batch_size = 2  # Two batches, the last one short.
   config.explain.depth = 2
   config.explain.baseline = 'zeros'  # The cue model's evidence vs black.
+  config.input.image_scaling = 'unit'  # Black is model-input 0.
   config.explain.context = 'absent'
   return config
 
@@ -187,3 +189,55 @@ def test_mean_baseline_is_streamed_and_cached_in_the_workdir(fakes, tmp_path,
       [(examples['image'][:1] * 0, examples['spectrogram'][:1] * 0)]))
   again = run.make_baseline(config, *shapes, workdir=str(tmp_path))
   np.testing.assert_array_equal(again.images, b.images)  # From the cache.
+
+
+def test_explain_files_process_0_is_the_one_writer(fakes, tmp_path, capsys,
+                                                   monkeypatch):
+  """Another process computes the same summary but writes and prints
+  nothing; process 0 writes the four files."""
+  config, _ = fakes
+  monkeypatch.setattr(jax, 'process_index', lambda: 1)
+  other = run.explain_files(config, str(tmp_path), '/x/cat.png',
+                            '/y/meow.wav')
+  assert not (tmp_path / 'explain').exists()
+  assert capsys.readouterr().out == ''
+  monkeypatch.setattr(jax, 'process_index', lambda: 0)
+  first = run.explain_files(config, str(tmp_path), '/x/cat.png',
+                            '/y/meow.wav')
+  assert 'prediction: anger' in capsys.readouterr().out
+  assert other == first
+  assert sorted(os.listdir(tmp_path / 'explain')) == [
+      'cat__meow.json', 'cat__meow.npz', 'cat__meow.png',
+      'cat__meow_kept.wav']
+  assert json.loads((tmp_path / 'explain' / 'cat__meow.json').read_text()
+                    ) == json.loads(json.dumps(first))
+
+
+def test_mean_baseline_cache_is_written_atomically(fakes, tmp_path,
+                                                   monkeypatch):
+  """A write that fails half way leaves neither a cache nor a temporary
+  file; a reader never sees a partial .npz."""
+  config, examples = fakes
+  monkeypatch.setattr(run, '_training_inputs', lambda cfg: iter(
+      [(examples['image'], examples['spectrogram'])]))
+  config.explain.baseline = 'mean'
+  shapes = examples['image'].shape[1:], examples['spectrogram'].shape[1:]
+  real_savez = np.savez
+
+  def broken_savez(f, **arrays):
+    f.write(b'PK\x03\x04 half a zip')
+    raise OSError('disk full')
+
+  monkeypatch.setattr(np, 'savez', broken_savez)
+  with pytest.raises(OSError, match='disk full'):
+    run.make_baseline(config, *shapes, workdir=str(tmp_path))
+  assert os.listdir(tmp_path / 'explain') == []
+  monkeypatch.setattr(np, 'savez', real_savez)
+  monkeypatch.setattr(jax, 'process_index', lambda: 1)  # Not the writer.
+  run.make_baseline(config, *shapes, workdir=str(tmp_path))
+  assert os.listdir(tmp_path / 'explain') == []
+  monkeypatch.setattr(jax, 'process_index', lambda: 0)
+  b = run.make_baseline(config, *shapes, workdir=str(tmp_path))
+  assert os.listdir(tmp_path / 'explain') == ['baseline_mean.npz']
+  with np.load(tmp_path / 'explain' / 'baseline_mean.npz') as z:
+    np.testing.assert_array_equal(z['image'], b.images[0])

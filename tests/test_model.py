@@ -1,6 +1,8 @@
 """Tests of the ParallelNet model family (PAPER.md, "The two branches" to "Crossing positions", paper Eq. 1-2)."""
 
+import functools
 import re
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -130,25 +132,28 @@ def test_paper_parameter_count():
 def test_summary_prints_table_and_totals():
   text = summary.summarize(config_lib.get_config())
   lines = text.splitlines()
-  assert lines[-2:] == ['trainable_params=117268373', 'batch_stats=3072']
-  rows = {l.split()[0]: l.split()[1] for l in lines[2:-2]}
+  assert lines[-3:] == ['trainable_params=117268373', 'frozen_params=0',
+                        'batch_stats=3072']
+  rows = {l.split()[0]: l.split()[1] for l in lines[2:-3]}
   assert rows['N1_i'] == '34,700,864'
   assert rows['N2_s'] == '18,910,528'
   assert rows['adapter'] == '6'
   assert rows['theta'] == '3'
   assert set(rows) >= {'N1_s', 'N2_i', 'head_sp', 'head_img', 'head_mul'}
+  # Frozen trunks (train.trunk_lr_multiplier=0) are counted as frozen.
+  config = config_lib.get_config()
+  config.train.trunk_lr_multiplier = 0.0
+  lines = summary.summarize(config).splitlines()
+  frozen = {l.split()[0]: int(l.split()[2].replace(',', ''))
+            for l in lines[2:-3]}
+  trunks = frozen['N2_s'] + frozen['N2_i']
+  assert trunks == 14_714_688 + 20_024_384  # Keras VGG16, VGG19 notop.
+  assert sum(frozen.values()) - frozen['total'] == trunks
+  assert lines[-3:] == [f'trainable_params={117268373 - trunks}',
+                        f'frozen_params={trunks}', 'batch_stats=3072']
 
 
 # --- Equations 1 and 2 --------------------------------------------------------
-
-
-def test_eq1_intermediate_fusion(proposed):
-  t = proposed['inter']
-  np.testing.assert_array_equal(t['F_i'], t['N1_i'] + t['N2_s'])
-  np.testing.assert_array_equal(t['F_s'], t['N1_s'] + t['N2_i'])
-  np.testing.assert_array_equal(t['F_mul'], t['F_i'] * t['F_s'])
-  # Not trivially satisfied: the features are nonzero and differ.
-  assert float(jnp.abs(t['N2_s'] - t['N2_i']).max()) > 1e-3
 
 
 def test_eq1_against_separately_applied_branches(proposed):
@@ -235,13 +240,31 @@ def test_heads_read_the_right_features(proposed):
     np.testing.assert_allclose(out, t[output], rtol=1e-5, atol=1e-6)
 
 
-def test_softmax_of_logits_is_the_prediction(proposed):
-  logits = proposed['logits']
-  probs = jax.nn.softmax(logits)
-  np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-6)
-  np.testing.assert_array_equal(jnp.argmax(probs, -1), jnp.argmax(logits, -1))
-  assert logits.shape == (2, len(proposed['config'].dataset.classes))
-  assert logits.dtype == jnp.float32
+def test_each_head_feeds_only_its_own_output(proposed):
+  """Perturbing one head's parameters changes its O_k alone, and the
+  logits move by w_k times that change (Eq. 2): a head wired to the wrong
+  feature or a wrong weight would fail here."""
+  p = proposed
+  w = np.asarray(p['inter']['fusion_weights'])
+  outputs = ('O_sp', 'O_img', 'O_mul')
+  for k, (head, changed) in enumerate(zip(('head_sp', 'head_img',
+                                           'head_mul'), outputs)):
+    params = dict(p['variables']['params'])
+    params[head] = jax.tree.map(lambda x: x * 1.5 + 0.01, params[head])
+    logits, t = p['apply'](dict(p['variables'], params=params), p['image'],
+                           p['spectrogram'])
+    for o in outputs:
+      if o == changed:
+        assert float(jnp.abs(t[o] - p['inter'][o]).max()) > 1e-3, (head, o)
+      else:
+        np.testing.assert_array_equal(t[o], p['inter'][o])
+    for f in ('F_i', 'F_s', 'F_mul'):
+      np.testing.assert_array_equal(t[f], p['inter'][f])
+    np.testing.assert_allclose(
+        logits - p['logits'], w[k] * (t[changed] - p['inter'][changed]),
+        rtol=1e-4, atol=1e-6)
+  assert p['logits'].shape == (2, len(p['config'].dataset.classes))
+  assert p['logits'].dtype == jnp.float32
 
 
 def test_after_crossing_keeps_backbone_inputs_unmixed(proposed):
@@ -636,3 +659,64 @@ def test_bfloat16_compute_keeps_float32_params():
     assert inter[name].dtype == jnp.bfloat16, name
   assert inter['fusion_weights'].dtype == jnp.float32
   assert logits.dtype == jnp.float32
+
+
+def test_frozen_trunks_keep_their_batch_stats_in_a_train_step(monkeypatch):
+  """train.trunk_lr_multiplier=0 is Keras' trainable=False: a training step
+  leaves the trunks' BatchNorm statistics (and weights) as they were, while
+  N1's and the BatchNorm closing N2 move; unfrozen, the trunks' move too."""
+  from parallelnet import losses  # pylint: disable=g-import-not-at-top
+  from parallelnet import train  # pylint: disable=g-import-not-at-top
+  from parallelnet.models import backbones  # pylint: disable=g-import-not-at-top
+
+  class TinyBNTrunk(nn.Module):
+    """Conv, BatchNorm as the registry's trunks use it; cheap to compile."""
+    width: float = 1.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train=False):
+      x = nn.Conv(4, (3, 3), strides=(4, 4), name='conv')(x)
+      return nn.relu(common.batch_norm(train, self.dtype, 'bn')(x))
+
+  monkeypatch.setitem(backbones._REGISTRY, 'tiny_bn',  # pylint: disable=protected-access
+                      lambda width, dtype, **kw: TinyBNTrunk(width, dtype,
+                                                             **kw))
+  config = tiny_config('ser_only,n2=tiny_bn')
+  config.train.trunk_lr_multiplier = 0.0
+  model = models.get_model(config)
+  assert model.frozen_trunks
+  variables = quick_variables(
+      lambda k: models.init_variables(model, config, k))
+  image, spectrogram = random_inputs(config, jax.random.key(2), batch=4)
+  batch = dict(image=image, spectrogram=spectrogram,
+               label=jnp.array([0, 1, 2, 3], jnp.int32))
+  @jax.jit
+  def step(variables, batch):
+    state = train.create_train_state(
+        model, variables, jax.random.key_data(jax.random.key(0)),
+        learning_rate=1e-2, plateau_factor=0.1, plateau_patience=2,
+        trunk_lr_multiplier=0.0)
+    return train.train_step(state, batch, jax.random.key(3),
+                            loss_kwargs=losses.loss_weights(config.train))[0]
+
+  new = step(variables, batch)
+  old_stats, new_stats = variables['batch_stats'], new.batch_stats
+  trunk = old_stats['N2_s']['backbone']
+  assert jax.tree.leaves(trunk)
+  jax.tree.map(np.testing.assert_array_equal, new_stats['N2_s']['backbone'],
+               trunk)
+  jax.tree.map(np.testing.assert_array_equal, new.params['N2_s']['backbone'],
+               variables['params']['N2_s']['backbone'])
+  for branch, sub in (('N1_s', 'bn'), ('N2_s', 'bn')):
+    assert not np.allclose(new_stats[branch][sub]['mean'],
+                           old_stats[branch][sub]['mean'])
+  # The same model unfrozen updates the trunk's statistics in train mode.
+  unfrozen = model.clone(frozen_trunks=False)
+  _, updates = jax.jit(functools.partial(
+      unfrozen.apply, train=True, mutable=['batch_stats']))(
+          variables, image, spectrogram)
+  moved = jax.tree.leaves(jax.tree.map(
+      lambda a, b: not np.allclose(a, b),
+      updates['batch_stats']['N2_s']['backbone'], trunk))
+  assert all(moved)

@@ -87,6 +87,32 @@ def test_test_split_accuracy_equals_eval(scored):
 
 
 @pytest.mark.slow
+def test_test_split_rows_line_up_with_a_direct_forward_pass(scored):
+  """Example by example: each row's id, label and probabilities are those
+  of the same stored example through the model (a mix-up of ids, labels or
+  rows across a batch or the padding would fail here)."""
+  config, workdir, model, variables, _, _ = scored
+  import input_pipeline  # pylint: disable=g-import-not-at-top
+  classes = list(config.dataset.classes)
+  ex = input_pipeline.load_examples(model_scaling.resolve_config(config),
+                                    'test')
+  logits, _ = jax.jit(lambda v, i, s: model.apply(v, i, s, train=False))(
+      variables, ex['image'], ex['spectrogram'])
+  want = np.asarray(jax.nn.softmax(logits, -1))
+  rows = _rows(os.path.join(workdir, 'predictions.csv'))
+  assert [r['id'] for r in rows] == list(ex['id'])  # Stored order.
+  # Rows differ, so a permutation of them would not pass unnoticed.
+  assert np.abs(want[:, None] - want[None]).max(-1)[~np.eye(len(want),
+                                                             dtype=bool)
+                                                   ].min() > 1e-7
+  for r, label, p in zip(rows, ex['label'], want):
+    assert r['label'] == classes[int(label)]
+    got = np.array([float(r[f'p_{c}']) for c in classes])
+    np.testing.assert_allclose(got, p, atol=1e-5, err_msg=r['id'])
+    assert r['predicted'] == classes[int(np.argmax(p))]
+
+
+@pytest.mark.slow
 def test_unlabelled_manifest_folder(scored, tmp_path, caplog):
   config, workdir, model, variables, _, _ = scored
   import input_pipeline  # pylint: disable=g-import-not-at-top

@@ -420,9 +420,14 @@ def test_paper_config_without_weights_warns_once():
   message = pretrained.random_trunks_warning(config)
   assert 'N2_s (vgg16), N2_i (vgg19) start from random weights' in message
   assert 'will not match the paper' in message and '\n' not in message
+  # The exact overrides that give the files.
+  assert ('--config.model.speech_weights=/path/to/vgg16.h5 '
+          '--config.model.image_weights=/path/to/vgg19.h5') in message
   config.model.speech_weights = 'a.h5'
-  assert pretrained.random_trunks_warning(config).startswith(
-      'N2 trunks N2_i (vgg19) start')
+  message = pretrained.random_trunks_warning(config)
+  assert message.startswith('N2 trunks N2_i (vgg19) start')
+  assert '--config.model.image_weights=/path/to/vgg19.h5' in message
+  assert 'speech_weights' not in message
   config.model.image_weights = 'b.h5'
   assert pretrained.random_trunks_warning(config) is None
   assert pretrained.random_trunks_warning(
@@ -477,3 +482,24 @@ def test_torchvision_file_without_torch_says_how_to_install(tmp_path,
     _load(_config('vgg16', str(path)))
   with pytest.raises(UserError, match='pip install torch'):
     pretrained.check_files(_config('vgg16', str(path)))
+
+
+def test_imagenet_variant_requires_the_weight_files(tmp_path):
+  """The paper's ImageNet-initialised trunks: an empty weights field is an
+  error naming it and the override, before training or at init."""
+  config = config_lib.get_config('imagenet')
+  assert config.model.require_weights
+  with pytest.raises(UserError, match=r'model\.speech_weights, '
+                     r'model\.image_weights are empty: give '
+                     r'--config\.model\.speech_weights=/path/to/vgg16\.h5 '
+                     r'--config\.model\.image_weights=/path/to/vgg19\.h5'):
+    pretrained.check_files(config)
+  config = config_lib.get_config('imagenet,ier_only,runlocal')
+  with pytest.raises(UserError, match=r'model\.image_weights is empty'):
+    models.init_variables(models.get_model(config), config,
+                          jax.random.key(0))
+  config.model.image_weights = str(tmp_path / 'absent.h5')
+  with pytest.raises(UserError, match='no such weights file'):
+    pretrained.check_files(config)  # Now the file itself is checked.
+  # The default keeps random trunks (with the warning).
+  pretrained.check_files(config_lib.get_config())

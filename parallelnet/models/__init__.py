@@ -35,7 +35,16 @@ def _parallelnet(config) -> nn.Module:
       head_dim=m.head_dim,
       dtype=compute_dtype(m.dtype),
       bn_momentum=m.bn_momentum,
-      speech_scaling=pretrained.speech_input_scaling(config))
+      speech_scaling=pretrained.speech_input_scaling(config),
+      frozen_trunks=frozen_trunks(config))
+
+
+def frozen_trunks(config) -> bool:
+  """True when training leaves the N2 trunks as they are
+  (train.trunk_lr_multiplier = 0): the model then runs their BatchNorms in
+  inference mode, as Keras does for trainable=False."""
+  train = config.get('train') or {}
+  return float(train.get('trunk_lr_multiplier', 1.0)) == 0.0
 
 
 # config.model.name -> factory(config) -> nn.Module
@@ -70,6 +79,8 @@ def init_variables(model: nn.Module, config, rng,
   (see models/pretrained.py). With load_pretrained=False it works under
   `jax.eval_shape` (nothing is allocated then).
   """
+  if load_pretrained:
+    pretrained.check_required(config)
   image, spectrogram = dummy_inputs(config)
 
   @jax.jit
@@ -104,6 +115,6 @@ def count_by_branch(tree) -> dict[str, int]:
 
 __all__ = [
     'ParallelNet', 'compute_dtype', 'count_by_branch', 'count_params',
-    'dummy_inputs', 'get_backbone', 'get_model', 'init_variables',
-    'known_backbones',
+    'dummy_inputs', 'frozen_trunks', 'get_backbone', 'get_model',
+    'init_variables', 'known_backbones',
 ]

@@ -56,6 +56,12 @@ meaning 'no crossing' here).
 Backbones with dropout (EfficientNet's stochastic depth) need
 `rngs={'dropout': key}` when train=True.
 
+Frozen trunks (`frozen_trunks`, set when train.trunk_lr_multiplier = 0) run
+in inference mode in training too, as a Keras model with trainable=False:
+their BatchNorms normalise with, and keep, their running statistics (and
+EfficientNet's stochastic depth is off, where Keras would keep it). The
+BatchNorm closing N2 is not part of the trunk and trains as usual.
+
 Initialisers follow Keras (glorot_uniform kernels, zero biases) since the
 paper trained in Keras. Computation runs in `dtype`; parameters, BatchNorm
 statistics, the fusion weights and the returned logits are float32.
@@ -127,11 +133,13 @@ class BackboneBranch(nn.Module):
   width: float = 1.0
   dtype: Any = jnp.float32
   bn_momentum: float = 0.99
+  frozen: bool = False  # Trunk M in inference mode always (Keras trainable=False).
 
   @nn.compact
   def __call__(self, x, train: bool):
     x = backbones.get_backbone(self.backbone, self.width, self.dtype,
-                               module_name='backbone')(x, train)
+                               module_name='backbone')(
+                                   x, train and not self.frozen)
     return _bn_flatten_dense(x, train, self)
 
 
@@ -186,6 +194,9 @@ class ParallelNet(nn.Module):
   # Input scaling of N2_s's pretrained trunk applied to the adapter output
   # (parallelnet/core/scaling.py modes); '' = adapter output fed as is.
   speech_scaling: str = ''
+  # N2 trunks frozen (train.trunk_lr_multiplier = 0): their BatchNorms stay
+  # in inference mode in training (module docstring).
+  frozen_trunks: bool = False
 
   def _check_names(self):
     """model.modalities and model.crossing are known values."""
@@ -222,7 +233,7 @@ class ParallelNet(nn.Module):
     n1 = lambda: ConvBranch(self.feature_dim, self.width, self.dtype,
                             self.bn_momentum)
     n2 = lambda b: BackboneBranch(b, self.feature_dim, self.width, self.dtype,
-                                  self.bn_momentum)
+                                  self.bn_momentum, self.frozen_trunks)
     head = lambda: Head(self.head_dim, self.num_classes, self.dtype)
     if use_speech:
       self.N1_s = n1()

@@ -487,6 +487,7 @@ def check_files(config):
   """Cheap checks before anything runs: each weights file exists, has a
   known format (PyTorch importable for .pth) and the image scaling agrees
   with the image weights. UserError otherwise; the files are read later."""
+  check_required(config)
   for _, backbone, field, path in trunk_weights(config):
     if path:
       try:
@@ -518,14 +519,38 @@ def random_trunks_warning(config) -> str | None:
   """
   if float(config.model.width) < 1.0:
     return None
-  random = [f'{branch} ({backbone})' for branch, backbone, _, path in
-            trunk_weights(config) if not path]
-  if not random:
+  missing = [(branch, backbone, field) for branch, backbone, field, path in
+             trunk_weights(config) if not path]
+  if not missing:
     return None
+  random = [f'{branch} ({backbone})' for branch, backbone, _ in missing]
   return (f'N2 trunks {", ".join(random)} start from random weights: results '
           'will not match the paper\'s, which fine-tunes ImageNet weights; '
-          'pass them with --config.model.speech_weights / image_weights '
-          '(README, "Pretrained weights").')
+          f'pass the files with {weights_overrides(missing)} (README, '
+          '"Pretrained weights"; the config variant imagenet requires them).')
+
+
+def weights_overrides(missing) -> str:
+  """The command-line overrides that give the trunks in `missing`
+  [(branch, backbone, field)] their files, e.g.
+  `--config.model.image_weights=/path/to/vgg19.h5`."""
+  return ' '.join(f'--config.{field}=/path/to/{backbone}.h5'
+                  for _, backbone, field in missing)
+
+
+def check_required(config):
+  """UserError naming the empty fields when config.model.require_weights
+  (the imagenet variant) and a trunk the model has has no weights file."""
+  if not config.model.get('require_weights', False):
+    return
+  missing = [(branch, backbone, field) for branch, backbone, field, path in
+             trunk_weights(config) if not path]
+  if missing:
+    raise UserError(
+        f'config.model.require_weights (the imagenet variant) needs a weights '
+        f'file for every N2 trunk; {", ".join(f for *_, f in missing)} '
+        f'{"is" if len(missing) == 1 else "are"} empty: give '
+        f'{weights_overrides(missing)}.')
 
 
 def load_into(variables: dict, config) -> dict:
