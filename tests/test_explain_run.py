@@ -207,7 +207,7 @@ def test_explain_files_process_0_is_the_one_writer(fakes, tmp_path, capsys,
   assert 'prediction: anger' in capsys.readouterr().out
   assert other == first
   assert sorted(os.listdir(tmp_path / 'explain')) == [
-      'cat__meow.json', 'cat__meow.npz', 'cat__meow.png',
+      'cat__meow.json', 'cat__meow.npz', 'cat__meow.png', 'cat__meow.wav',
       'cat__meow_kept.wav']
   assert json.loads((tmp_path / 'explain' / 'cat__meow.json').read_text()
                     ) == json.loads(json.dumps(first))
