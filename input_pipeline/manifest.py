@@ -1,4 +1,4 @@
-"""The on-disk dataset contract: a folder with manifest.csv (issue 3).
+"""The on-disk dataset contract: a folder with manifest.csv.
 
 Header: `id,image,audio,label` plus optional `split` (train | validation |
 test), `text`, `image_cue_box` ("y0 x0 y1 x1", pixels of the image as

@@ -4,7 +4,7 @@ Generated deterministically from a seed into the manifest format of
 manifest.py (PNG images, 16-bit WAV clips, manifest.csv) and then built by
 the same TFDS builder code as real data.
 
-Design (issue 3): the class mix of IIT-R SIER, and COMPLEMENTARY cues, one
+Design: the class mix of IIT-R SIER, and COMPLEMENTARY cues, one
 binary cue per modality, so that only both together name the class:
 
   class   share   image cue A (colour of a     speech cue B (prosody of one

@@ -1,6 +1,6 @@
 """Real media files: every image mode and audio format decoded right, span
 decoding that reads only the clip, and a build whose memory does not grow
-with the data (issue 13). Each decoded result is compared with an
+with the data. Each decoded result is compared with an
 expectation computed here from the raw data (numpy), or, for audio, with
 soundfile reading the whole file, not just with shapes."""
 

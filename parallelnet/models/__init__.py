@@ -74,7 +74,7 @@ def init_variables(model: nn.Module, config, rng,
   """{'params', 'batch_stats'} of `model` for the config's input shapes.
 
   Random init (jitted), then, if `load_pretrained` and
-  `config.model.speech_weights` / `image_weights` (or the older
+  `config.model.speech_weights` / `image_weights` (or
   `model.pretrained`) name files, the N2 trunks are replaced by their weights
   (see models/pretrained.py). With load_pretrained=False it works under
   `jax.eval_shape` (nothing is allocated then).

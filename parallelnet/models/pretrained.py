@@ -13,8 +13,8 @@ file for the trunk of N2_s / N2_i, in any of these formats:
     Keras model built with weights=None).
   * Our .npz: keys `<backbone>/<keras layer>/<keras weight>`, e.g.
     `vgg16/block1_conv1/kernel`; one file may hold several backbones (written
-    by the exporter at the bottom; `config.model.pretrained` is the older
-    field naming one such file for both trunks).
+    by the exporter at the bottom; `config.model.pretrained` names one
+    such file for both trunks).
   * A torchvision state dict `.pth` for VGG16/VGG19 (`features.<i>.weight`),
     read with torch.load(weights_only=True) when PyTorch is installed (it is
     not a dependency).
