@@ -38,6 +38,7 @@ from parallelnet.core import progress
 from parallelnet import checkpointing
 from parallelnet import losses
 from parallelnet import mesh as mesh_lib
+from parallelnet import small_data
 from parallelnet import metrics as metrics_lib
 from parallelnet.models import scaling as model_scaling
 
@@ -500,7 +501,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   abstract = abstract_checkpoint_tree(config, model, mesh)
   writer = _writer(workdir)
 
-  stopper = make_early_stopping(tc.early_stopping_patience)
+  stopper = make_early_stopping(small_data.early_stopping_patience(
+      config, data.num_examples(config, 'validation')))
   epoch, position, loss_sum, acc_sum = 0, 0, 0.0, 0.0
   # A damaged newest checkpoint: logged, set aside, the previous one used.
   tree, meta = ckpts.restore('latest', abstract, fallback=True)
