@@ -47,7 +47,7 @@ from parallelnet.core import progress
 from parallelnet.core.errors import UserError
 
 
-class _ConfigParser(config_flags.ConfigFileFlagParser):
+class _ConfigParser(config_flags.config_flags.ConfigFileFlagParser):
   """config_flags' parser of get_config() modules, plus .json files (a
   workdir's config.json, which training writes)."""
 
