@@ -214,9 +214,12 @@ def test_a_saved_config_json_reads_back_as_the_same_config(tmp_path):
     parallelnet.config_from_json(str(tmp_path / 'bad.json'))
 
 
-def _trained(tmp_path, pairs):
-  """A workdir trained (briefly) with non-default input and model settings."""
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory, pairs):
+  """(config, workdir, test metrics) of a workdir trained (briefly) with
+  non-default input and model settings."""
   from parallelnet import train  # pylint: disable=g-import-not-at-top
+  tmp_path = tmp_path_factory.mktemp('trained')
   c = _config(tmp_path, pairs)
   c.input.num_frames, c.input.duration_s = 48, 47 * 256 / 8000
   c.model.width, c.model.feature_dim, c.model.head_dim = 1 / 32, 8, 16
@@ -227,12 +230,12 @@ def _trained(tmp_path, pairs):
 
 
 @pytest.mark.slow
-def test_eval_predict_explain_on_a_workdir_need_no_overrides(tmp_path, pairs):
+def test_eval_predict_explain_on_a_workdir_need_no_overrides(trained, pairs):
   from explain import run as explain_run  # pylint: disable=g-import-not-at-top
   from parallelnet import checkpointing  # pylint: disable=g-import-not-at-top
   from parallelnet import predict  # pylint: disable=g-import-not-at-top
   from parallelnet import train  # pylint: disable=g-import-not-at-top
-  trained, workdir, metrics = _trained(tmp_path, pairs)
+  trained_config, workdir, metrics = trained
   plain = parallelnet.get_config('runlocal')  # Says nothing of the above.
   with pytest.raises(checkpointing.ModelMismatchError):
     train.evaluate(plain, workdir)  # What happened before config_for_workdir.
@@ -242,14 +245,14 @@ def test_eval_predict_explain_on_a_workdir_need_no_overrides(tmp_path, pairs):
   again = train.evaluate(config, workdir)
   assert again['accuracy'] == metrics['accuracy']
   assert again['confusion_matrix'] == metrics['confusion_matrix']
-  with_overrides = predict.predict(trained, workdir)
+  with_overrides = predict.predict(trained_config, workdir)
   rows = open(with_overrides['path']).read()
   without = predict.predict(config, workdir)
   assert open(without['path']).read() == rows
   assert without['accuracy'] == metrics['accuracy']
   pair = (os.path.join(pairs, 'happy', '3.png'),
           os.path.join(pairs, 'happy', '3.wav'))
-  first = explain_run.explain_files(trained, workdir, *pair)
+  first = explain_run.explain_files(trained_config, workdir, *pair)
   second = explain_run.explain_files(config, workdir, *pair)
   for k in ('probability', 'modality_scores', 'predicted'):
     assert first[k] == second[k], k
@@ -266,12 +269,11 @@ def test_eval_predict_explain_on_a_workdir_need_no_overrides(tmp_path, pairs):
 
 
 @pytest.mark.slow
-def test_cli_config_json_and_default_config_give_the_same_numbers(tmp_path,
-                                                                  pairs):
+def test_cli_config_json_and_default_config_give_the_same_numbers(trained):
   """main.py --mode=eval on a trained workdir: --config=<workdir>/config.json,
   or a --config without the training overrides, gives training's accuracy;
   a contradicting override is one line naming both values."""
-  _, workdir, metrics = _trained(tmp_path, pairs)
+  _, workdir, metrics = trained
   main = [sys.executable, os.path.join(ROOT, 'main.py'), f'--workdir={workdir}']
   env = dict(os.environ, PYTHONPATH=ROOT)
   env.pop('PARALLELNET_VERBOSE', None)
