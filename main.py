@@ -5,6 +5,11 @@ r"""ParallelNet-JAX entry point.
   python main.py --config=configs/parallelnet.py --workdir=/tmp/pn \
       --config.dataset.manual_dir=/data/iitr_sier --config.train.batch_size=128
 
+--config also takes a training workdir's config.json. eval, explain and
+predict on a trained workdir take its model, input and dataset settings from
+<workdir>/config.json whatever --config says; --config.* overrides still
+apply on top (one that contradicts the trained model is an error).
+
 Each mode calls one library function, so tests and notebooks can call the same.
 Mistakes in flags, configs and input files end in one line on stderr and exit
 code 1; --verbose (or PARALLELNET_VERBOSE=1) adds the traceback.
@@ -37,12 +42,32 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from configs import parallelnet as default_config
 from parallelnet.core import progress
 from parallelnet.core.errors import UserError
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Training configuration file (a get_config() module).',
-    lock_config=True)
+
+class _ConfigParser(config_flags.config_flags.ConfigFileFlagParser):
+  """config_flags' parser of get_config() modules, plus .json files (a
+  workdir's config.json, which training writes)."""
+
+  def parse(self, path):
+    if not path.split(':', 1)[0].endswith('.json'):
+      return super().parse(path)
+    try:
+      config = default_config.config_from_json(path)
+    except UserError as e:  # Raised on first use, as config_flags does.
+      config = config_flags.config_flags._ErrorConfig(OSError(str(e)))  # pylint: disable=protected-access
+    if self._lock_config:
+      config_flags.config_flags._LockConfig(config)  # pylint: disable=protected-access
+    return config
+
+
+_CONFIG = flags.DEFINE_flag(config_flags.config_flags._ConfigFlag(  # pylint: disable=protected-access
+    parser=_ConfigParser(name='config', lock_config=True),
+    serializer=flags.ArgumentSerializer(), name='config', default=None,
+    help_string='Training configuration: a get_config() module '
+    '(configs/parallelnet.py[:variants]) or a workdir\'s config.json.'))
 _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Directory for checkpoints, metrics and explanations.')
 _MODE = flags.DEFINE_enum(
@@ -74,6 +99,9 @@ _VERBOSE = flags.DEFINE_bool(
     'fix (also PARALLELNET_VERBOSE=1).')
 
 flags.mark_flags_as_required(['config', 'workdir'])
+# Modes that read a trained workdir (parallelnet.checkpointing.WORKDIR_MODES,
+# spelt here so that flag parsing imports no JAX).
+WORKDIR_MODES = ('eval', 'explain', 'predict', 'robustness', 'report')
 
 
 def main(argv):
@@ -93,6 +121,10 @@ def main(argv):
     progress.quiet_logs()
 
   config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
+  if mode in WORKDIR_MODES:
+    from parallelnet import checkpointing  # pylint: disable=g-import-not-at-top
+    config = checkpointing.config_for_workdir(
+        config, workdir, flags.FLAGS['config'].override_values)
   if (_IMAGE.value or _AUDIO.value) and mode != 'explain':
     raise UserError(f'--image/--audio are read by --mode=explain only, not '
                     f'--mode={mode}; to score files with --mode=predict, list '

@@ -23,16 +23,28 @@ Usage:
   proposed    no change (the proposed model; a row name of --mode=study).
   n2=<name>   the §4.3.2 N2 sweep: backbone <name> in both N2 trunks.
   runlocal    tiny widths and inputs so that a 2-core CPU runs it in seconds.
+  small       a training recipe for tens to hundreds of examples
+              (docs/own_data.md): small batches, 40 epochs, patient
+              plateau; combine with the other variants (e.g. runlocal,small
+              or configs/demo.py:small).
+
+`config_from_json(path)` reads a config that training saved as
+`<workdir>/config.json` (main.py accepts --config=<workdir>/config.json).
 """
 
+import json
+import os
+
 import ml_collections
+
+from parallelnet.core import errors
 
 from parallelnet.core.classes import EMOTIONS
 from parallelnet.core.classes import SENTIMENTS
 
 VARIANTS = ('proposed', 'ser_only', 'ier_only', 'baseline1', 'baseline2',
             'baseline3', 'sentiment', 'imagenet', 'paper_explain',
-            'n2=<backbone>', 'runlocal')
+            'n2=<backbone>', 'runlocal', 'small')
 # Table 2's rows, in the paper's order: --mode=study's default.
 TABLE2_ROWS = ('ser_only', 'ier_only', 'baseline1', 'baseline2', 'baseline3',
                'proposed')
@@ -110,6 +122,10 @@ def get_config(arg=None):
   c.train.focal_gamma = 2.0  # Focal loss gamma.
   c.train.focal_alpha = 0.25  # Focal loss alpha.
   c.train.early_stopping_patience = 5  # Epochs without val-loss gain before stopping.
+  # A validation split with fewer examples than this (each one moves its
+  # accuracy by more than 1/8) cannot tell a plateau from noise: early
+  # stopping then never stops (logged) and all num_epochs run.
+  c.train.min_val_examples = 8
   c.train.plateau_patience = 2  # Epochs without val-loss gain before LR is cut.
   c.train.plateau_factor = 0.1  # LR multiplier on plateau (Keras default).
   c.train.log_every_steps = 50  # Training-metric logging period (steps).
@@ -214,6 +230,47 @@ def apply_variant(c, variant):
     c.dataset.synthetic_size = 64
     c.explain.depth = 2
     c.explain.num_examples = 2
+  elif variant == 'small':
+    # Tens to hundreds of examples: a handful of steps per epoch, and a
+    # validation split of a few examples whose loss is mostly noise.
+    c.train.batch_size = 8
+    c.train.eval_batch_size = 8
+    c.train.num_epochs = 40
+    c.train.max_steps_per_epoch = -1
+    c.train.early_stopping_patience = 10
+    c.train.plateau_patience = 10
+    c.train.log_every_steps = 10
+    c.explain.num_examples = 4
   else:
     raise ValueError(
         f'Unknown config variant {variant!r}; known: {", ".join(VARIANTS)}.')
+
+
+def _merge(base: dict, saved: dict) -> dict:
+  out = dict(base)
+  for k, v in saved.items():
+    out[k] = (_merge(base[k], v) if isinstance(v, dict)
+              and isinstance(base.get(k), dict) else v)
+  return out
+
+
+def config_from_json(path: str) -> ml_collections.ConfigDict:
+  """The config saved as JSON at `path` (a workdir's config.json).
+
+  Every saved field wins; fields the current code knows but the file lacks
+  (added after the run) take get_config()'s defaults. Raises a one-line
+  UserError when the file is missing or not a JSON config object.
+  """
+  if not os.path.isfile(path):
+    raise errors.UserFileNotFoundError(f'No config file {path}.')
+  try:
+    with open(path, encoding='utf-8') as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise errors.UserValueError(f'{path} is not readable JSON ({e}).') from e
+  if not isinstance(saved, dict):
+    raise errors.UserValueError(f'{path} does not hold a config object.')
+  merged = _merge(get_config().to_dict(), saved)
+  # JSON has no tuples: the class list is one again, as get_config makes it.
+  merged['dataset']['classes'] = tuple(merged['dataset']['classes'])
+  return ml_collections.ConfigDict(merged)

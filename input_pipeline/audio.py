@@ -39,10 +39,18 @@ def check_duration(input_config):
   c = input_config
   expected = (c.num_frames - 1) * c.hop_length / c.sample_rate
   if abs(c.duration_s - expected) > 0.5 / c.sample_rate:
+    # The num_frames whose clip is nearest to the duration asked for.
+    frames = max(1, round(c.duration_s * c.sample_rate / c.hop_length) + 1)
+    seconds = (frames - 1) * c.hop_length / c.sample_rate
     raise UserValueError(
         f'config.input.duration_s={c.duration_s} does not give num_frames='
         f'{c.num_frames} frames: it must be (num_frames - 1) * hop_length / '
-        f'sample_rate = {expected!r}.')
+        f'sample_rate = {expected!r}. For clips of about {c.duration_s} s, '
+        f'set --config.input.num_frames={frames} '
+        f'--config.input.duration_s={seconds!r} (at hop_length='
+        f'{c.hop_length}, sample_rate={c.sample_rate}); to keep '
+        f'num_frames={c.num_frames}, set --config.input.duration_s='
+        f'{expected!r}.')
 
 
 def num_samples(input_config):

@@ -12,6 +12,10 @@ The input settings are part of the builder config: its name spells them
 (e.g. `sr16000_fft1024_hop512_mel128_t128_img128_k5_val0p1_test0p3`), so a
 different setting builds a different dataset, and they are recorded in
 `info.metadata`, which `check_metadata` compares with the config at load time.
+So is the source: a build from config.dataset.manual_dir ends its name with
+`_src<fingerprint>` (manifest.source_fingerprint: the manifest and each
+listed file's size and modification time), so a folder whose manifest or
+files changed since builds a new dataset beside the old one, never reusing it.
 
 Building from the command line (`tfds build`), e.g. the demo corpus at the
 paper's settings and IIT-R SIER at the runlocal settings:
@@ -58,7 +62,8 @@ from parallelnet.core.classes import SENTIMENTS
 # Settings recorded in the metadata and checked against config at load time.
 SETTING_KEYS = ('sample_rate', 'n_fft', 'hop_length', 'n_mels', 'num_frames',
                 'duration_s', 'image_size', 'classes', 'test_fraction',
-                'val_fraction', 'num_folds', 'synthetic_size', 'synthetic_seed')
+                'val_fraction', 'num_folds', 'synthetic_size', 'synthetic_seed',
+                'source')
 
 MANIFEST_LAYOUT = """
 Put every file under one folder with a `manifest.csv` whose header is
@@ -88,6 +93,7 @@ class SierConfig(tfds.core.BuilderConfig):
   num_folds: int = 5
   synthetic_size: int = 0  # synthetic_sier only.
   synthetic_seed: int = 0  # synthetic_sier only.
+  source: str = ''  # manifest.source_fingerprint of manual_dir; '' = unnamed.
 
   def settings(self):
     return {k: (list(getattr(self, k)) if k == 'classes' else getattr(self, k))
@@ -109,13 +115,24 @@ def settings_name(s, default_classes):
     name += f'_cls{digest}'
   if s['synthetic_size']:
     name += f'_n{s["synthetic_size"]}_seed{s["synthetic_seed"]}'
+  if s.get('source'):
+    name += f'_src{s["source"]}'
   return name
 
 
+def reads_manual_dir(name):
+  """Whether dataset `name` is built from config.dataset.manual_dir."""
+  return name in BUILDERS and BUILDERS[name] is not SyntheticSier
+
+
 def settings_from_config(config):
-  """The SETTING_KEYS values that `config` asks for."""
+  """The SETTING_KEYS values that `config` asks for (`source`: the
+  fingerprint of config.dataset.manual_dir when the dataset reads it)."""
   audio_lib.check_duration(config.input)
   synth = config.dataset.name == 'synthetic_sier'
+  manual_dir = os.path.expanduser(config.dataset.get('manual_dir') or '')
+  source = (manifest_lib.source_fingerprint(manual_dir)
+            if manual_dir and reads_manual_dir(config.dataset.name) else '')
   return dict(
       sample_rate=int(config.input.sample_rate), n_fft=int(config.input.n_fft),
       hop_length=int(config.input.hop_length), n_mels=int(config.input.n_mels),
@@ -127,7 +144,8 @@ def settings_from_config(config):
       val_fraction=float(config.dataset.val_fraction),
       num_folds=int(config.dataset.num_folds),
       synthetic_size=int(config.dataset.synthetic_size) if synth else 0,
-      synthetic_seed=int(config.dataset.get('synthetic_seed', 0)) if synth else 0)
+      synthetic_seed=int(config.dataset.get('synthetic_seed', 0)) if synth else 0,
+      source=source)
 
 
 def make_builder_config(settings, default_classes):
@@ -143,7 +161,7 @@ def check_metadata(builder, settings):
   stored = dict(builder.info.metadata or {})
   diffs = []
   for k, v in settings.items():
-    got = stored.get(k)
+    got = stored.get(k, '' if k == 'source' else None)
     if isinstance(v, float) and isinstance(got, (int, float)):
       same = abs(got - v) < 1e-9
     else:
@@ -160,7 +178,8 @@ def _paper_and_runlocal(classes, synthetic_size=0):
   paper = dict(sample_rate=16000, n_fft=1024, hop_length=512, n_mels=128,
                num_frames=128, duration_s=127 * 512 / 16000, image_size=128,
                classes=classes, test_fraction=0.3, val_fraction=0.1,
-               num_folds=5, synthetic_size=synthetic_size, synthetic_seed=0)
+               num_folds=5, synthetic_size=synthetic_size, synthetic_seed=0,
+               source='')
   runlocal = dict(paper, sample_rate=8000, n_fft=512, hop_length=256,
                   n_mels=32, num_frames=32, duration_s=31 * 256 / 8000,
                   image_size=32, synthetic_size=min(synthetic_size, 64))
@@ -302,7 +321,18 @@ class _SierBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def __init__(self, *, skip_bad=False, **kwargs):
     self._skip_bad = skip_bad
+    self._skipped = None
     super().__init__(**kwargs)
+
+  def download_and_prepare(self, *args, **kwargs):  # pylint: disable=arguments-differ
+    super().download_and_prepare(*args, **kwargs)
+    if self._skipped:  # Named once the folder has its final name.
+      n, folder = self._skipped
+      self._skipped = None
+      logging.warning('Skipped %d bad input(s) of %s; reasons in %s', n,
+                      folder, os.path.abspath(
+                          os.path.join(os.fspath(self.data_dir),
+                                       'skipped.csv')))
 
   def _info(self):
     c = self.builder_config
@@ -364,7 +394,11 @@ class _SierBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     then read their examples back one at a time for the TFDS writer.
     """
     c = self.builder_config
-    folder = os.fspath(self._source_folder(dl_manager))
+    folder = os.path.abspath(os.fspath(self._source_folder(dl_manager)))
+    if c.source and manifest_lib.source_fingerprint(folder) != c.source:
+      raise errors.UserError(
+          f'The files in {folder} changed between the start of the build and '
+          'now; run again once they are in place.')
     rows, bad = manifest_lib.read_manifest(folder, c.classes)
     self._spill = _Spill(self._scratch_dir,
                          (c.image_size, c.image_size, 3),
@@ -386,17 +420,17 @@ class _SierBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     if bad and not self._skip_bad:
       # Raised before any example is written: TFDS leaves no finished dataset.
       raise manifest_lib.BadInputError(bad, where=folder)
-    if bad:
-      path = os.path.join(os.fspath(self.data_dir), 'skipped.csv')
-      manifest_lib.write_skipped(path, bad)
-      logging.warning('Skipped %d bad input(s) of %s; reasons in %s',
-                      len(bad), folder, path)
+    if bad:  # Into the build's temporary folder, which becomes data_dir.
+      manifest_lib.write_skipped(
+          os.path.join(os.fspath(self.data_dir), 'skipped.csv'), bad)
+      self._skipped = (len(bad), folder)
     if not kept:
       raise ValueError(f'No usable examples in {folder}.')
     summary = build_summary(len(kept), fits, len(bad), seconds, c.duration_s)
     logging.info('%s: %s', self.name, summary)
     self.info.metadata.update(
-        {f'clips_{k}': fits[k] for k in audio_lib.FITS}, skipped=len(bad))
+        {f'clips_{k}': fits[k] for k in audio_lib.FITS}, skipped=len(bad),
+        source_dir=folder)
     kept = manifest_lib.assign_splits(
         kept, test_fraction=c.test_fraction, val_fraction=c.val_fraction,
         num_folds=c.num_folds)

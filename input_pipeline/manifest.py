@@ -4,7 +4,13 @@ Header: `id,image,audio,label` plus optional `split` (train | validation |
 test), `text`, `image_cue_box` ("y0 x0 y1 x1", pixels of the image as
 displayed, i.e. after its EXIF orientation), `speech_cue_span` ("t0 t1", seconds) and any extra columns (kept, unused).
 Paths are relative to the folder and may not leave it. Labels must be one of
-`config.dataset.classes`.
+`config.dataset.classes`. A folder without manifest.csv but with class
+folders (`<label>/<stem>.png` next to `<label>/<stem>.wav`) reads as the
+manifest manifest_from_class_folders would write.
+
+`source_fingerprint` names what a folder holds (the manifest and each
+listed file's size and modification time), so that a dataset built from it
+can tell when the folder has changed since.
 
 Splits are deterministic functions of the ids (SHA-256 of the id, never of
 file order or a process-dependent hash), stratified by label:
@@ -18,6 +24,7 @@ file order or a process-dependent hash), stratified by label:
 import collections
 import csv
 import hashlib
+import io
 import os
 
 from parallelnet.core import errors
@@ -34,8 +41,9 @@ class BadInputError(errors.UserError, ValueError):
 
   def __init__(self, bad, where=''):
     self.bad = list(bad)
-    lines = [f'{len(self.bad)} bad input(s){" in " + where if where else ""} '
-             '(set config.dataset.skip_bad=True to skip them and get '
+    where = f' in {os.path.abspath(where)} (file paths relative to it)' if (
+        where) else ''
+    lines = [f'{len(self.bad)} bad input(s){where} (set config.dataset.skip_bad=True to skip them and get '
              'skipped.csv):']
     for row_id, path, reason in self.bad[:MAX_LISTED]:
       lines.append(f'  id={row_id!r} file={path!r}: {reason}')
@@ -78,11 +86,7 @@ def read_manifest(folder, classes, *, require_label=True):
   File contents are checked later, by the decoders.
   """
   path = os.path.join(folder, 'manifest.csv')
-  if not os.path.isfile(path):
-    raise errors.UserFileNotFoundError(
-        f'No manifest.csv in {folder!r}; see input_pipeline/manifest.py for '
-        'the layout (id,image,audio,label[,split,text]).')
-  with open(path, newline='', encoding='utf-8-sig') as f:  # Excel's BOM too.
+  with io.StringIO(manifest_text(folder), newline='') as f:
     reader = csv.DictReader(f)
     header = reader.fieldnames or []
     missing = [c for c in REQUIRED_COLUMNS if c not in header
@@ -200,8 +204,23 @@ IMAGE_EXTS = ('.png', '.jpg', '.jpeg', '.webp', '.bmp', '.tif', '.tiff')
 AUDIO_EXTS = ('.wav', '.flac', '.ogg', '.mp3')
 
 
-def manifest_from_class_folders(folder):
-  """Writes manifest.csv for a class-per-folder layout; returns the row count.
+def _media_kind(name):
+  ext = os.path.splitext(name)[1].lower()
+  return ('image' if ext in IMAGE_EXTS else
+          'audio' if ext in AUDIO_EXTS else None)
+
+
+def has_class_folders(folder):
+  """Whether `folder` has a sub-folder holding an image or audio file."""
+  for label in os.listdir(folder):
+    sub = os.path.join(folder, label)
+    if os.path.isdir(sub) and any(_media_kind(n) for n in os.listdir(sub)):
+      return True
+  return False
+
+
+def class_folder_rows(folder):
+  """[id, image, audio, label] rows of a class-per-folder layout.
 
   Layout: folder/<label>/<stem>.<png|jpg|jpeg|webp|bmp|tif|tiff> next to
   folder/<label>/<stem>.<wav|flac|ogg|mp3>; the id is "<label>/<stem>".
@@ -214,24 +233,74 @@ def manifest_from_class_folders(folder):
       continue
     files = collections.defaultdict(dict)
     for name in sorted(os.listdir(sub)):
-      stem, ext = os.path.splitext(name)
-      kind = ('image' if ext.lower() in IMAGE_EXTS else
-              'audio' if ext.lower() in AUDIO_EXTS else None)
+      kind = _media_kind(name)
       if kind:
-        files[stem][kind] = f'{label}/{name}'
+        files[os.path.splitext(name)[0]][kind] = f'{label}/{name}'
     for stem, got in sorted(files.items()):
       if len(got) != 2:
         unpaired.append(f'{label}/{stem}')
       else:
         rows.append([f'{label}/{stem}', got['image'], got['audio'], label])
   if unpaired:
-    raise ValueError(f'No image/audio partner for: {", ".join(unpaired[:20])}'
-                     f'{" ..." if len(unpaired) > 20 else ""}')
+    raise errors.UserValueError(
+        f'No image/audio partner in {os.path.abspath(folder)} for: '
+        f'{", ".join(unpaired[:20])}{" ..." if len(unpaired) > 20 else ""}')
+  return rows
+
+
+def _csv_text(rows):
+  out = io.StringIO(newline='')
+  w = csv.writer(out)
+  w.writerow(REQUIRED_COLUMNS)
+  w.writerows(rows)
+  return out.getvalue()
+
+
+def manifest_text(folder):
+  """The manifest of `folder` as CSV text: its manifest.csv, else the one
+  its class folders make (nothing is written)."""
+  path = os.path.join(folder, 'manifest.csv')
+  if os.path.isfile(path):
+    with open(path, 'rb') as f:
+      return f.read().decode('utf-8-sig')  # Excel's BOM too.
+  if os.path.isdir(folder) and has_class_folders(folder):
+    return _csv_text(class_folder_rows(folder))
+  raise errors.UserFileNotFoundError(
+      f'No manifest.csv and no class folders in {os.path.abspath(folder)}; '
+      'see README, "Your own data", for the layout '
+      '(id,image,audio,label[,split,text]).')
+
+
+def source_fingerprint(folder):
+  """A short hex digest of what `folder` holds as a dataset source.
+
+  Covers the manifest text and, for every path its image and audio columns
+  list, the file's size and modification time (or that it is missing): a
+  row added, removed or edited, or a file replaced, gives another digest.
+  Only stat() per file, so it costs well under a second for 100k files.
+  """
+  text = manifest_text(folder)
+  h = hashlib.sha256(text.encode('utf-8'))
+  rels = set()
+  for r in csv.DictReader(io.StringIO(text, newline='')):
+    rels.update((r.get(col) or '').strip() for col in ('image', 'audio'))
+  for rel in sorted(rels):  # Relative: a moved folder is the same source.
+    p = resolve(folder, rel)
+    try:
+      st = os.stat(p)
+      h.update(f'\0{rel}\0{st.st_size}\0{st.st_mtime_ns}'.encode())
+    except (OSError, TypeError):
+      h.update(f'\0{rel}\0missing'.encode())
+  return h.hexdigest()[:12]
+
+
+def manifest_from_class_folders(folder):
+  """Writes manifest.csv for a class-per-folder layout (class_folder_rows);
+  returns the row count."""
+  rows = class_folder_rows(folder)
   with open(os.path.join(folder, 'manifest.csv'), 'w', newline='',
             encoding='utf-8') as f:
-    w = csv.writer(f)
-    w.writerow(REQUIRED_COLUMNS)
-    w.writerows(rows)
+    f.write(_csv_text(rows))
   return len(rows)
 
 

@@ -11,10 +11,12 @@ and feeds global_batch // process_count examples per step; steps per epoch
 process. Splits: see split_names.
 """
 
+import contextlib
 import functools
 import logging
 import math
 import os
+import shutil
 
 import tensorflow as tf
 
@@ -30,6 +32,7 @@ from input_pipeline import audio as audio_lib  # pylint: disable=g-import-not-at
 from input_pipeline import builders  # pylint: disable=g-import-not-at-top
 from parallelnet.core import errors  # pylint: disable=g-import-not-at-top
 from input_pipeline import image as image_lib  # pylint: disable=g-import-not-at-top
+from input_pipeline import manifest as manifest_lib  # pylint: disable=g-import-not-at-top
 from parallelnet.core import scaling as scaling_lib  # pylint: disable=g-import-not-at-top
 
 MODEL_KEYS = ('image', 'spectrogram', 'label')
@@ -90,8 +93,10 @@ def _builder(name, settings_items, data_dir, manual_dir, skip_bad, build):
                data_dir=data_dir, skip_bad=skip_bad)
 
   def prepare(b):
-    b.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=manual_dir or None))
+    _log_older_builds(b, settings, manual_dir)
+    with _removed_on_failure(b, data_dir):
+      b.download_and_prepare(download_config=tfds.download.DownloadConfig(
+          manual_dir=manual_dir or None))
 
   b = make()
   if build and jax.process_count() > 1:
@@ -122,6 +127,43 @@ def _builder(name, settings_items, data_dir, manual_dir, skip_bad, build):
   return b
 
 
+@contextlib.contextmanager
+def _removed_on_failure(builder, data_dir):
+  """Removes, when the build fails, the folders it created (TFDS leaves
+  `<name>/.config/metadata.json`, empty folders and downloads/)."""
+  root = os.path.abspath(data_dir)
+  name_dir = os.path.join(root, builder.name)
+  candidates = [os.path.join(name_dir, '.config'),
+                os.path.dirname(os.path.abspath(os.fspath(builder.data_dir))),
+                os.path.join(root, 'downloads'), name_dir, root]
+  new = [p for p in candidates if not os.path.exists(p)]
+  try:
+    yield
+  except BaseException:
+    for p in new:  # Deepest first; each was made by this build.
+      shutil.rmtree(p, ignore_errors=True)
+    raise
+
+
+def _log_older_builds(builder, settings, manual_dir):
+  """Says, before a build from a changed source, where the old build is."""
+  if not settings.get('source'):
+    return
+  config_dir = os.path.dirname(os.path.abspath(os.fspath(builder.data_dir)))
+  prefix = os.path.basename(config_dir).rsplit('_src', 1)[0] + '_src'
+  parent = os.path.dirname(config_dir)
+  older = sorted(os.path.join(parent, d) for d in (
+      os.listdir(parent) if os.path.isdir(parent) else ())
+                 if d.startswith(prefix) and os.path.join(parent, d) != config_dir)
+  if older:
+    logging.warning(
+        'The files in %s differ from those of the earlier build(s) %s '
+        '(manifest rows, or files added, removed or modified); building anew '
+        'into %s. Delete the old folder(s) to free their space.',
+        manual_dir,
+        ', '.join(older), config_dir)
+
+
 def get_builder(config, *, build=True):
   """The TFDS builder for config.dataset.name at config's settings, built.
 
@@ -130,16 +172,12 @@ def get_builder(config, *, build=True):
   run the first call for a setting is a barrier that every process must
   reach: process 0 builds, all load.
   """
+  check_source(config)
   name = config.dataset.name
-  if name not in builders.BUILDERS:
-    raise errors.UserValueError(
-        f'Unknown config.dataset.name {name!r}; known: '
-        f'{", ".join(builders.BUILDERS)}.')
   settings = builders.settings_from_config(config)
   settings['classes'] = tuple(settings['classes'])
-  manual_dir = os.path.expanduser(config.dataset.manual_dir or '')
-  if build:
-    check_source(config, settings)
+  manual_dir = os.path.abspath(os.path.expanduser(
+      config.dataset.manual_dir)) if config.dataset.manual_dir else ''
   return _builder(name, tuple(sorted(settings.items())),
                   os.path.expanduser(config.dataset.data_dir), manual_dir,
                   bool(config.dataset.skip_bad), build)
@@ -154,34 +192,46 @@ def built_dir(config, settings=None):
                       name, str(cls.VERSION))
 
 
-def check_source(config, settings=None):
-  """Raises UserError, before anything is written, when the dataset is not
-  built and config.dataset.manual_dir cannot build it (TFDS would otherwise
-  leave a stub under data_dir and point at its own downloads/manual path)."""
+def check_source(config):
+  """Raises a one-line UserError, before anything is read or written, when
+  config.dataset.manual_dir cannot be the source of config.dataset.name:
+  set for a dataset that does not read it (the synthetic corpus), or not
+  set, not a folder, or a folder without manifest.csv or class folders."""
   name = config.dataset.name
-  if name == 'synthetic_sier':
-    return  # Generated, nothing to find.
-  if os.path.isfile(os.path.join(built_dir(config, settings),
-                                 'dataset_info.json')):
+  if name not in builders.BUILDERS:
+    raise errors.UserValueError(
+        f'Unknown config.dataset.name {name!r}; known: '
+        f'{", ".join(builders.BUILDERS)}.')
+  manual_dir = config.dataset.manual_dir or ''
+  full = os.path.abspath(os.path.expanduser(manual_dir)) if manual_dir else ''
+  if not builders.reads_manual_dir(name):
+    if manual_dir:
+      readers = [n for n in builders.BUILDERS if builders.reads_manual_dir(n)]
+      raise errors.UserValueError(
+          f'config.dataset.manual_dir={manual_dir} is set but config.dataset.'
+          f'name={name!r} is the generated demo corpus, which reads no '
+          f'folder; add --config.dataset.name={readers[0]} (or '
+          f'{", ".join(readers[1:])}) to train on the folder, or drop '
+          'manual_dir.')
     return
-  manual_dir = os.path.expanduser(config.dataset.manual_dir or '')
   if not manual_dir:
     why = 'config.dataset.manual_dir is not set'
-  elif not os.path.isdir(manual_dir):
-    why = f'config.dataset.manual_dir={manual_dir} is not a folder'
-  elif not os.path.isfile(os.path.join(manual_dir, 'manifest.csv')):
-    why = f'config.dataset.manual_dir={manual_dir} has no manifest.csv'
+  elif not os.path.isdir(full):
+    why = f'config.dataset.manual_dir={full} is not a folder'
+  elif not (os.path.isfile(os.path.join(full, 'manifest.csv')) or
+            manifest_lib.has_class_folders(full)):
+    why = (f'config.dataset.manual_dir={full} has neither a manifest.csv nor '
+           'class folders (<label>/<name>.png next to <label>/<name>.wav)')
   else:
     return
   raise errors.UserError(
-      f'Dataset {name} is not built under config.dataset.data_dir='
-      f'{config.dataset.data_dir} and {why}. Point '
+      f'Dataset {name} is built from a folder and {why}. Point '
       '--config.dataset.manual_dir at the folder holding manifest.csv and '
-      'the files it lists (README, "Your own data"); training builds the '
-      'dataset from it on first use, or build it ahead with: python -m '
+      'the files it lists, or class folders (README, "Your own data"); the '
+      'first run builds the dataset from it under config.dataset.data_dir='
+      f'{config.dataset.data_dir}, or build it ahead with: python -m '
       'input_pipeline.build --config=<the same config file> '
-      '--config.dataset.manual_dir=DIR '
-      f'--config.dataset.data_dir={config.dataset.data_dir}')
+      '--config.dataset.manual_dir=DIR')
 
 
 def _cells(builder):
@@ -421,12 +471,14 @@ def preprocess_pair(config, image_path, audio_path):
   try:
     raw = image_lib.load_image(image_path, int(config.input.image_size))
   except image_lib.ImageError as e:
-    raise image_lib.ImageError(f'image {image_path}: {e}') from e
+    raise image_lib.ImageError(
+        f'image {os.path.abspath(image_path)}: {e}') from e
   try:
     wav, _, file_samples = audio_lib.decode_clip_and_length(audio_path,
                                                            config.input)
   except audio_lib.AudioError as e:
-    raise audio_lib.AudioError(f'audio {audio_path}: {e}') from e
+    raise audio_lib.AudioError(
+        f'audio {os.path.abspath(audio_path)}: {e}') from e
   notice = audio_lib.fit_notice(audio_path, file_samples, config.input)
   # float16 round trip: the same values the built dataset stores.
   spec = audio_lib.log_mel(wav, config.input)

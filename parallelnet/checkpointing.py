@@ -21,10 +21,10 @@ max_to_keep=1 would delete the latest checkpoint whenever it is not the best.
 Beside them, `<workdir>/config.json` holds the full config the run trained
 with (written by training), so a workdir alone can be restored with its own
 preprocessing: `restore_from_workdir(workdir)` (dataset construction's
-teachers use it).
+teachers use it), and the modes that read a trained workdir take its model,
+input and dataset settings from it (`config_for_workdir`).
 """
 
-import json
 import os
 from typing import Any
 import zlib
@@ -396,14 +396,6 @@ def write_config(config: ml_collections.ConfigDict, workdir: str):
                           config.to_json(indent=2, sort_keys=True) + '\n')
 
 
-def _merge(base: dict, saved: dict) -> dict:
-  out = dict(base)
-  for k, v in saved.items():
-    out[k] = (_merge(base[k], v) if isinstance(v, dict)
-              and isinstance(base.get(k), dict) else v)
-  return out
-
-
 def read_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a workdir was trained with, from its config.json.
 
@@ -417,15 +409,64 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
         f'No {CONFIG_FILE} in {workdir!r}: it is not a training workdir of '
         'this codebase, or it was trained before training wrote its config. '
         f'Train it with main.py, or write its config there as {CONFIG_FILE}.')
-  try:
-    with open(path, encoding='utf-8') as f:
-      saved = json.load(f)
-  except (OSError, ValueError) as e:
-    raise errors.UserError(f'{path} is not readable JSON ({e}).') from e
-  if not isinstance(saved, dict):
-    raise errors.UserError(f'{path} does not hold a config object.')
-  return ml_collections.ConfigDict(
-      _merge(default_config.get_config().to_dict(), saved))
+  return default_config.config_from_json(path)
+
+
+# Modes that run a trained workdir's model: they take its settings.
+WORKDIR_MODES = ('eval', 'explain', 'predict', 'robustness', 'report')
+# The sections that make the model what it is: its structure, the inputs it
+# was trained on (preprocessing) and the data (classes, splits, source).
+WORKDIR_SECTIONS = ('model', 'input', 'dataset')
+
+
+def _flat(d: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = _normalise(v)
+  return out
+
+
+def config_for_workdir(config: ml_collections.ConfigDict, workdir: str,
+                       overrides: dict | None = None
+                       ) -> ml_collections.ConfigDict:
+  """The config a mode that reads a trained `workdir` runs with.
+
+  The model, input and dataset sections come from `<workdir>/config.json`
+  (training wrote it), the other sections (train.eval_batch_size, explain,
+  predict) from `config`, and the command line's `overrides` (config_flags'
+  flat {'a.b': value}) apply on top. An override of a model or input field
+  that differs from the saved value contradicts the trained weights: a
+  one-line UserError naming both. Without config.json, `config` as is.
+  """
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    return config
+  saved = read_config(workdir)
+  overrides = dict(overrides or {})
+  flat_saved = _flat(saved.to_dict())
+  for key, value in sorted(overrides.items()):
+    if key.split('.')[0] in ('model', 'input') and key in flat_saved and (
+        _normalise(value) != flat_saved[key]):
+      raise ModelMismatchError(
+          f'--config.{key}={value!r} contradicts the model in {workdir}, '
+          f'trained with {key}={flat_saved[key]!r} (its {CONFIG_FILE}); drop '
+          'the override, or train another workdir with it.')
+  out = ml_collections.ConfigDict(config.to_dict())
+  for section in WORKDIR_SECTIONS:
+    out[section] = ml_collections.ConfigDict(saved[section].to_dict())
+  out.update_from_flattened_dict(overrides)
+  changed = sorted(k for k, v in _flat(out.to_dict()).items()
+                   if k.split('.')[0] in WORKDIR_SECTIONS
+                   and _flat(config.to_dict()).get(k) != v)
+  if changed:
+    logging.info('Model, input and dataset settings from %s (differ from '
+                 'the --config file in %s).', os.path.abspath(path),
+                 ', '.join(changed[:8]) + (' ...' if len(changed) > 8 else ''))
+  out.lock()
+  return out
 
 
 def restore_from_workdir(workdir: str, which: str = 'best'):

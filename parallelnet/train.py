@@ -30,6 +30,7 @@ from parallelnet.core import paths
 from parallelnet.core import progress
 from parallelnet import checkpointing
 from parallelnet import history  # Per-epoch curves for the run report.
+from parallelnet import small_data
 from parallelnet import mesh as mesh_lib
 from parallelnet import metrics as metrics_lib
 from parallelnet import models
@@ -162,8 +163,9 @@ def _start(run: _Run) -> tuple[TrainState, _Position]:
   damaged one is logged, set aside and the previous one used), else a
   fresh initial state."""
   tc = run.config.train
-  pos = _Position(stopper=make_early_stopping(tc.early_stopping_patience),
-                  layout=run.layout)
+  patience = small_data.early_stopping_patience(
+      run.config, run.data.num_examples(run.config, 'validation'))
+  pos = _Position(stopper=make_early_stopping(patience), layout=run.layout)
   tree, meta = run.ckpts.restore('latest', run.abstract, fallback=True)
   if tree is None:
     return init_train_state(run.config, run.model, run.mesh), pos
