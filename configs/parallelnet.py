@@ -106,6 +106,12 @@ def get_config(arg=None):
   # Learning-rate factor of the N2 trunks (fine-tuning): 1 = same as the rest,
   # 0 = frozen (their parameters never change).
   c.train.trunk_lr_multiplier = 1.0
+  # Modality dropout (parallelnet/modality.py): the probability that a training
+  # example loses one modality to the model's missing input (zeros); 0 = the
+  # paper's recipe. _split: the share of those drops that take the image (the
+  # rest take the speech). Evaluation and test use complete pairs.
+  c.train.modality_dropout = 0.0
+  c.train.modality_dropout_split = 0.5
 
   # --- Explanation (PAPER.md, "DnCShap") --------------------------------------------
   c.explain = ml_collections.ConfigDict()
