@@ -42,6 +42,10 @@ def get_config(arg=None):
   c.dataset.manual_dir = ''  # Folder holding manifest.csv (iitr_sier, b_t4sa).
   c.dataset.data_dir = '~/tensorflow_datasets'  # Where built datasets are written.
   c.dataset.skip_bad = False  # False: any bad file fails the build; True: skip and report.
+  # True: a manifest row with an empty image or audio cell is kept as a pair
+  # lacking that modality (stored as a black image / silence); False: it is a
+  # bad row. A named but unreadable file is bad either way.
+  c.dataset.allow_missing = False
   c.dataset.test_fraction = 0.3  # Paper's 70/30 split when the manifest has no split column.
   c.dataset.val_fraction = 0.1  # Share of train held out for early stopping; 0 = use test.
   c.dataset.num_folds = 5  # k of k-fold cross-validation (--mode=cv).
@@ -142,6 +146,19 @@ def get_config(arg=None):
   # Folder of the b_t4sa manifest for the `sentiment` row (its manual_dir);
   # '' = dataset.manual_dir.
   c.study.sentiment_dir = ''
+
+  # --- Robustness (--mode=robustness: missing and degraded inputs) ----------
+  c.robustness = ml_collections.ConfigDict()
+  # Comma-separated conditions (input_pipeline/degrade.py): full, no_image,
+  # no_speech, speech_snr_<dB> (white noise), babble_snr_<dB> (other test
+  # clips), image_occlusion_<percent>, image_blur[_<sigma>].
+  c.robustness.conditions = ','.join((
+      'full', 'no_image', 'no_speech', 'speech_snr_20', 'speech_snr_10',
+      'speech_snr_0', 'babble_snr_20', 'babble_snr_10', 'babble_snr_0',
+      'image_occlusion_25', 'image_occlusion_50', 'image_blur'))
+  c.robustness.seed = 0  # Seeds the noise, babble picks and occlusion places.
+  c.robustness.blur_sigma = 2.0  # image_blur's Gaussian sigma (model-input pixels).
+  c.robustness.babble_talkers = 4  # Other clips summed into one babble.
 
   # --- Prediction (--mode=predict) -----------------------------------------
   c.predict = ml_collections.ConfigDict()

@@ -1,15 +1,18 @@
 """`--mode=predict`: class probabilities for every example of a split or folder.
 
 Writes `<workdir>/predictions.csv` with columns `id`, `label` (when known),
-`predicted` and `p_<class>` for every class of `config.dataset.classes`,
-one row per example in the source's order.
+`predicted`, `p_<class>` for every class of `config.dataset.classes` and
+`missing` (image, speech, or empty for a complete pair), one row per example
+in the source's order.
 
 Sources:
   * `config.predict.manual_dir` empty: the test split of the configured
     dataset (built with TFDS as for evaluation).
   * `config.predict.manual_dir` a folder: its manifest.csv (the dataset
     layout, see input_pipeline/manifest.py; the `label` column optional),
-    read file by file with the dataset's preprocessing, no TFDS build.
+    read file by file with the dataset's preprocessing, no TFDS build. A
+    row whose `image` or `audio` cell is empty is a pair without that
+    modality: the model reads its missing input there (modality.py).
 
 Like evaluation, batches of `config.train.eval_batch_size` are split over
 the ('data',) mesh of every device of every process (each process reads its
@@ -28,6 +31,7 @@ import numpy as np
 
 from parallelnet import checkpointing
 from parallelnet import mesh as mesh_lib
+from parallelnet import modality
 from parallelnet.models import scaling as model_scaling
 
 
@@ -40,13 +44,13 @@ def _share(total, index, count):
 
 def folder_batches(config, folder, local_batch, notices=None):
   """This process's batches of a manifest folder (numpy dicts with id, label
-  (-1 when unknown), image, spectrogram, mask); every process yields the
+  (-1 when unknown), image, spectrogram, missing, mask); every process yields the
   same number of batches. `notices` (a list) collects preprocess_pair's
   line for each audio file longer or shorter than the model's clip."""
   import input_pipeline  # pylint: disable=g-import-not-at-top
   from input_pipeline import manifest  # pylint: disable=g-import-not-at-top
   rows, bad = manifest.read_manifest(folder, list(config.dataset.classes),
-                                     require_label=False)
+                                     require_label=False, allow_missing=True)
   if bad:
     raise manifest.BadInputError(bad, os.path.join(folder, 'manifest.csv'))
   if not rows:
@@ -58,12 +62,14 @@ def folder_batches(config, folder, local_batch, notices=None):
   mine = rows[start:end]
   s = int(config.input.image_size)
   t, f = int(config.input.num_frames), int(config.input.n_mels)
+  absent = modality.missing_inputs(config)
   for b in range(num_batches):
     part = mine[b * local_batch:(b + 1) * local_batch]
     batch = dict(id=np.array([''] * local_batch, dtype=object),
                  label=np.full(local_batch, -1, np.int32),
                  image=np.zeros((local_batch, s, s, 3), np.float32),
                  spectrogram=np.zeros((local_batch, t, f, 1), np.float32),
+                 missing=np.array([''] * local_batch, dtype=object),
                  mask=np.zeros(local_batch, bool))
     for i, row in enumerate(part):
       pair = input_pipeline.preprocess_pair(config, row['image'],
@@ -72,8 +78,9 @@ def folder_batches(config, folder, local_batch, notices=None):
         notices.append(pair['audio_notice'])
       batch['id'][i] = row['id']
       batch['label'][i] = row['label']
-      batch['image'][i] = pair['image']
-      batch['spectrogram'][i] = pair['spectrogram']
+      for key in ('image', 'spectrogram'):
+        batch[key][i] = absent[key] if pair[key] is None else pair[key]
+      batch['missing'][i] = pair['missing']
       batch['mask'][i] = True
     yield batch
 
@@ -84,6 +91,7 @@ def split_batches(config, split):
   ds = input_pipeline.eval_dataset(config, split, with_id=True)
   for batch in ds.as_numpy_iterator():
     batch['id'] = np.array([x.decode() for x in batch['id']], dtype=object)
+    batch['missing'] = np.array([''] * len(batch['id']), dtype=object)
     yield batch
 
 
@@ -131,7 +139,7 @@ def predict(config, workdir, *, split='test'):
   variables = jax.device_put(variables, mesh_lib.replicated(mesh))
   probs_fn = _probabilities(model, mesh)
   data = mesh_lib.data_sharding(mesh)
-  ids, labels, probs = [], [], []
+  ids, labels, probs, missing = [], [], [], []
   for b in batches:
     glob = {k: jax.make_array_from_process_local_data(data, b[k])
             for k in ('image', 'spectrogram')}
@@ -139,25 +147,32 @@ def predict(config, workdir, *, split='test'):
     keep = np.asarray(b['mask'], bool)
     ids += [str(x) for x in b['id'][keep]]
     labels += [int(x) for x in np.asarray(b['label'])[keep]]
+    missing += [str(x) for x in b['missing'][keep]]
     probs.append(p[keep])
   if notices:  # One line, not one per file: a folder may hold thousands.
     logging.warning('%d audio file(s) differ from the model\'s clip length '
                     'and were cropped or padded; e.g. %s', len(notices),
                     notices[0])
   probs = np.concatenate(probs) if probs else np.zeros((0, 0), np.float32)
-  rows = _gather(ids, labels, probs)
-  return _write(config, workdir, rows, step, folder or split)
+  rows, absent = _gather(ids, labels, probs, missing)
+  if any(absent):
+    warning = modality.untrained_warning(config, workdir)
+    if warning:
+      logging.warning('%s', warning)
+  return _write(config, workdir, rows, step, folder or split, absent)
 
 
-def _gather(ids, labels, probs):
-  """Every process's (id, label, probs) rows, process 0's first."""
+def _gather(ids, labels, probs, missing):
+  """Every process's (id, label, probs) rows and their missing
+  modalities, process 0's first."""
   parts = mesh_lib.allgather_json(
-      dict(ids=ids, labels=labels, probs=probs.tolist()))
-  return [(i, l, p) for part in parts
+      dict(ids=ids, labels=labels, probs=probs.tolist(), missing=missing))
+  rows = [(i, l, p) for part in parts
           for i, l, p in zip(part['ids'], part['labels'], part['probs'])]
+  return rows, [m for part in parts for m in part['missing']]
 
 
-def _write(config, workdir, rows, step, source):
+def _write(config, workdir, rows, step, source, missing):
   classes = list(config.dataset.classes)
   known = bool(rows) and all(label >= 0 for _, label, _ in rows)
   path = os.path.join(workdir, 'predictions.csv')
@@ -168,12 +183,14 @@ def _write(config, workdir, rows, step, source):
     with open(path, 'w', newline='') as f:
       w = csv.writer(f)
       w.writerow(['id'] + (['label'] if known else []) + ['predicted'] +
-                 [f'p_{c}' for c in classes])
-      for (ex_id, label, p), pred in zip(rows, preds):
+                 [f'p_{c}' for c in classes] + ['missing'])
+      for (ex_id, label, p), pred, gone in zip(rows, preds, missing):
         w.writerow([ex_id] + ([classes[label]] if known else []) +
-                   [classes[pred]] + [f'{x:.6g}' for x in p])
+                   [classes[pred]] + [f'{x:.6g}' for x in p] + [gone])
   accuracy = correct / len(rows) if known else None
-  logging.info('Predicted %d examples of %s (checkpoint step %d)%s; wrote %s',
-               len(rows), source, step,
-               '' if accuracy is None else f', accuracy {accuracy:.4f}', path)
+  n_missing = sum(bool(m) for m in missing)
+  logging.info('Predicted %d examples of %s (checkpoint step %d)%s%s; wrote '
+               '%s', len(rows), source, step,
+               '' if accuracy is None else f', accuracy {accuracy:.4f}',
+               f', {n_missing} lacking a modality' if n_missing else '', path)
   return dict(path=path, num_examples=len(rows), accuracy=accuracy)

@@ -75,7 +75,8 @@ def test_test_split_accuracy_equals_eval(scored):
   assert len(rows) == total == out['num_examples']
   assert len({r['id'] for r in rows}) == total  # Every example once.
   assert list(rows[0]) == (['id', 'label', 'predicted'] +
-                           [f'p_{c}' for c in classes])
+                           [f'p_{c}' for c in classes] + ['missing'])
+  assert {r['missing'] for r in rows} == {''}
   accuracy = np.mean([r['label'] == r['predicted'] for r in rows])
   assert accuracy == pytest.approx(metrics['accuracy'], abs=1e-9)
   assert out['accuracy'] == pytest.approx(written['accuracy'], abs=1e-9)
