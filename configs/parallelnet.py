@@ -146,6 +146,9 @@ def get_config(arg=None):
   # Folder of the b_t4sa manifest for the `sentiment` row (its manual_dir);
   # '' = dataset.manual_dir.
   c.study.sentiment_dir = ''
+  # True: also score each row's best checkpoint with the image missing and
+  # with the speech missing (no_image_accuracy, no_speech_accuracy columns).
+  c.study.robustness = False
 
   # --- Robustness (--mode=robustness: missing and degraded inputs) ----------
   c.robustness = ml_collections.ConfigDict()

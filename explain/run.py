@@ -540,9 +540,9 @@ def explain_files(config, workdir, image_path, audio_path):
   rec = _write_example(config, out_dir, ex_id, e,
                        image_raw=pair['image_raw'], waveform=pair['waveform'],
                        missing=missing)
-  summary = dict(image=image_path, audio=audio_path, missing=missing,
+  summary = dict(image=image_path, audio=audio_path,
                  **_settings(config, step, baseline),
-                 **rec)
+                 **dict(rec, missing=missing))
   name = _safe_name(ex_id)
   with open(os.path.join(out_dir, f'{name}.json'), 'w') as f:
     json.dump(summary, f, indent=2)

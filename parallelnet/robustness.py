@@ -128,7 +128,7 @@ def write_csv(path, rows):
   w.writerow(COLUMNS)
   for r in rows:
     w.writerow([r['condition']] + [f'{r[k]:.6f}' for k in COLUMNS[1:]])
-  paths.write_text_atomic(path, buf.getvalue())
+  paths.write_bytes_atomic(path, buf.getvalue().encode('utf-8'))
 
 
 def plot(rows, path, subtitle=''):
@@ -136,7 +136,7 @@ def plot(rows, path, subtitle=''):
   plt = plotting.pyplot()
   names = [r['condition'] for r in rows]
   y = np.arange(len(rows))
-  fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.5))
+  fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 2))
   for k, (metric, colour) in enumerate((('accuracy', 'tab:blue'),
                                         ('macro_f1', 'tab:orange'))):
     values = [r[metric] if not math.isnan(r[metric]) else 0 for r in rows]
@@ -149,7 +149,7 @@ def plot(rows, path, subtitle=''):
   full = [r['accuracy'] for r in rows if r['condition'] == 'full']
   if full:
     ax.axvline(full[0], color='grey', lw=0.8, ls='--')
-  ax.legend(loc='lower right')
+  ax.legend(loc='upper center', bbox_to_anchor=(0.5, -0.12), ncol=2)
   ax.set_title(f'Robustness: {subtitle}', fontsize=9)
   fig.tight_layout()
   plotting.save(fig, path, dpi=120)

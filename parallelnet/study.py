@@ -33,6 +33,10 @@ its last call, a row trained by --mode=train has none),
 study.md (a Markdown table laid out like the paper's Table 2: its rows in
 Table 2's order, then the N2 sweep and the sentiment row) and study.png
 (accuracy and macro-F1 per row; error bars are the std over folds with cv).
+With config.study.robustness, each row's best checkpoint is also scored
+with the image and with the speech missing (--mode=robustness's no_image and
+no_speech, written to <row>/robustness.csv), and study.csv gains the columns
+no_image_accuracy and no_speech_accuracy.
 """
 
 import csv
@@ -55,6 +59,7 @@ from parallelnet import train
 FIXED_ROWS = ('proposed', 'ser_only', 'ier_only', 'baseline1', 'baseline2',
               'baseline3', 'sentiment')
 SWEEP_PREFIX = 'n2='
+ROBUSTNESS = ('no_image', 'no_speech')  # Conditions of config.study.robustness.
 METRICS = train.METRIC_KEYS  # accuracy, macro_f1, cohen_kappa.
 
 # The paper's names for the rows (Table 2, Table 3), and Table 2's grouping.
@@ -225,10 +230,22 @@ def run_row(row: str, config, row_dir: str, cv: bool, data=None) -> dict:
       out[m], out[f'{m}_std'] = saved[m]['mean'], saved[m]['std']
     else:
       out[m] = saved[m]
+  if config.study.get('robustness', False):
+    out.update(_robustness(config, row_dir))
   out['trainable_params'] = trainable_params(config)
   out['train_seconds'] = seconds
   out['reused'] = reused
   return out
+
+
+def _robustness(config, row_dir):
+  """{<condition>_accuracy} of ROBUSTNESS for a row's best checkpoint."""
+  from parallelnet import robustness  # pylint: disable=g-import-not-at-top
+  cfg = config.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.robustness.conditions = ','.join(ROBUSTNESS)
+  rows = robustness.run_robustness(cfg, row_dir)
+  return {f"{r['condition']}_accuracy": r['accuracy'] for r in rows}
 
 
 def run_study(config: ml_collections.ConfigDict, workdir: str, *,
@@ -239,6 +256,10 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *,
   Returns one dict per row, in the rows' order."""
   rows = parse_rows(config.study.rows)
   cv = bool(config.study.cv)
+  if cv and config.study.get('robustness', False):
+    raise UserError('config.study.robustness scores each row\'s best '
+                    'checkpoint, which cross-validation (config.study.cv=True)'
+                    ' does not keep; set one of them to False.')
   configs = row_configs(config, config_file, overrides, rows)  # All checked.
   results = []
   for i, row in enumerate(rows):
@@ -246,23 +267,27 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *,
     results.append(run_row(row, configs[row],
                            os.path.join(workdir, row_folder(row)), cv, data))
   if jax.process_index() == 0:
-    write_csv(results, os.path.join(workdir, 'study.csv'), cv)
+    write_csv(results, os.path.join(workdir, 'study.csv'), cv,
+              bool(config.study.get('robustness', False)))
     with open(os.path.join(workdir, 'study.md'), 'w') as f:
       f.write(markdown_table(results, cv))
     plot(results, os.path.join(workdir, 'study.png'), cv)
   return results
 
 
-def _columns(cv):
+def _columns(cv, robust=False):
   cols = ['row'] + list(METRICS)
   if cv:
     cols += [f'{m}_std' for m in METRICS]
+  if robust:
+    cols += [f'{c}_accuracy' for c in ROBUSTNESS]
   return cols + ['trainable_params', 'train_seconds']
 
 
-def write_csv(results, path, cv):
+def write_csv(results, path, cv, robust=False):
   with open(path, 'w', newline='') as f:
-    w = csv.DictWriter(f, fieldnames=_columns(cv), extrasaction='ignore')
+    w = csv.DictWriter(f, fieldnames=_columns(cv, robust),
+                       extrasaction='ignore')
     w.writeheader()
     for r in results:
       w.writerow({k: (f'{v:.6g}' if isinstance(v, float) else v)

@@ -276,3 +276,42 @@ def test_robustness_full_row_equals_eval(trained, tmp_path):
   cfg.robustness.conditions = 'full,speech_snr_x'
   with pytest.raises(UserError, match='config.robustness.conditions'):
     robustness.run_robustness(cfg, workdir)
+
+
+def test_study_robustness_columns(trained, tmp_path):
+  from parallelnet import robustness  # pylint: disable=g-import-not-at-top
+  from parallelnet import study  # pylint: disable=g-import-not-at-top
+  config, workdir, _, _ = trained
+  cfg = config.copy_and_resolve_references()
+  cfg.study.robustness = True
+  got = study._robustness(cfg, workdir)  # pylint: disable=protected-access
+  cfg.robustness.conditions = 'no_image,no_speech'
+  want = robustness.run_robustness(cfg, workdir)
+  assert got == {f"{r['condition']}_accuracy": r['accuracy'] for r in want}
+  path = tmp_path / 'study.csv'
+  study.write_csv([dict(row='proposed', accuracy=0.5, macro_f1=0.5,
+                        cohen_kappa=0.0, trainable_params=1,
+                        train_seconds=1.0, **got)], str(path), False, True)
+  with open(path, newline='') as f:
+    table = list(csv.DictReader(f))
+  assert list(table[0])[4:6] == ['no_image_accuracy', 'no_speech_accuracy']
+  assert float(table[0]['no_image_accuracy']) == pytest.approx(
+      got['no_image_accuracy'], abs=1e-5)
+
+
+def test_explain_a_pair_without_its_image(trained, tmp_path, capsys):
+  from explain import run as explain_run  # pylint: disable=g-import-not-at-top
+  config, workdir, _, _ = trained
+  corpus, _ = test_predict._corpus_rows(config)  # pylint: disable=protected-access
+  cfg = config.copy_and_resolve_references()
+  cfg.explain.baseline = 'zeros'
+  out = tmp_path / 'out'
+  out.mkdir()
+  os.symlink(os.path.join(workdir, 'checkpoints'), out / 'checkpoints')
+  summary = explain_run.explain_files(cfg, str(out), None, corpus[0]['audio'])
+  assert summary['missing'] == 'image' and summary['image'] is None
+  assert list(summary['modality_scores']) == ['speech']
+  name = os.path.splitext(os.path.basename(corpus[0]['audio']))[0]
+  with np.load(out / 'explain' / f'{name}.npz') as saved:
+    assert str(saved['missing']) == 'image'
+  assert 'image: absent' in capsys.readouterr().out
