@@ -315,3 +315,32 @@ def test_explain_a_pair_without_its_image(trained, tmp_path, capsys):
   with np.load(out / 'explain' / f'{name}.npz') as saved:
     assert str(saved['missing']) == 'image'
   assert 'image: absent' in capsys.readouterr().out
+
+
+def test_allow_missing_builds_rows_without_a_modality(tmp_path):
+  from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
+  from tests import test_input_pipeline as tip  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / 'data'
+  folder.mkdir()
+  rows = tip._good_folder(folder, n=10, unusual=False)  # pylint: disable=protected-access
+  rows[0][1] = ''  # No image.
+  rows[1][2] = ''  # No audio.
+  tip._write_manifest(folder, rows)  # pylint: disable=protected-access
+  c = tip._config(tmp_path, manual_dir=folder)  # pylint: disable=protected-access
+  c.input.image_scaling = 'unit'
+  with pytest.raises(UserError, match='allow_missing=True'):
+    pipeline.get_builder(c)
+  c.dataset.allow_missing = True
+  ex = {}
+  for split in ('train', 'test'):
+    got = pipeline.load_examples(c, split)
+    for i, row_id in enumerate(got['id']):
+      ex[row_id] = {k: got[k][i] for k in ('image', 'spectrogram', 'waveform')}
+  assert len(ex) == 10
+  absent = modality.missing_inputs(c)
+  np.testing.assert_array_equal(ex[rows[0][0]]['image'], absent['image'])
+  np.testing.assert_array_equal(ex[rows[1][0]]['spectrogram'],
+                                absent['spectrogram'])
+  assert not np.any(ex[rows[1][0]]['waveform'])
+  assert np.any(ex[rows[0][0]]['spectrogram'])
+  assert np.any(ex[rows[1][0]]['image']) and np.any(ex[rows[2][0]]['image'])
