@@ -508,7 +508,7 @@ def explain_files(config, workdir, image_path, audio_path):
   pair = input_pipeline.preprocess_pair(config, image_path, audio_path)
   if pair.get('audio_notice'):
     logging.info('%s', pair['audio_notice'])
-  missing = pair['missing']
+  missing = pair.get('missing', '')
   if missing:
     absent = modality.missing_inputs(config)
     for key in ('image', 'spectrogram'):
