@@ -528,6 +528,14 @@ def explain_files(config, workdir, image_path, audio_path):
       logging.warning('%s', warning)
   baseline = make_baseline(config, pair['image'].shape,
                            pair['spectrogram'].shape, workdir=workdir)
+  if missing and baseline.images is not None:
+    # The absent modality is absent in every coalition: its baseline is the
+    # missing input too, so it contributes nothing and the present one gets
+    # f(x) - f(baseline, missing input).
+    key = 'images' if missing == 'image' else 'spectrograms'
+    fill = absent['image' if missing == 'image' else 'spectrogram']
+    baseline = dataclasses.replace(baseline, **{key: np.broadcast_to(
+        fill, getattr(baseline, key).shape).copy()})
   e = explain_batch(
       probability_fn(model, variables), pair['image'][None],
       pair['spectrogram'][None], baseline, depth=int(c.depth), mode=c.mode,

@@ -304,13 +304,17 @@ def test_explain_a_pair_without_its_image(trained, tmp_path, capsys):
   config, workdir, _, _ = trained
   corpus, _ = test_predict._corpus_rows(config)  # pylint: disable=protected-access
   cfg = config.copy_and_resolve_references()
-  cfg.explain.baseline = 'zeros'
+  cfg.explain.baseline = 'mean'
   out = tmp_path / 'out'
   out.mkdir()
   os.symlink(os.path.join(workdir, 'checkpoints'), out / 'checkpoints')
   summary = explain_run.explain_files(cfg, str(out), None, corpus[0]['audio'])
   assert summary['missing'] == 'image' and summary['image'] is None
   assert list(summary['modality_scores']) == ['speech']
+  # The absent image is absent in every coalition (its baseline is the
+  # missing input too): the speech takes the whole change of probability.
+  assert summary['modality_scores']['speech'] == pytest.approx(
+      summary['probability'] - summary['baseline_probability'], abs=1e-5)
   name = os.path.splitext(os.path.basename(corpus[0]['audio']))[0]
   with np.load(out / 'explain' / f'{name}.npz') as saved:
     assert str(saved['missing']) == 'image'
