@@ -73,7 +73,7 @@ _WORKDIR = flags.DEFINE_string(
 _MODE = flags.DEFINE_enum(
     'mode', 'train',
     ['train', 'eval', 'cv', 'explain', 'summary', 'study', 'predict',
-     'report'],
+     'report', 'robustness'],
     'train: train, evaluate on the test split (and explain if '
     'config.explain.after_train); eval: evaluate the best checkpoint; cv: '
     'k-fold cross-validation; explain: DnCShap for test examples or for '
@@ -83,9 +83,14 @@ _MODE = flags.DEFINE_enum(
     'class probabilities of the best checkpoint for the test split or '
     'config.predict.manual_dir in <workdir>/predictions.csv; report: '
     '<workdir>/report/index.html from what the workdir holds (train, explain '
-    'and study also write it at their end).')
-_IMAGE = flags.DEFINE_string('image', None, 'Explain this image (with --audio).')
-_AUDIO = flags.DEFINE_string('audio', None, 'Explain this audio (with --image).')
+    'and study also write it at their end); robustness: '
+    'test metrics of the best checkpoint under config.robustness.conditions '
+    '(missing modality, noise, occlusion, blur) in <workdir>/robustness.csv '
+    'and robustness.png.')
+_IMAGE = flags.DEFINE_string(
+    'image', None, 'Explain this image (with --audio; alone: speech missing).')
+_AUDIO = flags.DEFINE_string(
+    'audio', None, 'Explain this audio (with --image; alone: image missing).')
 _COORDINATOR = flags.DEFINE_string(
     'coordinator_address', None,
     'host:port of process 0 for multi-process runs (else from the environment).')
@@ -172,10 +177,8 @@ def main(argv):
     print(study.markdown_table(results, config.study.cv), end='')
   elif mode == 'explain':
     from explain import run as explain_run  # pylint: disable=g-import-not-at-top
-    if bool(_IMAGE.value) != bool(_AUDIO.value):
-      raise UserError('--image and --audio go together: give both files '
-                      '(or neither, to explain test examples).')
-    if _IMAGE.value:
+    # One of the two alone: a pair lacking the other modality.
+    if _IMAGE.value or _AUDIO.value:
       explain_run.explain_files(config, workdir, _IMAGE.value, _AUDIO.value)
     else:
       explain_run.explain_dataset(config, workdir)
@@ -184,6 +187,11 @@ def main(argv):
     out = predict.predict(config, workdir)
     if out['accuracy'] is not None:
       print(f"accuracy={out['accuracy']:.4f}")
+  elif mode == 'robustness':
+    from parallelnet import robustness  # pylint: disable=g-import-not-at-top
+    for row in robustness.run_robustness(config, workdir):
+      print(f"{row['condition']:<20} accuracy={row['accuracy']:.4f} "
+            f"macro_f1={row['macro_f1']:.4f}")
 
   import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() == 0:

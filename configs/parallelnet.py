@@ -62,6 +62,10 @@ def get_config(arg=None):
   c.dataset.manual_dir = ''  # Folder holding manifest.csv (iitr_sier, b_t4sa).
   c.dataset.data_dir = '~/tensorflow_datasets'  # Where built datasets are written.
   c.dataset.skip_bad = False  # False: any bad file fails the build; True: skip and report.
+  # True: a manifest row with an empty image or audio cell is kept as a pair
+  # lacking that modality (stored as a black image / silence); False: it is a
+  # bad row. A named but unreadable file is bad either way.
+  c.dataset.allow_missing = False
   c.dataset.test_fraction = 0.3  # Paper's 70/30 split when the manifest has no split column.
   c.dataset.val_fraction = 0.1  # Share of train held out for early stopping; 0 = use test.
   c.dataset.num_folds = 5  # k of k-fold cross-validation (--mode=cv).
@@ -135,6 +139,12 @@ def get_config(arg=None):
   # 0 = frozen as Keras' trainable=False: their parameters never change and
   # their BatchNorms run in inference mode (running statistics kept).
   c.train.trunk_lr_multiplier = 1.0
+  # Modality dropout (parallelnet/modality.py): the probability that a training
+  # example loses one modality to the model's missing input (zeros); 0 = the
+  # paper's recipe. _split: the share of those drops that take the image (the
+  # rest take the speech). Evaluation and test use complete pairs.
+  c.train.modality_dropout = 0.0
+  c.train.modality_dropout_split = 0.5
 
   # --- Explanation (PAPER.md, "DnCShap") --------------------------------------------
   c.explain = ml_collections.ConfigDict()
@@ -173,6 +183,22 @@ def get_config(arg=None):
   # field that changes the result) stops the study naming the fields; True:
   # move that folder aside to <row>.stale and retrain the row.
   c.study.retrain_changed = False
+  # True: also score each row's best checkpoint with the image missing and
+  # with the speech missing (no_image_accuracy, no_speech_accuracy columns).
+  c.study.robustness = False
+
+  # --- Robustness (--mode=robustness: missing and degraded inputs) ----------
+  c.robustness = ml_collections.ConfigDict()
+  # Comma-separated conditions (input_pipeline/degrade.py): full, no_image,
+  # no_speech, speech_snr_<dB> (white noise), babble_snr_<dB> (other test
+  # clips), image_occlusion_<percent>, image_blur[_<sigma>].
+  c.robustness.conditions = ','.join((
+      'full', 'no_image', 'no_speech', 'speech_snr_20', 'speech_snr_10',
+      'speech_snr_0', 'babble_snr_20', 'babble_snr_10', 'babble_snr_0',
+      'image_occlusion_25', 'image_occlusion_50', 'image_blur'))
+  c.robustness.seed = 0  # Seeds the noise, babble picks and occlusion places.
+  c.robustness.blur_sigma = 2.0  # image_blur's Gaussian sigma (model-input pixels).
+  c.robustness.babble_talkers = 4  # Other clips summed into one babble.
 
   # --- Prediction (--mode=predict) -----------------------------------------
   c.predict = ml_collections.ConfigDict()

@@ -314,11 +314,17 @@ def top_speech_hit(regions_values, spans, cue_span):
 
 
 def _write_example(config, out_dir, ex_id, e, *, image_raw, waveform,
-                   label=None, write=True):
+                   label=None, write=True, missing=''):
   """Speech post-processing, figure and npz for one explained example; the
-  record only (no files) when not `write`."""
+  record only (no files) when not `write`. `missing` ('image' | 'speech'):
+  the modality the pair lacked, left out of the figure and the modality
+  scores."""
   classes = list(config.dataset.classes)
-  used = _used_modalities(config)
+  used = tuple(m for m in _used_modalities(config) if m != missing)
+  if not used:
+    raise UserError(f'The pair lacks its {missing}, the only modality this '
+                    f'model reads (config.model.modalities='
+                    f'{config.model.modalities}).')
   name = paths.safe_name(ex_id)
   e = jax.device_get(e)
   sp = speech_lib.explain_speech(
@@ -336,7 +342,8 @@ def _write_example(config, out_dir, ex_id, e, *, image_raw, waveform,
                        for i, m in enumerate(('image', 'speech'))
                        if m in used},
       segments_s=[[float(a), float(b)] for a, b in sp.segments],
-      true=None if label is None else classes[int(label)])
+      true=None if label is None else classes[int(label)],
+      **({'missing': missing} if missing else {}))
   if not write:
     return record
   figures.save_figure(
@@ -347,7 +354,8 @@ def _write_example(config, out_dir, ex_id, e, *, image_raw, waveform,
       frame_importance=sp.frame_importance, segments=sp.segments,
       predicted=classes[target], probability=float(e.probability),
       true_label=None if label is None else classes[int(label)],
-      modality_scores=np.asarray(e.modality_scores), title=str(ex_id),
+      modality_scores=np.asarray(e.modality_scores),
+      title=str(ex_id) + (f' ({missing} absent)' if missing else ''),
       baseline_probability=float(e.baseline_probability),
       image_regions=(np.asarray(e.image_regions.values),
                      e.image_regions.boxes),
@@ -365,7 +373,7 @@ def _write_example(config, out_dir, ex_id, e, *, image_raw, waveform,
       image_region_values=np.asarray(e.image_regions.values),
       image_region_boxes=e.image_regions.boxes,
       speech_region_values=np.asarray(e.speech_regions.values),
-      speech_region_boxes=e.speech_regions.boxes)
+      speech_region_boxes=e.speech_regions.boxes, missing=np.str_(missing))
   return record
 
 
@@ -503,18 +511,46 @@ def explain_files(config, workdir, image_path, audio_path):
 
   Every process of a multi-process run computes the explanation (the same
   one: same inputs, weights and key); process 0 alone writes the files and
-  prints. Returns the summary dict on every process.
+  prints. Returns the summary dict on every process. One path None: the
+  pair lacks that modality; the model reads its missing input there
+  (parallelnet/modality.py), the figure shows the other modality only and
+  the records say `missing`.
   """
   config = model_scaling.resolve_config(config)
   import input_pipeline  # pylint: disable=g-import-not-at-top
+  from parallelnet import modality  # pylint: disable=g-import-not-at-top
   c = config.explain
   # The files first: a bad file is reported before the model loads.
   pair = input_pipeline.preprocess_pair(config, image_path, audio_path)
   if pair.get('audio_notice'):
     logging.info('%s', pair['audio_notice'])
+  missing = pair.get('missing', '')
+  if missing:
+    absent = modality.missing_inputs(config)
+    for key in ('image', 'spectrogram'):
+      if pair[key] is None:
+        pair[key] = absent[key]
+    if pair['image_raw'] is None:
+      pair['image_raw'] = np.zeros(pair['image'].shape, np.uint8)
+    if pair['waveform'] is None:
+      from input_pipeline import audio as audio_lib  # pylint: disable=g-import-not-at-top
+      pair['waveform'] = np.zeros(audio_lib.num_samples(config.input),
+                                  np.float32)
   model, variables, step = inference.restore(config, workdir, which='best')
+  if missing:
+    warning = modality.untrained_warning(config, workdir)
+    if warning:
+      logging.warning('%s', warning)
   baseline = make_baseline(config, pair['image'].shape,
                            pair['spectrogram'].shape, workdir=workdir)
+  if missing and baseline.images is not None:
+    # The absent modality is absent in every coalition: its baseline is the
+    # missing input too, so it contributes nothing and the present one gets
+    # f(x) - f(baseline, missing input).
+    key = 'images' if missing == 'image' else 'spectrograms'
+    fill = absent['image' if missing == 'image' else 'spectrogram']
+    baseline = dataclasses.replace(baseline, **{key: np.broadcast_to(
+        fill, getattr(baseline, key).shape).copy()})
   e = explain_batch(
       probability_fn(model, variables), pair['image'][None],
       pair['spectrogram'][None], baseline, depth=int(c.depth), mode=c.mode,
@@ -524,14 +560,14 @@ def explain_files(config, workdir, image_path, audio_path):
   out_dir = os.path.join(workdir, 'explain')
   if writer:
     os.makedirs(out_dir, exist_ok=True)
-  ex_id = (f'{os.path.splitext(os.path.basename(image_path))[0]}__'
-           f'{os.path.splitext(os.path.basename(audio_path))[0]}')
+  ex_id = '__'.join(os.path.splitext(os.path.basename(p))[0]
+                    for p in (image_path, audio_path) if p)
   rec = _write_example(config, out_dir, ex_id, e,
                        image_raw=pair['image_raw'], waveform=pair['waveform'],
-                       write=writer)
+                       write=writer, missing=missing)
   summary = dict(image=image_path, audio=audio_path,
                  **_settings(config, step, baseline),
-                 **rec)
+                 **dict(rec, missing=missing))
   if not writer:
     return summary
   name = paths.safe_name(ex_id)
@@ -540,7 +576,10 @@ def explain_files(config, workdir, image_path, audio_path):
         f"baseline input {rec['baseline_probability']:.4f})")
   print('modality scores: ' + '  '.join(
       f'{m} {v:+.4f}' for m, v in rec['modality_scores'].items()))
-  print(f'kept speech segments (s): {rec["segments_s"]}')
+  if missing:
+    print(f'{missing}: absent (the model read its missing input)')
+  if missing != 'speech':
+    print(f'kept speech segments (s): {rec["segments_s"]}')
   print(f'wrote {os.path.join(out_dir, name)}.png/.npz/_kept.wav/.json')
   return summary
 

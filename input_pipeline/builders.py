@@ -193,25 +193,35 @@ def _paper_and_runlocal(classes, synthetic_size=0):
 def _decode_row(row, settings):
   """Decodes one manifest row; returns (example_dict, None) or (None, reason).
 
-  The example carries `clip_fit` (audio.FITS), which the build counts and
-  pops before writing.
+  The example carries `clip_fit` (audio.FITS, or 'missing'), which the build
+  counts and pops before writing. A row without its image (path None,
+  config.dataset.allow_missing) stores a black image, one without its audio
+  silence: the model's missing input for speech, and for the image under
+  'unit' scaling (DESIGN.md, "Missing modalities").
   """
   ic = audio_lib.input_settings(settings)
   reasons = []
+  s = settings['image_size']
   try:
-    img, (h, w) = image_lib.decode_image(row['image'], settings['image_size'])
+    if row['image'] is None:
+      img, (h, w) = np.zeros((s, s, 3), np.uint8), (s, s)
+    else:
+      img, (h, w) = image_lib.decode_image(row['image'], s)
   except image_lib.ImageError as e:
     reasons.append(f'image: {e}')
   try:
-    wav, fit = audio_lib.decode_clip(row['audio'], ic)
-    spec = audio_lib.log_mel(wav, ic)
+    if row['audio'] is None:
+      fit = 'missing'
+      spec = np.zeros((ic.num_frames, ic.n_mels, 1), np.float32)
+    else:
+      wav, fit = audio_lib.decode_clip(row['audio'], ic)
+      spec = audio_lib.log_mel(wav, ic)
   except audio_lib.AudioError as e:
     reasons.append(f'audio: {e}')
   if reasons:
     return None, '; '.join(reasons)
   box = np.asarray(row['image_cue_box'], np.float32)
   if box[0] >= 0:  # Displayed-image pixels -> model-input pixels.
-    s = settings['image_size']
     box = box * np.array([s / h, s / w, s / h, s / w], np.float32)
   return dict(_features(row, img, spec.astype(np.float16), box),
               clip_fit=fit), None
@@ -220,7 +230,7 @@ def _decode_row(row, settings):
 def _features(row, image, spectrogram, box):
   """The example as the TFDS features declare it."""
   return dict(id=row['id'], image=image, spectrogram=spectrogram,
-              label=row['label'], audio_path=row['audio'],
+              label=row['label'], audio_path=row['audio'] or '',
               image_cue_box=np.asarray(box, np.float32),
               speech_cue_span=np.asarray(row['speech_cue_span'], np.float32),
               fold=row.get('fold', 0), part=row.get('part', ''))
@@ -319,9 +329,10 @@ class _SierBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                    '2.0.0': 'Image and spectrogram stored as raw bytes.'}
   CLASSES = EMOTIONS
 
-  def __init__(self, *, skip_bad=False, **kwargs):
+  def __init__(self, *, skip_bad=False, allow_missing=False, **kwargs):
     self._skip_bad = skip_bad
     self._skipped = None
+    self._allow_missing = allow_missing
     super().__init__(**kwargs)
 
   def download_and_prepare(self, *args, **kwargs):  # pylint: disable=arguments-differ
@@ -399,7 +410,8 @@ class _SierBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       raise errors.UserError(
           f'The files in {folder} changed between the start of the build and '
           'now; run again once they are in place.')
-    rows, bad = manifest_lib.read_manifest(folder, c.classes)
+    rows, bad = manifest_lib.read_manifest(
+        folder, c.classes, allow_missing=self._allow_missing)
     self._spill = _Spill(self._scratch_dir,
                          (c.image_size, c.image_size, 3),
                          (c.num_frames, c.n_mels, 1))

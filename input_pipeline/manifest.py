@@ -73,11 +73,18 @@ def _parse_floats(text, n):
   return vals
 
 
-def read_manifest(folder, classes, *, require_label=True):
+MISSING_HINT = ('a pair needs both files; config.dataset.allow_missing=True '
+                'keeps rows that lack one modality')
+
+
+def read_manifest(folder, classes, *, require_label=True, allow_missing=False):
   """Reads and checks manifest.csv; returns (rows, bad).
 
   require_label=False (scoring unlabelled data): the `label` column may be
   missing or empty; such rows get label -1.
+  allow_missing=True: an empty `image` or `audio` cell is a pair without
+  that modality (path None, `missing` 'image' or 'speech'), not a bad row;
+  a row with both cells empty is still bad. A named file is always checked.
 
   rows: dicts with id, label (int), image/audio (absolute paths), split
   (normalised or None), text, image_cue_box, speech_cue_span.
@@ -110,13 +117,19 @@ def read_manifest(folder, classes, *, require_label=True):
       pass  # Unlabelled: label -1.
     elif label not in label_index:
       reasons.append(f'unknown label {label!r} (classes: {", ".join(classes)})')
-    files = {}
+    files, empty = {}, []
     for col in ('image', 'audio'):
-      p = resolve(folder, (r.get(col) or '').strip())
-      if p is None:
-        reasons.append(f'{col} path {r.get(col)!r} leaves the dataset folder '
-                       'or is empty')
+      cell = (r.get(col) or '').strip()
+      p = resolve(folder, cell)
+      if not cell:
+        empty.append(col)
+        if not allow_missing:
+          reasons.append(f'{col} cell is empty ({MISSING_HINT})')
+      elif p is None:
+        reasons.append(f'{col} path {cell!r} leaves the dataset folder')
       files[col] = p
+    if len(empty) == 2 and allow_missing:
+      reasons.append('image and audio cells are both empty')
     split = (r.get('split') or '').strip().lower() or None
     if split is not None and split not in SPLIT_ALIASES:
       reasons.append(f'unknown split {split!r}')
@@ -132,6 +145,8 @@ def read_manifest(folder, classes, *, require_label=True):
     rows.append(dict(id=rid, label=label_index.get(label, -1),
                      image=files['image'],
                      audio=files['audio'], split=SPLIT_ALIASES.get(split),
+                     missing={'image': 'image', 'audio': 'speech'}.get(
+                         empty[0], '') if len(empty) == 1 else '',
                      text=r.get('text') or '', image_cue_box=box,
                      speech_cue_span=span))
   return rows, bad

@@ -83,14 +83,16 @@ def wait_for_all_processes(name, timeout_s=BUILD_BARRIER_TIMEOUT_S):
 
 
 @functools.lru_cache(maxsize=16)
-def _builder(name, settings_items, data_dir, manual_dir, skip_bad, build):
+def _builder(name, settings_items, data_dir, manual_dir, skip_bad, build,
+             allow_missing=False):
   settings = dict(settings_items)
   settings['classes'] = list(settings['classes'])
   cls = builders.BUILDERS[name]
 
   def make():
     return cls(config=builders.make_builder_config(settings, cls.CLASSES),
-               data_dir=data_dir, skip_bad=skip_bad)
+               data_dir=data_dir, skip_bad=skip_bad,
+               allow_missing=allow_missing)
 
   def prepare(b):
     _log_older_builds(b, settings, manual_dir)
@@ -180,7 +182,8 @@ def get_builder(config, *, build=True):
       config.dataset.manual_dir)) if config.dataset.manual_dir else ''
   return _builder(name, tuple(sorted(settings.items())),
                   os.path.expanduser(config.dataset.data_dir), manual_dir,
-                  bool(config.dataset.skip_bad), build)
+                  bool(config.dataset.skip_bad), build,
+                  bool(config.dataset.get('allow_missing', False)))
 
 
 def built_dir(config, settings=None):
@@ -454,7 +457,9 @@ def load_examples(config, split='test', n=None):
                                        _scaling(config))
   out['spectrogram'] = out['spectrogram'].astype(np.float32)
   out['label'] = out['label'].astype(np.int32)
+  silence = np.zeros(audio_lib.num_samples(config.input), np.float32)
   out['waveform'] = np.stack([audio_lib.load_waveform(p, config.input)
+                              if p else silence  # A row without its audio.
                               for p in out['audio_path']])
   del out['part']
   return out
@@ -464,27 +469,38 @@ def preprocess_pair(config, image_path, audio_path):
   """One user pair through the dataset's preprocessing (unbatched numpy).
 
   Returns image (model-scaled), image_raw (uint8), spectrogram (T, F, 1),
-  waveform, audio_seconds (the file's length) and audio_notice (a line for
+  waveform, audio_seconds (the file's length), audio_notice (a line for
   the user when the file is longer or shorter than the model's clip, else
-  None; callers show it). Errors name the file and the reason.
+  None; callers show it) and missing ('image' | 'speech' | ''). A None (or
+  empty) path is a missing modality: its arrays are None, for the caller
+  to fill with the model's missing input (parallelnet/modality.py). Errors
+  name the file and the reason.
   """
-  try:
-    raw = image_lib.load_image(image_path, int(config.input.image_size))
-  except image_lib.ImageError as e:
-    raise image_lib.ImageError(
-        f'image {os.path.abspath(image_path)}: {e}') from e
-  try:
-    wav, _, file_samples = audio_lib.decode_clip_and_length(audio_path,
-                                                           config.input)
-  except audio_lib.AudioError as e:
-    raise audio_lib.AudioError(
-        f'audio {os.path.abspath(audio_path)}: {e}') from e
-  notice = audio_lib.fit_notice(audio_path, file_samples, config.input)
-  # float16 round trip: the same values the built dataset stores.
-  spec = audio_lib.log_mel(wav, config.input)
-  spec = spec.astype(np.float16).astype(np.float32)
-  scaling = _scaling(config)
-  return dict(image=scaling_lib.scale_image(raw, scaling),
-              image_raw=raw, spectrogram=spec, waveform=wav,
-              audio_seconds=file_samples / config.input.sample_rate,
-              audio_notice=notice)
+  if not image_path and not audio_path:
+    raise errors.UserValueError('A pair needs an image or an audio file; '
+                                'both are missing.')
+  raw = image = spec = wav = notice = None
+  seconds = 0.0
+  if image_path:
+    try:
+      raw = image_lib.load_image(image_path, int(config.input.image_size))
+    except image_lib.ImageError as e:
+      raise image_lib.ImageError(
+          f'image {os.path.abspath(image_path)}: {e}') from e
+    image = scaling_lib.scale_image(raw, _scaling(config))
+  if audio_path:
+    try:
+      wav, _, file_samples = audio_lib.decode_clip_and_length(audio_path,
+                                                             config.input)
+    except audio_lib.AudioError as e:
+      raise audio_lib.AudioError(
+          f'audio {os.path.abspath(audio_path)}: {e}') from e
+    notice = audio_lib.fit_notice(audio_path, file_samples, config.input)
+    # float16 round trip: the same values the built dataset stores.
+    spec = audio_lib.log_mel(wav, config.input)
+    spec = spec.astype(np.float16).astype(np.float32)
+    seconds = file_samples / config.input.sample_rate
+  return dict(image=image, image_raw=raw, spectrogram=spec, waveform=wav,
+              audio_seconds=seconds, audio_notice=notice,
+              missing='' if image_path and audio_path else
+              'image' if audio_path else 'speech')

@@ -22,14 +22,18 @@ def process_share(total, index, count):
   return start, start + base + (index < extra)
 
 
-def folder_batches(config, folder, local_batch, notices=None):
+def folder_batches(config, folder, local_batch, notices=None,
+                   missing_inputs=None):
   """This process's batches of a manifest folder (its manifest.csv, the
   `label` column optional: -1 when unknown), read file by file with the
-  dataset's preprocessing (no TFDS build). `notices` (a list) collects
-  preprocess_pair's line for each audio file longer or shorter than the
-  model's clip."""
+  dataset's preprocessing (no TFDS build). A row whose `image` or `audio`
+  cell is empty is a pair without that modality: the batch holds
+  `missing_inputs[key]` there (the model's missing input, which the caller
+  knows; zeros by default) and `missing` names the modality. `notices` (a
+  list) collects preprocess_pair's line for each audio file longer or
+  shorter than the model's clip."""
   rows, bad = manifest.read_manifest(folder, list(config.dataset.classes),
-                                     require_label=False)
+                                     require_label=False, allow_missing=True)
   if bad:
     raise manifest.BadInputError(bad, os.path.join(folder, 'manifest.csv'))
   if not rows:
@@ -47,6 +51,7 @@ def folder_batches(config, folder, local_batch, notices=None):
                  label=np.full(local_batch, -1, np.int32),
                  image=np.zeros((local_batch, s, s, 3), np.float32),
                  spectrogram=np.zeros((local_batch, t, f, 1), np.float32),
+                 missing=np.array([''] * local_batch, dtype=object),
                  mask=np.zeros(local_batch, bool))
     for i, row in enumerate(part):
       pair = pipeline.preprocess_pair(config, row['image'], row['audio'])
@@ -54,8 +59,12 @@ def folder_batches(config, folder, local_batch, notices=None):
         notices.append(pair['audio_notice'])
       batch['id'][i] = row['id']
       batch['label'][i] = row['label']
-      batch['image'][i] = pair['image']
-      batch['spectrogram'][i] = pair['spectrogram']
+      for key in ('image', 'spectrogram'):
+        if pair[key] is not None:
+          batch[key][i] = pair[key]
+        elif missing_inputs is not None:
+          batch[key][i] = missing_inputs[key]
+      batch['missing'][i] = pair['missing']
       batch['mask'][i] = True
     yield batch
 
@@ -65,4 +74,5 @@ def split_batches(config, split):
   ds = pipeline.eval_dataset(config, split, with_id=True)
   for batch in ds.as_numpy_iterator():
     batch['id'] = np.array([x.decode() for x in batch['id']], dtype=object)
+    batch['missing'] = np.array([''] * len(batch['id']), dtype=object)
     yield batch

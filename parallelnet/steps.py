@@ -19,6 +19,7 @@ import optax
 from parallelnet import losses
 from parallelnet import mesh as mesh_lib
 from parallelnet import metrics as metrics_lib
+from parallelnet import modality
 from parallelnet.train_state import TrainState
 from parallelnet.train_state import update_plateau
 
@@ -36,10 +37,14 @@ def _apply(state, params, batch, train, rng=None):
 
 
 def train_step(state: TrainState, batch: dict, rng: jax.Array, *,
-               loss_kwargs: dict) -> tuple[TrainState, dict]:
+               loss_kwargs: dict, modality_dropout=(0.0, 0.5)
+               ) -> tuple[TrainState, dict]:
   """One Adam step on the global batch. Returns (state, {loss, grad_norm,
-  accuracy}). `rng` is this step's key (fold_in(base, step))."""
+  accuracy}). `rng` is this step's key (fold_in(base, step));
+  `modality_dropout` is (rate, split) of modality.apply_modality_dropout."""
   mask = batch.get('mask')
+  batch = modality.apply_modality_dropout(
+      batch, jax.random.fold_in(rng, 1), *modality_dropout)
 
   def loss_fn(params):
     logits, batch_stats = _apply(state, params, batch, True, rng)
@@ -87,15 +92,18 @@ class Steps:
         mesh, tuple(sorted(losses.loss_weights(config.train).items())),
         len(config.dataset.classes),
         (float(config.train.plateau_factor),
-         int(config.train.plateau_patience)))
+         int(config.train.plateau_patience)),
+        modality.dropout_settings(config))
 
 
 @functools.lru_cache(maxsize=8)
-def _jitted_steps(mesh, loss_items, num_classes, plateau_settings):
+def _jitted_steps(mesh, loss_items, num_classes, plateau_settings,
+                  modality_dropout=(0.0, 0.5)):
   repl = mesh_lib.replicated(mesh)
   data = mesh_lib.data_sharding(mesh)
   loss_kwargs = dict(loss_items)
-  train = jax.jit(functools.partial(train_step, loss_kwargs=loss_kwargs),
+  train = jax.jit(functools.partial(train_step, loss_kwargs=loss_kwargs,
+                                    modality_dropout=modality_dropout),
                   in_shardings=(repl, data, repl), out_shardings=(repl, repl),
                   donate_argnums=0)
   evaluate_ = jax.jit(

@@ -44,7 +44,11 @@ counts only its last call, a row trained by --mode=train has none),
 study.md (a Markdown table laid out like the paper's Table 2: its rows in
 Table 2's order, then the N2 sweep and the sentiment row; the header names
 each column's split) and study.png (test accuracy and macro-F1 per row;
-error bars are the std over folds with cv).
+error bars are the std over folds with cv). With config.study.robustness,
+each row's best checkpoint is also scored with the image and with the speech
+missing (--mode=robustness's no_image and no_speech, written to
+<row>/robustness.csv), and study.csv gains the columns no_image_accuracy and
+no_speech_accuracy.
 """
 
 import copy
@@ -72,6 +76,7 @@ from parallelnet import train
 FIXED_ROWS = ('proposed', 'ser_only', 'ier_only', 'baseline1', 'baseline2',
               'baseline3', 'sentiment')
 SWEEP_PREFIX = 'n2='
+ROBUSTNESS = ('no_image', 'no_speech')  # Conditions of config.study.robustness.
 METRICS = train.METRIC_KEYS  # accuracy, macro_f1, cohen_kappa.
 VAL_METRICS = ('accuracy', 'macro_f1')  # Table 2 reports validation accuracy.
 # Config fields that do not change a row's numbers: where the data are
@@ -354,11 +359,23 @@ def run_row(row: str, config, row_dir: str, cv: bool, data=None) -> dict:
       out[f'test_{m}'] = saved[m]
   val = validation_metrics(config, row_dir, cv, data)
   out.update({f'val_{k}': v for k, v in val.items()})
+  if config.study.get('robustness', False):
+    out.update(_robustness(config, row_dir))
   out['trainable_params'], out['frozen_params'] = summary.param_counts(
       config)
   out['train_seconds'] = seconds
   out['reused'] = reused
   return out
+
+
+def _robustness(config, row_dir):
+  """{<condition>_accuracy} of ROBUSTNESS for a row's best checkpoint."""
+  from parallelnet import robustness  # pylint: disable=g-import-not-at-top
+  cfg = config.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.robustness.conditions = ','.join(ROBUSTNESS)
+  rows = robustness.run_robustness(cfg, row_dir)
+  return {f"{r['condition']}_accuracy": r['accuracy'] for r in rows}
 
 
 def run_study(config: ml_collections.ConfigDict, workdir: str, *,
@@ -369,6 +386,10 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *,
   Returns one dict per row, in the rows' order."""
   rows = parse_rows(config.study.rows)
   cv = bool(config.study.cv)
+  if cv and config.study.get('robustness', False):
+    raise UserError('config.study.robustness scores each row\'s best '
+                    'checkpoint, which cross-validation (config.study.cv=True)'
+                    ' does not keep; set one of them to False.')
   configs = row_configs(config, config_file, overrides, rows)  # All checked.
   for row in rows:  # A folder of another config stops the study up front.
     check_row_folder(row, configs[row],
@@ -379,7 +400,8 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *,
     results.append(run_row(row, configs[row],
                            os.path.join(workdir, row_folder(row)), cv, data))
   if jax.process_index() == 0:
-    write_csv(results, os.path.join(workdir, 'study.csv'), cv)
+    write_csv(results, os.path.join(workdir, 'study.csv'), cv,
+              bool(config.study.get('robustness', False)))
     paths.write_text_atomic(os.path.join(workdir, 'study.md'),
                             markdown_table(results, cv))
     plot(results, os.path.join(workdir, 'study.png'), cv)
@@ -391,16 +413,19 @@ def _metric_columns():
           + [f'val_{m}' for m in VAL_METRICS])
 
 
-def _columns(cv):
+def _columns(cv, robust=False):
   cols = ['row'] + _metric_columns()
   if cv:
     cols += [f'{m}_std' for m in _metric_columns()]
+  if robust:
+    cols += [f'{c}_accuracy' for c in ROBUSTNESS]
   return cols + ['trainable_params', 'frozen_params', 'train_seconds']
 
 
-def write_csv(results, path, cv):
+def write_csv(results, path, cv, robust=False):
   with paths.atomic_open(path) as f:
-    w = csv.DictWriter(f, fieldnames=_columns(cv), extrasaction='ignore')
+    w = csv.DictWriter(f, fieldnames=_columns(cv, robust),
+                       extrasaction='ignore')
     w.writeheader()
     for r in results:
       w.writerow({k: (f'{v:.6g}' if isinstance(v, float) else v)

@@ -30,6 +30,7 @@ from parallelnet.core import paths
 from parallelnet.core import progress
 from parallelnet import checkpointing
 from parallelnet import history  # Per-epoch curves for the run report.
+from parallelnet import modality
 from parallelnet import small_data
 from parallelnet import mesh as mesh_lib
 from parallelnet import metrics as metrics_lib
@@ -138,6 +139,7 @@ def _open_run(config, written_config, workdir, data) -> _Run:
   """Checks the settings, the data and the workdir, then opens the run's
   checkpoints, config.json and metric writer."""
   tc = config.train
+  modality.dropout_settings(config)  # Checked before the data is built.
   mesh = mesh_lib.make_mesh()
   mesh_lib.check_batch_size(tc.batch_size, mesh)
   mesh_lib.check_batch_size(tc.eval_batch_size, mesh, 'train.eval_batch_size')

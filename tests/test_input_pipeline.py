@@ -230,6 +230,7 @@ def _bad_folder(folder):
       'b_label': ([img_ok, wav_ok, 'bored'], 'unknown label'),
       'ex3': ([img_ok, wav_ok, 'sad'], 'duplicate id'),
       'b_escape': ([img_ok, '../outside.wav', 'sad'], 'leaves the dataset'),
+      'b_blank': (['', wav_ok, 'sad'], 'image cell is empty'),
   }
   (folder.parent / 'outside.wav').write_bytes(data)
   rows += [[k, *v[0]] for k, v in bad.items()]

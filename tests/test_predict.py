@@ -76,7 +76,8 @@ def test_test_split_accuracy_equals_eval(scored):
   assert len(rows) == total == out['num_examples']
   assert len({r['id'] for r in rows}) == total  # Every example once.
   assert list(rows[0]) == (['id', 'label', 'predicted'] +
-                           [f'p_{c}' for c in classes])
+                           [f'p_{c}' for c in classes] + ['missing'])
+  assert {r['missing'] for r in rows} == {''}
   accuracy = np.mean([r['label'] == r['predicted'] for r in rows])
   assert accuracy == pytest.approx(metrics['accuracy'], abs=1e-9)
   assert out['accuracy'] == pytest.approx(written['accuracy'], abs=1e-9)
@@ -145,7 +146,9 @@ def test_unlabelled_manifest_folder(scored, tmp_path, caplog):
     out = predict.predict(cfg, str(out_dir))
   assert '1 audio file(s) differ' in caplog.text
   assert out['accuracy'] is None and out['num_examples'] == 3
-  rows = _rows(out_dir / 'predictions.csv')
+  rows = _rows(out_dir / 'predictions_new.csv')
+  # A folder's rows have their own file: the test split's is not overwritten.
+  assert not (out_dir / 'predictions.csv').exists()
   assert [r['id'] for r in rows] == ['new0', 'new1', 'new2']
   assert 'label' not in rows[0]
   # The probabilities are the model's on the preprocessed pairs.
