@@ -284,12 +284,14 @@ def test_study_robustness_columns(trained, tmp_path):
   want = robustness.run_robustness(cfg, workdir)
   assert got == {f"{r['condition']}_accuracy": r['accuracy'] for r in want}
   path = tmp_path / 'study.csv'
-  study.write_csv([dict(row='proposed', accuracy=0.5, macro_f1=0.5,
-                        cohen_kappa=0.0, trainable_params=1,
+  study.write_csv([dict(row='proposed', test_accuracy=0.5, test_macro_f1=0.5,
+                        test_cohen_kappa=0.0, val_accuracy=0.5,
+                        val_macro_f1=0.5, trainable_params=1, frozen_params=0,
                         train_seconds=1.0, **got)], str(path), False, True)
   with open(path, newline='') as f:
     table = list(csv.DictReader(f))
-  assert list(table[0])[4:6] == ['no_image_accuracy', 'no_speech_accuracy']
+  # After row, the test and validation metrics: the two robustness columns.
+  assert list(table[0])[6:8] == ['no_image_accuracy', 'no_speech_accuracy']
   assert float(table[0]['no_image_accuracy']) == pytest.approx(
       got['no_image_accuracy'], abs=1e-5)
 
