@@ -48,6 +48,9 @@ def get_config(arg=None):
   c.dataset.fold = -1  # Which CV fold is the test set; -1 = the 70/30 split.
   c.dataset.synthetic_size = 2000  # Examples in the synthetic_sier demo corpus.
   c.dataset.synthetic_seed = 0  # Seed that generates the synthetic_sier corpus.
+  # What carries synthetic_sier's image bit: colour (a warm or a cold disc) |
+  # side (a warm disc in the left or the right half; input_pipeline/synthetic.py).
+  c.dataset.image_cue = 'colour'
   c.dataset.shuffle_buffer = 2048  # tf.data shuffle buffer (examples).
 
   # --- Input representation (PAPER.md, "Inputs") ---------------------------------------
