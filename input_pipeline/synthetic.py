@@ -273,8 +273,9 @@ def generate_corpus(folder, *, num_examples, seed, classes, image_size,
                 classes=list(classes), image_size=int(image_size),
                 sample_rate=int(sample_rate), duration_s=float(duration_s),
                 cue_noise=float(cue_noise), version=FORMAT_VERSION)
-  if image_cue != 'colour':  # The default's record (and folder) as before.
-    params['image_cue'] = image_cue
+  cue_kind = image_cue
+  if cue_kind != 'colour':  # The default's record (and folder) as before.
+    params['image_cue'] = cue_kind
   done = os.path.join(folder, 'corpus.json')
   if os.path.exists(done):
     with open(done) as f:
@@ -285,7 +286,7 @@ def generate_corpus(folder, *, num_examples, seed, classes, image_size,
   labels, image_cue, speech_cue = plan(num_examples, seed, classes, cue_noise)
   fn = functools.partial(_example, seed=seed, folder=folder,
                          image_size=image_size, sample_rate=sample_rate,
-                         duration_s=duration_s, cue_kind=image_cue)
+                         duration_s=duration_s, cue_kind=cue_kind)
   args = [dict(i=i, label=str(labels[i]), image_cue=image_cue[i],
                speech_cue=speech_cue[i]) for i in range(num_examples)]
   workers = workers or min(os.cpu_count() or 1, 8)
