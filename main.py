@@ -47,7 +47,8 @@ _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Directory for checkpoints, metrics and explanations.')
 _MODE = flags.DEFINE_enum(
     'mode', 'train',
-    ['train', 'eval', 'cv', 'explain', 'summary', 'study', 'predict'],
+    ['train', 'eval', 'cv', 'explain', 'explain_eval', 'summary', 'study',
+     'predict'],
     'train: train, evaluate on the test split (and explain if '
     'config.explain.after_train); eval: evaluate the best checkpoint; cv: '
     'k-fold cross-validation; explain: DnCShap for test examples or for '
@@ -55,7 +56,9 @@ _MODE = flags.DEFINE_enum(
     'and evaluate each row of config.study.rows (Table 2/3, N2 sweep) in '
     '<workdir>/<row>/, then study.csv, study.md, study.png; predict: '
     'class probabilities of the best checkpoint for the test split or '
-    'config.predict.manual_dir in <workdir>/predictions.csv.')
+    'config.predict.manual_dir in <workdir>/predictions.csv; explain_eval: '
+    'sanity checks, faithfulness, localisation and modality interaction of '
+    'DnCShap and its peers in <workdir>/explain_eval/.')
 _IMAGE = flags.DEFINE_string('image', None, 'Explain this image (with --audio).')
 _AUDIO = flags.DEFINE_string('audio', None, 'Explain this audio (with --image).')
 _COORDINATOR = flags.DEFINE_string(
@@ -138,6 +141,9 @@ def main(argv):
       explain_run.explain_files(config, workdir, _IMAGE.value, _AUDIO.value)
     else:
       explain_run.explain_dataset(config, workdir)
+  elif mode == 'explain_eval':
+    from explain import evaluate_run  # pylint: disable=g-import-not-at-top
+    evaluate_run.evaluate(config, workdir)
   elif mode == 'predict':
     from parallelnet import predict  # pylint: disable=g-import-not-at-top
     if _IMAGE.value or _AUDIO.value:

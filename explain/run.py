@@ -119,6 +119,20 @@ def blur(x, sigma):
                                        mode='nearest').astype(np.float32)
 
 
+def baseline_arrays(baseline, images, spectrograms):
+  """(K, E, ...) image and spectrogram baselines of a `Baseline` for a batch
+  of examples (what Masked / the gradient peers take)."""
+  e = images.shape[0]
+  if baseline.name == 'zeros':
+    return (np.zeros((1,) + images.shape, np.float32),
+            np.zeros((1,) + spectrograms.shape, np.float32))
+  if baseline.name == 'blur':
+    return (blur(images, baseline.blur_sigma)[None],
+            blur(spectrograms, baseline.blur_sigma)[None])
+  rep = lambda x: np.repeat(np.asarray(x, np.float32)[:, None], e, axis=1)
+  return rep(baseline.images), rep(baseline.spectrograms)
+
+
 def load_baseline_npz(path, image_shape, speech_shape):
   """(image, spectrogram) baselines from an .npz with keys image and
   spectrogram of the model's input shapes; never unpickles."""
