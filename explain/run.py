@@ -317,8 +317,9 @@ def top_speech_hit(regions_values, spans, cue_span):
 
 
 def _write_example(config, out_dir, ex_id, e, *, image_raw, waveform,
-                   label=None):
-  """Speech post-processing, figure and npz for one explained example."""
+                   label=None, **figure_kwargs):
+  """Speech post-processing, figure and npz for one explained example
+  (`figure_kwargs`: display_size, cue_box, cue_span of figures.make_figure)."""
   classes = list(config.dataset.classes)
   used = _used_modalities(config)
   name = _safe_name(ex_id)
@@ -343,7 +344,7 @@ def _write_example(config, out_dir, ex_id, e, *, image_raw, waveform,
                      e.image_regions.boxes),
       speech_regions=(np.asarray(e.speech_regions.values),
                       e.speech_regions.boxes),
-      modalities=used)
+      modalities=used, **figure_kwargs)
   np.savez(
       os.path.join(out_dir, f'{name}.npz'),
       image_map=np.asarray(e.image_map), speech_map=np.asarray(e.speech_map),
@@ -436,7 +437,9 @@ def explain_dataset(config, workdir, *, split='test'):
       one = e.example(i)
       rec = _write_example(config, out_dir, ex['id'][j], one,
                            image_raw=ex['image_raw'][j],
-                           waveform=ex['waveform'][j], label=ex['label'][j])
+                           waveform=ex['waveform'][j], label=ex['label'][j],
+                           cue_box=ex['image_cue_box'][j],
+                           cue_span=ex['speech_cue_span'][j])
       rec['correct'] = rec['predicted'] == rec['true']
       rec['_index'] = j
       if cue_box is not None and np.all(cue_box[j] >= 0):
@@ -498,6 +501,17 @@ def explain_dataset(config, workdir, *, split='test'):
   return summary
 
 
+def _photo_size(path):
+  """(height, width) of the photo as shown upright, or None if unreadable
+  here (the figure then shows the model's square input)."""
+  from PIL import Image, ImageOps  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(path) as photo:
+      return ImageOps.exif_transpose(photo).size[::-1]
+  except (OSError, ValueError):
+    return None
+
+
 def explain_files(config, workdir, image_path, audio_path):
   """Explains one user pair with the dataset's preprocessing; prints it."""
   config = model_scaling.resolve_config(config)
@@ -521,8 +535,10 @@ def explain_files(config, workdir, image_path, audio_path):
   os.makedirs(out_dir, exist_ok=True)
   ex_id = (f'{os.path.splitext(os.path.basename(image_path))[0]}__'
            f'{os.path.splitext(os.path.basename(audio_path))[0]}')
+  display_size = _photo_size(image_path)
   rec = _write_example(config, out_dir, ex_id, e,
-                       image_raw=pair['image_raw'], waveform=pair['waveform'])
+                       image_raw=pair['image_raw'], waveform=pair['waveform'],
+                       display_size=display_size)
   summary = dict(image=image_path, audio=audio_path,
                  **_settings(config, step, baseline),
                  **rec)
