@@ -137,7 +137,13 @@ def test_two_rows_write_the_files_and_a_second_call_retrains_nothing(
     table = list(csv.DictReader(f))
   assert [r['row'] for r in table] == ['n2=vgg19', 'proposed']
   assert list(table[0]) == ['row', 'accuracy', 'macro_f1', 'cohen_kappa',
-                            'trainable_params', 'train_seconds']
+                            'trainable_params', 'train_seconds',
+                            'interaction', 'share_image', 'share_speech']
+  for r in table:  # A speech-only model: no interaction, all speech.
+    assert abs(float(r['interaction'])) < 1e-6
+    if r['share_speech'] != 'nan':
+      assert abs(float(r['share_speech']) - 1) < 1e-5
+      assert abs(float(r['share_image'])) < 1e-5
   trunk = models.count_params(summary.variable_shapes(config)['params'][
       'N2_s']['backbone'])  # Frozen: not trainable.
   assert int(table[0]['trainable_params']) == summary_params(
