@@ -37,7 +37,6 @@ from explain import peers
 from explain import run as explain_run
 from explain.dncshap import num_evaluations
 from explain.dncshap import region_boxes
-from parallelnet.core import paths
 from parallelnet.core.errors import UserError
 from parallelnet.models import scaling as model_scaling
 
@@ -158,6 +157,11 @@ class Methods:
         self(name, fn, images[s:s + CHUNK], specs[s:s + CHUNK],
              target[s:s + CHUNK], start=s)
         for s in range(0, len(images), CHUNK)])
+
+
+def _write(path, text):
+  with open(path, 'w', encoding='utf-8') as f:
+    f.write(text)
 
 
 def _csv(rows, columns):
@@ -366,11 +370,10 @@ def evaluate(config, workdir):
   if jax.process_index() == 0:
     for k, rows in tables.items():
       if rows:
-        paths.write_text_atomic(os.path.join(out_dir, f'{k}.csv'),
-                                _csv(rows, columns[k]))
-    paths.write_text_atomic(os.path.join(out_dir, 'explain_eval.md'),
-                            markdown(config, step, baseline, fill, counts,
-                                     num, ns, tables, columns))
+        _write(os.path.join(out_dir, f'{k}.csv'), _csv(rows, columns[k]))
+    _write(os.path.join(out_dir, 'explain_eval.md'),
+           markdown(config, step, baseline, fill, counts, num, ns, tables,
+                    columns))
   logging.info('explain_eval: wrote %s', out_dir)
   return tables
 
