@@ -4,11 +4,15 @@ explain/evaluate_run.py), each on a case with a known answer."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import explain
 from explain import evaluate_run
 from explain import evaluation
 from explain import peers
+from tests.test_explain_run import fakes  # pylint: disable=unused-import
+
+pytestmark = pytest.mark.usefixtures('fast_compile')
 
 SIZE, DEPTH = 8, 3  # 8x8 inputs, 8 leaves per modality (4 x 2 cells each).
 
@@ -198,3 +202,46 @@ def test_pointing_and_energy_on_known_geometry():
   assert out['pointing_image'] == 1.0 and out['n_image'] == 1
   assert out['pointing_speech'] == 0.5 and out['n_speech'] == 2
   assert out['energy_image'] == 1.0
+
+
+@pytest.mark.slow  # ~15 s on a busy 2-core CPU (the whole driver).
+def test_driver_writes_every_table(fakes, tmp_path, monkeypatch):  # pylint: disable=redefined-outer-name
+  """--mode=explain_eval's driver on the stand-in model and data of
+  test_explain_run.py: every file, its columns, and the known answers the
+  cue model allows (its evidence is where the planted cues of examples 0
+  and 1 are)."""
+  from parallelnet import models  # pylint: disable=g-import-not-at-top
+  config, _ = fakes
+  config.explain_eval.num_examples = 3
+  config.explain_eval.sanity_examples = 3
+  config.explain_eval.peers = 'occlusion,random'
+  config.explain_eval.sanity_methods = 'dncshap,occlusion'
+  config.explain_eval.num_subsets = 6
+  # 'all' re-initialises w to a negative weight: every ranking reverses.
+  monkeypatch.setattr(models, 'init_variables', lambda *a, **k: {
+      'params': {'w': jnp.float32(-5.0)}})
+  tables = evaluate_run.evaluate(config, str(tmp_path))
+  out = tmp_path / 'explain_eval'
+  for name in ('sanity', 'faithfulness', 'localisation', 'interaction'):
+    header = (out / f'{name}.csv').read_text().splitlines()[0]
+    assert header.split(',')[:2] == {
+        'sanity': ['method', 'randomized'],
+        'faithfulness': ['method', 'modality'],
+        'localisation': ['method', 'modality'],
+        'interaction': ['cls', 'examples']}[name]
+  assert '## Randomisation sanity checks' in (out / 'explain_eval.md'
+                                              ).read_text()
+  sanity = {(r['method'], r['randomized'], r['modality']): r
+            for r in tables['sanity']}
+  for method in ('dncshap', 'occlusion'):
+    for m in ('image', 'speech'):
+      assert sanity[(method, 'cascade: heads', m)]['spearman_mean'] == 1.0
+      assert sanity[(method, 'cascade: all', m)]['spearman_mean'] < -0.5
+      assert (method, 'random_logit', m) in sanity
+  loc = {(r['method'], r['modality']): r for r in tables['localisation']}
+  assert loc[('dncshap', 'image')]['pointing'] == pytest.approx(2 / 3)
+  assert loc[('occlusion', 'speech')]['pointing'] == pytest.approx(2 / 3)
+  # The cue model is additive in its modalities before the softmax: a
+  # small interaction only.
+  (row,) = [r for r in tables['interaction'] if r['cls'] == 'all']
+  assert abs(row['interaction']) < abs(row['total'])
