@@ -72,8 +72,8 @@ _WORKDIR = flags.DEFINE_string(
     'workdir', None, 'Directory for checkpoints, metrics and explanations.')
 _MODE = flags.DEFINE_enum(
     'mode', 'train',
-    ['train', 'eval', 'cv', 'explain', 'summary', 'study', 'predict',
-     'report', 'robustness'],
+    ['train', 'eval', 'cv', 'explain', 'explain_eval', 'summary', 'study',
+     'predict', 'report', 'robustness'],
     'train: train, evaluate on the test split (and explain if '
     'config.explain.after_train); eval: evaluate the best checkpoint; cv: '
     'k-fold cross-validation; explain: DnCShap for test examples or for '
@@ -86,7 +86,9 @@ _MODE = flags.DEFINE_enum(
     'and study also write it at their end); robustness: '
     'test metrics of the best checkpoint under config.robustness.conditions '
     '(missing modality, noise, occlusion, blur) in <workdir>/robustness.csv '
-    'and robustness.png.')
+    'and robustness.png; explain_eval: sanity checks, faithfulness, '
+    'localisation and modality interaction of DnCShap and its peers in '
+    '<workdir>/explain_eval/.')
 _IMAGE = flags.DEFINE_string(
     'image', None, 'Explain this image (with --audio; alone: speech missing).')
 _AUDIO = flags.DEFINE_string(
@@ -182,6 +184,9 @@ def main(argv):
       explain_run.explain_files(config, workdir, _IMAGE.value, _AUDIO.value)
     else:
       explain_run.explain_dataset(config, workdir)
+  elif mode == 'explain_eval':
+    from explain import evaluate_run  # pylint: disable=g-import-not-at-top
+    evaluate_run.evaluate(config, workdir)
   elif mode == 'predict':
     from parallelnet import predict  # pylint: disable=g-import-not-at-top
     out = predict.predict(config, workdir)

@@ -61,12 +61,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import jax  # pylint: disable=g-import-not-at-top
-import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from bench import common  # pylint: disable=g-import-not-at-top
+from explain import evaluation  # pylint: disable=g-import-not-at-top
+from explain import peers  # pylint: disable=g-import-not-at-top
 from explain import run as explain_run  # pylint: disable=g-import-not-at-top
-from explain.dncshap import leaf_id_map  # pylint: disable=g-import-not-at-top
 from explain.dncshap import num_evaluations  # pylint: disable=g-import-not-at-top
 from explain.dncshap import region_boxes  # pylint: disable=g-import-not-at-top
 
@@ -113,56 +113,12 @@ def baselines(config, test, train):
   return out
 
 
-def baseline_arrays(b, images, specs):
-  """(K, E, ...) image and spectrogram baselines for a chunk of examples."""
-  e = images.shape[0]
-  if b.name == 'zeros':
-    return np.zeros((1,) + images.shape, np.float32), np.zeros(
-        (1,) + specs.shape, np.float32)
-  if b.name == 'blur':
-    return (explain_run.blur(images, b.blur_sigma)[None],
-            explain_run.blur(specs, b.blur_sigma)[None])
-  rep = lambda x: np.repeat(x[:, None], e, axis=1)
-  return rep(b.images), rep(b.spectrograms)
-
-
-# --------------------------------------------------------------------------
-# Masked evaluation (shared by occlusion, shap, deletion / insertion).
-# --------------------------------------------------------------------------
-
-
-class Masked:
-  """v(masks) for a batch of examples: fn on inputs where each leaf is kept
-  or takes the baseline, averaged over K baselines, for the target class."""
-
-  def __init__(self, fn, image_shape, speech_shape, depth):
-    self.leaves = 2**depth
-    self.image_leaf = jnp.asarray(leaf_id_map(image_shape, depth))
-    self.speech_leaf = jnp.asarray(leaf_id_map(speech_shape, depth))
-    self.fn = fn
-    self._jit = jax.jit(self._values)
-
-  def _values(self, fn, images, specs, base_i, base_s, masks, target):
-    # images (E, H, W, 3); base_i (K, E, H, W, 3); masks (E, M, 2L) bool.
-    n = self.leaves
-
-    def one(image, spec, bi, bs, m, t):
-      keep_i = jnp.take(m[:, :n], self.image_leaf, axis=1)[..., None]
-      keep_s = jnp.take(m[:, n:], self.speech_leaf, axis=1)[..., None]
-
-      def per_base(bi_k, bs_k):
-        x = jnp.where(keep_i, image, bi_k)
-        y = jnp.where(keep_s, spec, bs_k)
-        return fn(x, y)[:, t]
-      return jnp.mean(jax.vmap(per_base)(bi, bs), axis=0)
-
-    return jax.vmap(one, in_axes=(0, 0, 1, 1, 0, 0))(
-        images, specs, base_i, base_s, masks, target)
-
-  def __call__(self, images, specs, base_i, base_s, masks, target):
-    return np.asarray(self._jit(self.fn, images, specs, base_i, base_s,
-                                jnp.asarray(masks, bool),
-                                jnp.asarray(target, jnp.int32)), np.float64)
+# The library's peers and metrics (explain/peers.py, explain/evaluation.py).
+baseline_arrays = explain_run.baseline_arrays
+Masked = peers.Masked
+_modality_sums = peers.modality_sums
+_gradient_fn = peers.gradient_fn
+auc = evaluation.auc
 
 
 # --------------------------------------------------------------------------
@@ -204,148 +160,42 @@ def run_occlusion(masked, test, b, target):
   def body(s, t):
     images, specs = test['image'][s:t], test['spectrogram'][s:t]
     bi, bs = baseline_arrays(b, images, specs)
-    masks = np.concatenate([np.ones((1, n2), bool), ~np.eye(n2, dtype=bool)])
-    masks = np.broadcast_to(masks, (t - s,) + masks.shape)
-    v = masked(images, specs, bi, bs, masks, target[s:t])
-    return v[:, :1] - v[:, 1:]
+    return peers.occlusion(masked, images, specs, bi, bs, target[s:t])
   outs, sec = _timed_chunks(len(test['id']), body)
   values = np.concatenate(outs)
   return values, _modality_sums(values), b.num_baselines * (n2 + 1), sec
 
 
-def _modality_sums(values):
-  n = values.shape[1] // 2
-  return np.stack([values[:, :n].sum(1), values[:, n:].sum(1)], 1)
-
-
-def _gradient_fn(fn, image_shape, speech_shape, depth, group=8):
-  """jitted (images, specs, bases, target, alphas) -> (E, 2L) leaf sums of
-  (x - x') * mean over alphas and baselines of grad f(x' + a (x - x')).
-
-  The (baseline, alpha) pairs go through `jax.lax.map` in groups of `group`
-  (padded with zero weight), so memory holds E * group backward passes.
-  """
-  image_leaf = jnp.asarray(leaf_id_map(image_shape, depth))
-  speech_leaf = jnp.asarray(leaf_id_map(speech_shape, depth))
-  n = 2**depth
-
-  @jax.jit
-  def run(fn, images, specs, base_i, base_s, target, alphas):
-    k, p = base_i.shape[0], alphas.shape[0]
-    pairs = k * p
-    padded = -(-pairs // group) * group
-    kk = jnp.arange(padded) // p % k
-    aa = alphas[jnp.arange(padded) % p]
-    ww = (jnp.arange(padded) < pairs).astype(jnp.float32)
-
-    e = images.shape[0]
-
-    def total(x, y):  # Sum of each row's target probability: one backward.
-      out = fn(x.reshape((-1,) + x.shape[2:]), y.reshape((-1,) + y.shape[2:]))
-      return out.reshape(group, e, -1)[:, jnp.arange(e), target].sum()
-    grad = jax.grad(total, argnums=(0, 1))
-
-    def one_group(g):
-      k_g, a_g, w_g = g
-      bi, bs = base_i[k_g], base_s[k_g]  # (G, E, ...)
-      a = a_g[:, None, None, None, None]
-      gx, gy = grad(bi + a * (images - bi), bs + a * (specs - bs))
-      px = ((images - bi) * gx).sum(-1)  # (G, E, H, W)
-      py = ((specs - bs) * gy).sum(-1)
-      return (jnp.einsum('g,geij->eij', w_g, px),
-              jnp.einsum('g,geij->eij', w_g, py))
-
-    groups = (kk.reshape(-1, group), aa.reshape(-1, group),
-              ww.reshape(-1, group))
-    px, py = jax.lax.map(one_group, groups)
-    px, py = px.sum(0) / pairs, py.sum(0) / pairs  # (E, H, W), (E, T, F)
-    ix = jax.vmap(lambda m: jax.ops.segment_sum(
-        m.reshape(-1), image_leaf.reshape(-1), n))(px)
-    iy = jax.vmap(lambda m: jax.ops.segment_sum(
-        m.reshape(-1), speech_leaf.reshape(-1), n))(py)
-    return jnp.concatenate([ix, iy], 1)
-  return run
-
-
 def run_gradients(grad_fn, fn, test, b, target, budget):
   """Integrated Gradients with budget // 2 gradients spread over the
   baselines (budget = 2: gradient x input at the example itself)."""
-  k = b.num_baselines
-  if budget <= 2:
-    alphas = jnp.ones((1,), jnp.float32)
-    per_base = 1
-  else:
-    per_base = max(1, budget // 2 // k)
-    alphas = (jnp.arange(per_base, dtype=jnp.float32) + 0.5) / per_base
-
   def body(s, t):
     images, specs = test['image'][s:t], test['spectrogram'][s:t]
     bi, bs = baseline_arrays(b, images, specs)
-    if budget <= 2 and k > 1:  # grad x input: one gradient, mean baseline.
-      bi, bs = bi.mean(0, keepdims=True), bs.mean(0, keepdims=True)
-    return np.asarray(grad_fn(fn, images, specs, bi, bs,
-                              jnp.asarray(target[s:t]), alphas), np.float64)
+    return peers.gradients(grad_fn, fn, images, specs, bi, bs, target[s:t],
+                           budget)[0]
   outs, sec = _timed_chunks(len(test['id']), body)
   values = np.concatenate(outs)
-  used = 2 if budget <= 2 else 2 * per_base * (k if budget > 2 else 1)
+  used = 2 * peers.ig_alphas(budget, b.num_baselines)[1]
   return values, _modality_sums(values), used, sec
-
-
-def _linkage(num_leaves):
-  """scipy linkage matrix of the balanced binary tree over the leaves in tree
-  order (our hierarchy), for shap's Partition masker."""
-  rows, nodes, size, level = [], list(range(num_leaves)), [1] * num_leaves, 1
-  while len(nodes) > 1:
-    merged = []
-    for a, c in zip(nodes[::2], nodes[1::2]):
-      size.append(size[a] + size[c])
-      rows.append([a, c, float(level), size[-1]])
-      merged.append(len(size) - 1)
-    nodes, level = merged, level + 1
-  return np.asarray(rows, np.float64)
 
 
 def run_shap(kind, masked, test, b, target, budget, num):
   """shap over the leaf players: the model sees 0/1 coalition rows, which
   our masked evaluation turns into inputs (absent = the baseline)."""
-  import shap  # pylint: disable=g-import-not-at-top
-  n2 = 2 * masked.leaves
-  calls = [0]
-  pad = 64  # Rows padded to a multiple (fewer compiled shapes; not charged).
-
-  def model_for(i):
-    images, specs = test['image'][i:i + 1], test['spectrogram'][i:i + 1]
-    bi, bs = baseline_arrays(b, images, specs)
-    t = target[i:i + 1]
-
-    def f(m):
-      m = np.asarray(m) > 0.5
-      calls[0] += len(m)
-      rows = -(-len(m) // pad) * pad
-      full = np.concatenate([m, np.ones((rows - len(m), n2), bool)])
-      return masked(images, specs, bi, bs, full[None], t)[0, :len(m)]
-    return f
-
-  x = np.ones((1, n2))
-  background = np.zeros((1, n2))
-  if kind == 'partition':
-    masker = shap.maskers.Partition(background, clustering=_linkage(n2))
+  explainer = peers.Shap(kind, masked, budget)
 
   def explain(i):
-    f = model_for(i)
-    if kind == 'partition':
-      out = shap.PartitionExplainer(f, masker)(x, max_evals=budget,
-                                               silent=True)
-      return np.asarray(out.values[0], np.float64)
-    return np.asarray(shap.KernelExplainer(f, background).shap_values(
-        x, nsamples=budget, silent=True, l1_reg=False)[0], np.float64)
+    images, specs = test['image'][i:i + 1], test['spectrogram'][i:i + 1]
+    bi, bs = baseline_arrays(b, images, specs)
+    return explainer(images, specs, bi, bs, target[i:i + 1])
 
   explain(0)  # Warm-up (compilation).
-  calls[0] = 0
+  explainer.calls = 0
   t0 = time.perf_counter()
   values = np.stack([explain(i) for i in range(num)])
   sec = time.perf_counter() - t0
-  evals = b.num_baselines * calls[0] / num
+  evals = b.num_baselines * explainer.calls / num
   return values, _modality_sums(values), evals, sec
 
 
@@ -354,101 +204,38 @@ def run_shap(kind, masked, test, b, target, budget, num):
 # --------------------------------------------------------------------------
 
 
-class Ground:
-  """Per-example cue geometry for the leaf regions of one depth."""
-
-  def __init__(self, config, test, depth):
-    n = len(test['id'])
-    image_shape = test['image'].shape[1:3]
-    speech_shape = test['spectrogram'].shape[1:3]
-    self.boxes = region_boxes(image_shape, depth)
-    sboxes = region_boxes(speech_shape, depth)
-    self.image_area = float(np.prod(image_shape))
-    cue = test['image_cue_box'].astype(np.float64)
-    self.has_image = np.all(cue >= 0, 1)
-    # (E, L) overlap area of each image leaf with the cue box.
-    oy = np.clip(np.minimum(self.boxes[None, :, 2], cue[:, None, 2])
-                 - np.maximum(self.boxes[None, :, 0], cue[:, None, 0]), 0,
-                 None)
-    ox = np.clip(np.minimum(self.boxes[None, :, 3], cue[:, None, 3])
-                 - np.maximum(self.boxes[None, :, 1], cue[:, None, 1]), 0,
-                 None)
-    area = ((self.boxes[:, 2] - self.boxes[:, 0])
-            * (self.boxes[:, 3] - self.boxes[:, 1])).astype(np.float64)
-    self.image_inside = oy * ox / area  # Fraction of each leaf in the cue.
-    self.image_hit = self.image_inside > 0
-    self.image_cue_share = (cue[:, 2] - cue[:, 0]) * (cue[:, 3] - cue[:, 1]) \
-        / self.image_area
-    # Speech: leaf time spans (s) vs the cue span; leaves cover all of a
-    # frame range and a band of mel bins; the cue is a time span (all bins).
-    spans = np.stack([explain_run.leaf_time_spans(
-        sboxes, config.input.hop_length, config.input.sample_rate,
-        test['waveform'].shape[1])] * n)  # (E, L, 2)
-    span = test['speech_cue_span'].astype(np.float64)
-    self.has_speech = np.all(span >= 0, 1)
-    ov = np.clip(np.minimum(spans[..., 1], span[:, None, 1])
-                 - np.maximum(spans[..., 0], span[:, None, 0]), 0, None)
-    self.speech_inside = ov / (spans[..., 1] - spans[..., 0])
-    self.speech_hit = ov > 0
-    duration = test['waveform'].shape[1] / config.input.sample_rate
-    self.speech_cue_share = np.clip(span[:, 1], 0, duration) - np.clip(
-        span[:, 0], 0, duration)
-    self.speech_cue_share /= duration
-    self.label = test['label']
+def Ground(config, test, depth):  # pylint: disable=invalid-name
+  """evaluation.Ground of the test examples' planted cues (+ their labels)."""
+  speech_shape = test['spectrogram'].shape[1:3]
+  spans = explain_run.leaf_time_spans(
+      region_boxes(speech_shape, depth), config.input.hop_length,
+      config.input.sample_rate, test['waveform'].shape[1])
+  g = evaluation.Ground(test['image'].shape[1:3], depth, spans,
+                        test['waveform'].shape[1] / config.input.sample_rate,
+                        test['image_cue_box'], test['speech_cue_span'])
+  g.label = test['label']
+  return g
 
 
 def pointing_and_energy(ground, values):
-  n = values.shape[1] // 2
-  iv, sv = values[:, :n], values[:, n:]
-  rows = np.arange(len(values))
-  img_hit = ground.image_hit[rows, np.argmax(iv, 1)][ground.has_image]
-  sp_hit = ground.speech_hit[rows, np.argmax(sv, 1)][ground.has_speech]
-
-  def energy(v, inside, has):
-    pos = np.clip(v, 0, None)
-    total = pos.sum(1)
-    share = np.where(total > 0, (pos * inside).sum(1) / np.where(
-        total > 0, total, 1), 0.0)
-    return float(share[has].mean())
-  classes = np.unique(ground.label)
-  img_all = ground.image_hit[rows, np.argmax(iv, 1)]
-  sp_all = ground.speech_hit[rows, np.argmax(sv, 1)]
-  by_class = {int(c): [float(img_all[(ground.label == c) & ground.has_image]
-                             .mean()),
-                       float(sp_all[(ground.label == c) & ground.has_speech]
-                             .mean())] for c in classes}
-  return dict(
-      pointing_by_true_class=by_class,
-      pointing_image=float(img_hit.mean()),
-      pointing_speech=float(sp_hit.mean()),
-      energy_image=energy(iv, ground.image_inside, ground.has_image),
-      energy_speech=energy(sv, ground.speech_inside, ground.has_speech),
-      n_image=int(ground.has_image.sum()), n_speech=int(ground.has_speech.sum()))
+  return evaluation.pointing_and_energy(ground, values, ground.label)
 
 
 def curves(masked, test, fill, values, target, rng):
   """(deletion, insertion) curves (E, 2L + 1): target probability with the
   top-i leaves removed / with only the top-i kept (ties in random order)."""
   e, n2 = values.shape
-  order = np.lexsort((rng.random(values.shape), -values), axis=1)
-  rank = np.argsort(order, 1)  # rank[e, l]: position of leaf l.
-  steps = np.arange(n2 + 1)
-  top = rank[:, None, :] < steps[None, :, None]  # (E, 2L + 1, 2L)
+  all_masks = evaluation.deletion_masks(values, rng)
   dels, ins = [], []
   for s in range(0, e, CHUNK):
     t = min(e, s + CHUNK)
     images, specs = test['image'][s:t], test['spectrogram'][s:t]
     bi, bs = baseline_arrays(fill, images, specs)
-    masks = np.concatenate([~top[s:t], top[s:t]], 1)
+    masks = all_masks[s:t]
     v = masked(images, specs, bi, bs, masks, target[s:t])
     dels.append(v[:, :n2 + 1])
     ins.append(v[:, n2 + 1:])
   return np.concatenate(dels), np.concatenate(ins)
-
-
-def auc(curve):
-  x = np.linspace(0, 1, curve.shape[1])
-  return np.trapezoid(curve, x, axis=1)
 
 
 def counterfactual_drops(masked, test, fill, target):

@@ -72,6 +72,9 @@ def get_config(arg=None):
   c.dataset.fold = -1  # Which CV fold is the test set; -1 = the 70/30 split.
   c.dataset.synthetic_size = 2000  # Examples in the synthetic_sier demo corpus.
   c.dataset.synthetic_seed = 0  # Seed that generates the synthetic_sier corpus.
+  # What carries synthetic_sier's image bit: colour (a warm or a cold disc) |
+  # side (a warm disc in the left or the right half; input_pipeline/synthetic.py).
+  c.dataset.image_cue = 'colour'
   c.dataset.shuffle_buffer = 2048  # tf.data shuffle buffer (examples).
 
   # --- Input representation (PAPER.md, "Inputs") ---------------------------------------
@@ -170,6 +173,23 @@ def get_config(arg=None):
   c.explain.keep_percentile = 30.0  # Speech frames under this percentile are dropped.
   c.explain.after_train = False  # Explain test examples at the end of --mode=train.
 
+  # --- Explanation tests (--mode=explain_eval; explain/evaluate_run.py) -----
+  c.explain_eval = ml_collections.ConfigDict()
+  c.explain_eval.num_examples = 64  # First test examples evaluated (0 = all).
+  # Methods besides DnCShap (config.explain's setting): occlusion, ig,
+  # gradxinput, random, shap-partition, shap-kernel (explain/peers.py).
+  c.explain_eval.peers = 'occlusion,ig,gradxinput,random'
+  # Per-method example limits for slow methods, e.g. 'shap-kernel=16'.
+  c.explain_eval.peer_examples = 'shap-partition=16,shap-kernel=16'
+  # Methods re-explained under every randomised model (sanity checks).
+  c.explain_eval.sanity_methods = 'dncshap,occlusion,ig,gradxinput'
+  c.explain_eval.sanity_examples = 32  # Of the first examples (0 = all).
+  # What a removed leaf takes in deletion / insertion and faithfulness
+  # correlation, for every method: zeros | mean | blur (ROAD imputes instead).
+  c.explain_eval.fill = 'zeros'
+  c.explain_eval.road_noise = 0.01  # ROAD imputation noise (times the input's std).
+  c.explain_eval.num_subsets = 32  # Random leaf subsets per faithfulness correlation.
+
   # --- Study (--mode=study: Table 2/3 and the N2 sweep, §4.3) ---------------
   c.study = ml_collections.ConfigDict()
   # Comma-separated rows, each a variant of this file (proposed, ser_only,
@@ -256,6 +276,9 @@ def apply_variant(c, variant):
     c.dataset.synthetic_size = 64
     c.explain.depth = 2
     c.explain.num_examples = 2
+    c.explain_eval.num_examples = 4
+    c.explain_eval.sanity_examples = 4
+    c.explain_eval.num_subsets = 8
   elif variant == 'small':
     # Tens to hundreds of examples: a handful of steps per epoch, and a
     # validation split of a few examples whose loss is mostly noise.

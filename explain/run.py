@@ -120,6 +120,20 @@ def blur(x, sigma):
                                        mode='nearest').astype(np.float32)
 
 
+def baseline_arrays(baseline, images, spectrograms):
+  """(K, E, ...) image and spectrogram baselines of a `Baseline` for a batch
+  of examples (what Masked / the gradient peers take)."""
+  e = images.shape[0]
+  if baseline.name == 'zeros':
+    return (np.zeros((1,) + images.shape, np.float32),
+            np.zeros((1,) + spectrograms.shape, np.float32))
+  if baseline.name == 'blur':
+    return (blur(images, baseline.blur_sigma)[None],
+            blur(spectrograms, baseline.blur_sigma)[None])
+  rep = lambda x: np.repeat(np.asarray(x, np.float32)[:, None], e, axis=1)
+  return rep(baseline.images), rep(baseline.spectrograms)
+
+
 def load_baseline_npz(path, image_shape, speech_shape):
   """(image, spectrogram) baselines from an .npz with keys image and
   spectrogram of the model's input shapes; never unpickles."""
@@ -314,11 +328,12 @@ def top_speech_hit(regions_values, spans, cue_span):
 
 
 def _write_example(config, out_dir, ex_id, e, *, image_raw, waveform,
-                   label=None, write=True, missing=''):
+                   label=None, write=True, missing='', **figure_kwargs):
   """Speech post-processing, figure and npz for one explained example; the
   record only (no files) when not `write`. `missing` ('image' | 'speech'):
   the modality the pair lacked, left out of the figure and the modality
-  scores."""
+  scores. `figure_kwargs`: display_size, cue_box, cue_span of
+  figures.make_figure."""
   classes = list(config.dataset.classes)
   used = tuple(m for m in _used_modalities(config) if m != missing)
   if not used:
@@ -361,7 +376,7 @@ def _write_example(config, out_dir, ex_id, e, *, image_raw, waveform,
                      e.image_regions.boxes),
       speech_regions=(np.asarray(e.speech_regions.values),
                       e.speech_regions.boxes),
-      modalities=used)
+      modalities=used, **figure_kwargs)
   np.savez(
       os.path.join(out_dir, f'{name}.npz'),
       image_map=np.asarray(e.image_map), speech_map=np.asarray(e.speech_map),
@@ -444,7 +459,9 @@ def explain_dataset(config, workdir, *, split='test'):
       one = e.example(i)
       rec = _write_example(config, out_dir, ex['id'][j], one,
                            image_raw=ex['image_raw'][j],
-                           waveform=ex['waveform'][j], label=ex['label'][j])
+                           waveform=ex['waveform'][j], label=ex['label'][j],
+                           cue_box=ex['image_cue_box'][j],
+                           cue_span=ex['speech_cue_span'][j])
       rec['correct'] = rec['predicted'] == rec['true']
       rec['_index'] = j
       if cue_box is not None and np.all(cue_box[j] >= 0):
@@ -506,6 +523,17 @@ def explain_dataset(config, workdir, *, split='test'):
   return summary
 
 
+def _photo_size(path):
+  """(height, width) of the photo as shown upright, or None if unreadable
+  here (the figure then shows the model's square input)."""
+  from PIL import Image, ImageOps  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(path) as photo:
+      return ImageOps.exif_transpose(photo).size[::-1]
+  except (OSError, ValueError):
+    return None
+
+
 def explain_files(config, workdir, image_path, audio_path):
   """Explains one user pair with the dataset's preprocessing; prints it.
 
@@ -562,9 +590,11 @@ def explain_files(config, workdir, image_path, audio_path):
     os.makedirs(out_dir, exist_ok=True)
   ex_id = '__'.join(os.path.splitext(os.path.basename(p))[0]
                     for p in (image_path, audio_path) if p)
+  display_size = _photo_size(image_path) if image_path else None
   rec = _write_example(config, out_dir, ex_id, e,
                        image_raw=pair['image_raw'], waveform=pair['waveform'],
-                       write=writer, missing=missing)
+                       write=writer, missing=missing,
+                       display_size=display_size)
   summary = dict(image=image_path, audio=audio_path,
                  **_settings(config, step, baseline),
                  **dict(rec, missing=missing))

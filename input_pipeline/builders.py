@@ -63,7 +63,9 @@ from parallelnet.core.classes import SENTIMENTS
 SETTING_KEYS = ('sample_rate', 'n_fft', 'hop_length', 'n_mels', 'num_frames',
                 'duration_s', 'image_size', 'classes', 'test_fraction',
                 'val_fraction', 'num_folds', 'synthetic_size', 'synthetic_seed',
-                'source')
+                'source', 'synthetic_image_cue')
+# Settings added after datasets were built without them: their value then.
+LATER_SETTINGS = {'source': '', 'synthetic_image_cue': ''}
 
 MANIFEST_LAYOUT = """
 Put every file under one folder with a `manifest.csv` whose header is
@@ -94,6 +96,7 @@ class SierConfig(tfds.core.BuilderConfig):
   synthetic_size: int = 0  # synthetic_sier only.
   synthetic_seed: int = 0  # synthetic_sier only.
   source: str = ''  # manifest.source_fingerprint of manual_dir; '' = unnamed.
+  synthetic_image_cue: str = ''  # synthetic_sier only: '' (colour) | side.
 
   def settings(self):
     return {k: (list(getattr(self, k)) if k == 'classes' else getattr(self, k))
@@ -117,6 +120,8 @@ def settings_name(s, default_classes):
     name += f'_n{s["synthetic_size"]}_seed{s["synthetic_seed"]}'
   if s.get('source'):
     name += f'_src{s["source"]}'
+  if s.get('synthetic_image_cue'):
+    name += f'_cue{s["synthetic_image_cue"]}'
   return name
 
 
@@ -133,6 +138,11 @@ def settings_from_config(config):
   manual_dir = os.path.expanduser(config.dataset.get('manual_dir') or '')
   source = (manifest_lib.source_fingerprint(manual_dir)
             if manual_dir and reads_manual_dir(config.dataset.name) else '')
+  cue = str(config.dataset.get('image_cue', 'colour'))
+  if cue not in synthetic.IMAGE_CUE_KINDS:
+    raise errors.UserValueError(
+        f'config.dataset.image_cue={cue!r}; expected one of '
+        f'{", ".join(synthetic.IMAGE_CUE_KINDS)}.')
   return dict(
       sample_rate=int(config.input.sample_rate), n_fft=int(config.input.n_fft),
       hop_length=int(config.input.hop_length), n_mels=int(config.input.n_mels),
@@ -145,7 +155,8 @@ def settings_from_config(config):
       num_folds=int(config.dataset.num_folds),
       synthetic_size=int(config.dataset.synthetic_size) if synth else 0,
       synthetic_seed=int(config.dataset.get('synthetic_seed', 0)) if synth else 0,
-      source=source)
+      source=source,
+      synthetic_image_cue='' if not synth or cue == 'colour' else cue)
 
 
 def make_builder_config(settings, default_classes):
@@ -161,7 +172,7 @@ def check_metadata(builder, settings):
   stored = dict(builder.info.metadata or {})
   diffs = []
   for k, v in settings.items():
-    got = stored.get(k, '' if k == 'source' else None)
+    got = stored.get(k, LATER_SETTINGS.get(k))
     if isinstance(v, float) and isinstance(got, (int, float)):
       same = abs(got - v) < 1e-9
     else:
@@ -520,7 +531,8 @@ class SyntheticSier(_SierBuilder):
     return synthetic.generate_corpus(
         folder, num_examples=c.synthetic_size, seed=c.synthetic_seed,
         classes=c.classes, image_size=c.image_size,
-        sample_rate=c.sample_rate, duration_s=c.duration_s)
+        sample_rate=c.sample_rate, duration_s=c.duration_s,
+        image_cue=c.synthetic_image_cue or 'colour')
 
 
 BUILDERS = {b.name: b for b in (IitrSier, BT4sa, SyntheticSier)}

@@ -30,6 +30,12 @@ recorded as `speech_cue_span` ("t0 t1", seconds); the rest of the clip is
 neutral speech (mid pitch ~150-220 Hz, medium rate). Speech is a sawtooth
 glottal source with a pitch contour, per-syllable vowel formants (three
 resonators) and a syllable envelope with pauses.
+
+Image cue kinds (`image_cue`): 'colour' (the default above) or 'side': the
+disc is always warm and its bit is the half it sits in (left: the cold
+classes sad/hate, right: happy/anger), so both image values are carried by
+positive evidence the model must find (with 'colour', a model can read "no
+warm disc" as cold). Class mix, speech cue, noise and ceilings are the same.
 """
 
 import colorsys
@@ -49,6 +55,7 @@ import threadpoolctl
 CLASS_MIX = {'happy': 0.531, 'anger': 0.246, 'sad': 0.168, 'hate': 0.054}
 IMAGE_CUE = {'happy': 1, 'anger': 1, 'sad': 0, 'hate': 0}  # 1 = warm colour.
 SPEECH_CUE = {'happy': 1, 'hate': 1, 'anger': 0, 'sad': 0}  # 1 = high/rising.
+IMAGE_CUE_KINDS = ('colour', 'side')  # What carries the image bit (above).
 CUE_SPAN_FRACTION = 0.3  # Share of the clip carrying the speech cue.
 # Vowel formants (F1, F2, F3) in Hz, roughly a, e, i, o, u.
 VOWELS = np.array([[730, 1090, 2440], [530, 1840, 2480], [390, 1990, 2550],
@@ -91,8 +98,15 @@ def ceilings(cue_noise=0.02):
 # --- Image -------------------------------------------------------------------
 
 
-def make_image(rng, size, warm):
-  """(size, size, 3) uint8 image and the cue disc's box (y0, x0, y1, x1)."""
+def make_image(rng, size, warm, cue='colour'):
+  """(size, size, 3) uint8 image and the cue disc's box (y0, x0, y1, x1).
+
+  cue='colour': `warm` picks the disc's hue (warm or cold), anywhere;
+  cue='side': the disc is warm and `warm` puts it in the right half (else
+  the left), wholly inside that half.
+  """
+  if cue not in IMAGE_CUE_KINDS:
+    raise ValueError(f'image cue {cue!r}; expected one of {IMAGE_CUE_KINDS}.')
   yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
   # Background: a low-saturation colour with a soft gradient and grain.
   base = rng.uniform(0.35, 0.65) + rng.uniform(-0.06, 0.06, 3)
@@ -119,8 +133,13 @@ def make_image(rng, size, warm):
     img = np.where(m[..., None], col * (0.85 + 0.15 * check), img)
   # The cue: a striped disc, warm (hue 0-0.08) or cold (hue 0.52-0.64).
   r = rng.uniform(0.14, 0.2)
-  cy, cx = rng.uniform(r, 1 - r, 2)
-  hue = rng.uniform(0.0, 0.08) if warm else rng.uniform(0.52, 0.64)
+  if cue == 'side':
+    cy = rng.uniform(r, 1 - r)
+    cx = rng.uniform(r, 0.5 - r) + (0.5 if warm else 0.0)
+    hue = rng.uniform(0.0, 0.08)
+  else:
+    cy, cx = rng.uniform(r, 1 - r, 2)
+    hue = rng.uniform(0.0, 0.08) if warm else rng.uniform(0.52, 0.64)
   theta = rng.uniform(0, np.pi)
   stripes = 0.5 + 0.5 * np.sin(
       (np.cos(theta) * yy + np.sin(theta) * xx) * 2 * np.pi * rng.uniform(6, 10))
@@ -210,10 +229,10 @@ def make_speech(rng, sample_rate, duration_s, high):
 
 
 def _example(i, *, seed, label, image_cue, speech_cue, folder, image_size,
-             sample_rate, duration_s):
+             sample_rate, duration_s, cue_kind='colour'):
   """Generates and writes example i; returns its manifest row."""
   rng = np.random.default_rng([seed, i])
-  img, box = make_image(rng, image_size, bool(image_cue))
+  img, box = make_image(rng, image_size, bool(image_cue), cue_kind)
   wav, span = make_speech(rng, sample_rate, duration_s, bool(speech_cue))
   ex_id = f'syn{i:05d}'
   Image.fromarray(img).save(os.path.join(folder, 'images', ex_id + '.png'),
@@ -240,16 +259,23 @@ def plan(num_examples, seed, classes, cue_noise=0.02):
 
 
 def generate_corpus(folder, *, num_examples, seed, classes, image_size,
-                    sample_rate, duration_s, cue_noise=0.02, workers=None):
+                    sample_rate, duration_s, cue_noise=0.02, workers=None,
+                    image_cue='colour'):
   """Writes the corpus (manifest.csv, images/, audio/) into `folder`.
 
-  Skips the work when `folder` already holds the same corpus (same
-  arguments); returns `folder`.
+  `image_cue`: 'colour' or 'side' (module docstring). Skips the work when
+  `folder` already holds the same corpus (same arguments); returns `folder`.
   """
+  if image_cue not in IMAGE_CUE_KINDS:
+    raise ValueError(f'image_cue={image_cue!r}; expected one of '
+                     f'{IMAGE_CUE_KINDS}.')
   params = dict(num_examples=int(num_examples), seed=int(seed),
                 classes=list(classes), image_size=int(image_size),
                 sample_rate=int(sample_rate), duration_s=float(duration_s),
                 cue_noise=float(cue_noise), version=FORMAT_VERSION)
+  cue_kind = image_cue
+  if cue_kind != 'colour':  # The default's record (and folder) as before.
+    params['image_cue'] = cue_kind
   done = os.path.join(folder, 'corpus.json')
   if os.path.exists(done):
     with open(done) as f:
@@ -260,7 +286,7 @@ def generate_corpus(folder, *, num_examples, seed, classes, image_size,
   labels, image_cue, speech_cue = plan(num_examples, seed, classes, cue_noise)
   fn = functools.partial(_example, seed=seed, folder=folder,
                          image_size=image_size, sample_rate=sample_rate,
-                         duration_s=duration_s)
+                         duration_s=duration_s, cue_kind=cue_kind)
   args = [dict(i=i, label=str(labels[i]), image_cue=image_cue[i],
                speech_cue=speech_cue[i]) for i in range(num_examples)]
   workers = workers or min(os.cpu_count() or 1, 8)

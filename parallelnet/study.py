@@ -40,15 +40,20 @@ test_accuracy, test_macro_f1, test_cohen_kappa, val_accuracy, val_macro_f1,
 trainable_params, frozen_params, train_seconds; with cv also <column>_std
 over folds after the metric columns; train_seconds is the wall time of the
 call that finished the row, kept in <row>/study_row.json: an interrupted row
-counts only its last call, a row trained by --mode=train has none),
-study.md (a Markdown table laid out like the paper's Table 2: its rows in
-Table 2's order, then the N2 sweep and the sentiment row; the header names
-each column's split) and study.png (test accuracy and macro-F1 per row;
-error bars are the std over folds with cv). With config.study.robustness,
-each row's best checkpoint is also scored with the image and with the speech
-missing (--mode=robustness's no_image and no_speech, written to
-<row>/robustness.csv), and study.csv gains the columns no_image_accuracy and
-no_speech_accuracy.
+counts only its last call, a row trained by --mode=train has none; without
+cv also interaction, share_image, share_speech: the mean modality
+interaction v(both) - v(image) - v(speech) + v(∅) of the row's best
+checkpoint on its test split (the predicted class's probability, an absent
+modality all zeros as in Algorithm 1; 0 for a model additive in its
+modalities) and each modality's Shapley share of p - v(∅), see
+`modality_interaction`), study.md (a Markdown table laid out like the
+paper's Table 2: its rows in Table 2's order, then the N2 sweep and the
+sentiment row; the header names each column's split) and study.png (test
+accuracy and macro-F1 per row; error bars are the std over folds with cv).
+With config.study.robustness, each row's best checkpoint is also scored
+with the image and with the speech missing (--mode=robustness's no_image
+and no_speech, written to <row>/robustness.csv), and study.csv gains the
+columns no_image_accuracy and no_speech_accuracy.
 """
 
 import copy
@@ -62,6 +67,7 @@ import time
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -71,6 +77,7 @@ from parallelnet.core.errors import UserError
 from parallelnet import mesh as mesh_lib
 from parallelnet import models
 from parallelnet import summary
+from parallelnet.models import scaling as model_scaling
 from parallelnet import train
 
 FIXED_ROWS = ('proposed', 'ser_only', 'ier_only', 'baseline1', 'baseline2',
@@ -376,6 +383,53 @@ def _robustness(config, row_dir):
     cfg.robustness.conditions = ','.join(ROBUSTNESS)
   rows = robustness.run_robustness(cfg, row_dir)
   return {f"{r['condition']}_accuracy": r['accuracy'] for r in rows}
+def modality_interaction(config, row_dir: str, data=None) -> dict:
+  """{interaction, share_image, share_speech} of the best checkpoint in
+  `row_dir` over the test split (NaN without a checkpoint, or in a
+  multi-process run).
+
+  For the predicted class, v(S) is its probability with the modalities
+  outside S set to zeros (Algorithm 1's absence): interaction = mean of
+  v(both) - v(image) - v(speech) + v(∅); a modality's share = the mean of
+  its Shapley value (v(m) - v(∅) + v(both) - v(other)) / 2 over the mean
+  of p - v(∅) (the shares sum to 1). The explain_eval mode reports the same
+  with DnCShap's baseline, per class.
+  """
+  from parallelnet import checkpointing  # pylint: disable=g-import-not-at-top
+  from parallelnet import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  nan = {'interaction': math.nan, 'share_image': math.nan,
+         'share_speech': math.nan}
+  if jax.process_count() > 1 or not checkpointing.has_checkpoint(row_dir):
+    return nan
+  config = model_scaling.resolve_config(config)
+  data = data or train._pipeline()  # pylint: disable=protected-access
+  model, variables, _ = checkpointing.restore_for_inference(config, row_dir)
+
+  @jax.jit
+  def four(variables, image, spec):
+    """(4, B, C): v at ∅, image only, speech only, both."""
+    zi, zs = jnp.zeros_like(image), jnp.zeros_like(spec)
+    x = jnp.concatenate([zi, image, zi, image])
+    y = jnp.concatenate([zs, zs, spec, spec])
+    logits, _ = model.apply(variables, x, y, train=False)
+    return jax.nn.softmax(logits.astype(jnp.float32)).reshape(
+        (4, image.shape[0], -1))
+
+  values = []
+  for batch in data.eval_batches(config, mesh_lib.make_mesh(), split='test'):
+    p = np.asarray(four(variables, batch['image'], batch['spectrogram']))
+    keep = np.asarray(batch['mask'], bool)
+    t = np.argmax(p[3], 1)
+    values.append(p[:, np.arange(len(t)), t].T[keep])  # (B, 4)
+  if not values:
+    return nan
+  empty, image, speech, both = np.concatenate(values).T.astype(np.float64)
+  total = float(np.mean(both - empty))
+  share = lambda a, b: (float(np.mean(a - empty + both - b)) / 2 / total
+                        if abs(total) > 1e-12 else math.nan)
+  return {'interaction': float(np.mean(both - image - speech + empty)),
+          'share_image': share(image, speech),
+          'share_speech': share(speech, image)}
 
 
 def run_study(config: ml_collections.ConfigDict, workdir: str, *,
@@ -397,8 +451,10 @@ def run_study(config: ml_collections.ConfigDict, workdir: str, *,
   results = []
   for i, row in enumerate(rows):
     logging.info('Study: row %d of %d (%s).', i + 1, len(rows), row)
-    results.append(run_row(row, configs[row],
-                           os.path.join(workdir, row_folder(row)), cv, data))
+    row_dir = os.path.join(workdir, row_folder(row))
+    results.append(run_row(row, configs[row], row_dir, cv, data))
+    if not cv:
+      results[-1].update(modality_interaction(configs[row], row_dir, data))
   if jax.process_index() == 0:
     write_csv(results, os.path.join(workdir, 'study.csv'), cv,
               bool(config.study.get('robustness', False)))
@@ -419,7 +475,8 @@ def _columns(cv, robust=False):
     cols += [f'{m}_std' for m in _metric_columns()]
   if robust:
     cols += [f'{c}_accuracy' for c in ROBUSTNESS]
-  return cols + ['trainable_params', 'frozen_params', 'train_seconds']
+  cols += ['trainable_params', 'frozen_params', 'train_seconds']
+  return cols if cv else cols + ['interaction', 'share_image', 'share_speech']
 
 
 def write_csv(results, path, cv, robust=False):

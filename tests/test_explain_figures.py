@@ -55,7 +55,8 @@ def test_colours_are_region_scores_and_the_title_relates_them():
   (kept,) = wave_ax.collections
   assert len(kept.get_paths()) == 2
   # Image and speech colour bars: the same units and the same scale.
-  bars = [ax for ax in fig.axes if ax.get_ylabel().startswith('score of')]
+  bars = [ax for ax in fig.axes if ax.get_ylabel().startswith(
+      ('region score', 'time-band score'))]
   assert len(bars) == 2
   assert bars[0].get_ylim() == bars[1].get_ylim() == (-0.4, 0.4)
   # The strongest region (top left, 0.4) is outlined on the input image.
@@ -92,3 +93,69 @@ def test_png_written_and_not_blank(tmp_path):
   pixels = matplotlib.image.imread(path)
   assert pixels.shape[0] == 430 and pixels.shape[1] == 1380
   assert pixels[..., :3].std() > 0.05  # Not a blank canvas.
+
+
+def _text_sizes(fig):
+  return [t.get_fontsize() for ax in fig.axes
+          for t in [ax.title, ax.xaxis.label, ax.yaxis.label]
+          + ax.get_xticklabels() + ax.get_yticklabels() if t.get_text()]
+
+
+def test_labels_are_readable_and_fit_their_colour_bars():
+  fig = figures.make_figure(**_kwargs())
+  assert min(_text_sizes(fig)) >= figures.LABEL_SIZE
+  fig.canvas.draw()
+  for ax in fig.axes:
+    label = ax.yaxis.label
+    if label.get_text().startswith(('region score', 'time-band score')):
+      # The rotated label is no taller than its colour bar.
+      assert (label.get_window_extent().height
+              <= ax.get_window_extent().height + 1), label.get_text()
+
+
+def test_negligible_image_share_outlines_nothing_and_says_so():
+  kwargs = _kwargs()
+  # The image score is 0.001 of p - v(∅) = 0.2: its map is noise.
+  values = np.array([0.0012, -0.0004, 0.0001, -0.0008])
+  kwargs.update(image_regions=(values, IMAGE_BOXES),
+                modality_scores=(values.sum(), 0.2 - values.sum()))
+  fig = figures.make_figure(**kwargs)
+  (image_ax,) = _axes(fig, figures.IMAGE_TITLE + ' (')
+  assert not image_ax.collections  # No outline contour.
+  assert 'nothing outlined' in image_ax.get_title()
+  (scores_ax,) = _axes(fig, figures.IMAGE_SCORES_TITLE)
+  assert not scores_ax.collections
+  # A clear image score still gets its outline.
+  fig = figures.make_figure(**_kwargs())
+  (image_ax,) = _axes(fig, figures.IMAGE_TITLE + ' (')
+  assert len(image_ax.collections) == 1
+  assert 'strongest support' in image_ax.get_title()
+
+
+def test_known_cue_box_and_span_are_drawn():
+  kwargs = dict(_kwargs(), cue_box=(2, 4, 6, 12), cue_span=(0.1, 0.2))
+  fig = figures.make_figure(**kwargs)
+  (image_ax,) = _axes(fig, figures.IMAGE_TITLE + ' (')
+  (box,) = [p for p in image_ax.patches if p.get_label() == 'known cue']
+  # Map pixels (16x16) -> the displayed 32x32 image: twice the size.
+  assert (box.get_x(), box.get_y(), box.get_width(), box.get_height()) == (
+      8, 4, 16, 8)
+  (wave_ax,) = _axes(fig, figures.SPEECH_TITLE)
+  (span,) = [p for p in wave_ax.patches if p.get_label() == 'known cue']
+  assert np.isclose(span.get_x(), 0.1) and np.isclose(span.get_width(), 0.1)
+  # Without a cue (-1: the dataset has none) nothing is drawn.
+  fig = figures.make_figure(**dict(_kwargs(), cue_box=(-1, -1, -1, -1)))
+  (image_ax,) = _axes(fig, figures.IMAGE_TITLE + ' (')
+  assert not [p for p in image_ax.patches if p.get_label() == 'known cue']
+
+
+def test_image_shown_at_its_own_aspect_ratio():
+  fig = figures.make_figure(**dict(_kwargs(), display_size=(192, 256)))
+  (image_ax,) = _axes(fig, figures.IMAGE_TITLE + ' (')
+  assert image_ax.get_xlim() == (0, 256) and image_ax.get_ylim() == (192, 0)
+  assert 'resized to 32x32' in image_ax.get_title()
+  fig.canvas.draw()  # Applies the equal aspect to the axes' box.
+  box = image_ax.get_position()
+  width, height = fig.get_size_inches()
+  ratio = box.width * width / (box.height * height)
+  assert abs(ratio - 256 / 192) < 0.02, ratio

@@ -145,7 +145,13 @@ def test_two_rows_write_the_files_and_a_second_call_retrains_nothing(
   assert list(table[0]) == [
       'row', 'test_accuracy', 'test_macro_f1', 'test_cohen_kappa',
       'val_accuracy', 'val_macro_f1', 'trainable_params', 'frozen_params',
-      'train_seconds']
+      'train_seconds', 'interaction', 'share_image', 'share_speech']
+  # Unimodal models: no interaction, all of p - v(∅) on their modality.
+  for r, mine in zip(table, ('share_image', 'share_speech')):
+    assert abs(float(r['interaction'])) < 1e-6, r
+    if r[mine] != 'nan':
+      other = 'share_speech' if mine == 'share_image' else 'share_image'
+      assert abs(float(r[mine]) - 1) < 1e-5 and abs(float(r[other])) < 1e-5
   md = (workdir / 'study.md').read_text().splitlines()
   assert _cells(md[0]) == [
       'Model', 'Accuracy (validation)', 'Macro-F1 (validation)',

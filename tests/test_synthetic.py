@@ -106,3 +106,46 @@ def test_speech_cue_span_holds_the_prosody(tmp_path):
     # Speech-like: syllables with pauses, not a steady tone.
     env = librosa.feature.rms(y=wav, frame_length=128, hop_length=64)[0]
     assert 0.05 < np.mean(env < 0.1 * env.max()) < 0.6
+
+
+def test_side_cue_box_lies_in_its_half_and_the_mix_is_unchanged(tmp_path):
+  colour = _generate(tmp_path / 'colour', n=24, size=48)
+  synthetic.generate_corpus(str(tmp_path / 'side'), num_examples=24, seed=0,
+                            classes=CLASSES, image_size=48, sample_rate=8000,
+                            duration_s=31 * 256 / 8000, image_cue='side')
+  with open(tmp_path / 'side' / 'manifest.csv') as f:
+    side = list(csv.DictReader(f))
+  # Same labels, cue bits and speech in the same order; only the image moves.
+  for key in ('id', 'label', 'image_cue', 'speech_cue', 'speech_cue_span'):
+    assert [r[key] for r in side] == [r[key] for r in colour]
+  assert {r['image_cue'] for r in side} == {'0', '1'}
+  for row in side:
+    img = np.asarray(Image.open(tmp_path / 'side' / row['image'])).astype(int)
+    y0, x0, y1, x1 = map(int, row['image_cue_box'].split())
+    if row['image_cue'] == '1':
+      assert x0 >= 24  # Right half.
+    else:
+      assert x1 <= 24  # Left half.
+    warm = (img[..., 0] - img[..., 2]) > 100
+    inside = np.zeros(warm.shape, bool)
+    inside[y0:y1, x0:x1] = True
+    assert warm[inside].mean() > 0.5 and warm[~inside].sum() == 0
+    assert ((img[..., 2] - img[..., 0]) > 100).sum() == 0  # Never cold.
+  assert (tmp_path / 'side' / 'audio' / 'syn00003.wav').read_bytes() == (
+      tmp_path / 'colour' / 'audio' / 'syn00003.wav').read_bytes()
+
+
+def test_side_corpus_gets_its_own_build_and_the_default_keeps_its_name():
+  from configs import demo  # pylint: disable=g-import-not-at-top
+  from input_pipeline import builders  # pylint: disable=g-import-not-at-top
+  c = demo.get_config()
+  default = builders.settings_name(builders.settings_from_config(c),
+                                   CLASSES)
+  assert default == ('sr8000_fft512_hop256_mel32_t32_img32_k5_val0p1_'
+                     'test0p3_n1500_seed0')  # As before the option existed.
+  c.dataset.image_cue = 'side'
+  settings = builders.settings_from_config(c)
+  assert builders.settings_name(settings, CLASSES) == default + '_cueside'
+  c.dataset.image_cue = 'shape'
+  with pytest.raises(ValueError, match='config.dataset.image_cue'):
+    builders.settings_from_config(c)
