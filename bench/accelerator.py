@@ -36,6 +36,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# The XLA:CPU defaults of every CPU run (PARALLELNET_CPU_FLAGS=0: without).
+from parallelnet.core import cpu_flags  # pylint: disable=g-import-not-at-top
+cpu_flags.apply()
 
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top

@@ -26,6 +26,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# The XLA:CPU defaults of every CPU run (PARALLELNET_CPU_FLAGS=0: without).
+from parallelnet.core import cpu_flags  # pylint: disable=g-import-not-at-top
+cpu_flags.apply()
 
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -235,6 +238,7 @@ def main(argv=None):
       {'graph': False, 'xla': True}[k] for k in keras.split(',')]
   xla_settings = [x.strip() for x in a.xla.split('|') if x.strip()]
   machine = common.machine()
+  print(f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}', flush=True)
 
   rows, ratios, numbers = [], {}, []
   for size in a.sizes.split(','):
@@ -253,15 +257,16 @@ def main(argv=None):
     ours = eps.pop('ours (JAX/Flax)')
     fast = eps.pop(FAST, None)
     variants = {f: eps.pop(f'ours {f}') for f in xla_settings}
-    if eps:
-      best_name = max(eps, key=eps.get)
-      ratios[size] = ours / eps[best_name]
+    keras = dict(eps)
+    best_name = max(keras, key=keras.get) if keras else None
+    if keras:
+      ratios[size] = ours / keras[best_name]
       if fast is not None:
-        ratios[size + ' with fast_ops'] = fast / eps[best_name]
+        ratios[size + ' with fast_ops'] = fast / keras[best_name]
     for f, v in variants.items():
       ratios[f'{size} {f} / ours'] = v / ours
-      if eps:
-        ratios[f'{size} {f} / Keras'] = v / eps[best_name]
+      if keras:
+        ratios[f'{size} {f} / Keras'] = v / keras[best_name]
       eps[f'ours {f}'] = v
     if fast is not None:
       eps[FAST] = fast
