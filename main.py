@@ -43,8 +43,15 @@ from absl import logging
 from ml_collections import config_flags
 
 from configs import parallelnet as default_config
+from parallelnet.core import cpu_flags
+from parallelnet.core import paths
 from parallelnet.core import progress
 from parallelnet.core.errors import UserError
+
+# Before JAX starts its backend (XLA reads XLA_FLAGS then) and before any
+# gs:// path is touched (epath caches its choice of client).
+cpu_flags.apply()
+paths.use_fsspec_for_gcs()
 
 
 class _ConfigParser(config_flags.config_flags.ConfigFileFlagParser):

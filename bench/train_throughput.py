@@ -26,6 +26,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# The XLA:CPU defaults of every CPU run (PARALLELNET_CPU_FLAGS=0: without).
+from parallelnet.core import cpu_flags  # pylint: disable=g-import-not-at-top
+cpu_flags.apply()
 
 import jax  # pylint: disable=g-import-not-at-top
 import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -51,7 +54,7 @@ def _batch(config, batch_size, seed=0):
 class OursStep:
   """`parallelnet.train.train_step` under jit with the state donated."""
 
-  def __init__(self, config, batch, fast_ops=''):
+  def __init__(self, config, batch, fast_ops='', xla_flags=''):
     from parallelnet import losses  # pylint: disable=g-import-not-at-top
     from parallelnet import models  # pylint: disable=g-import-not-at-top
     from parallelnet import train  # pylint: disable=g-import-not-at-top
@@ -73,7 +76,8 @@ class OursStep:
         conv=bool(ops & {'conv', 'wideconv'}), pool='pool' in ops,
         min_conv_channels=0 if 'conv' in ops else WIDE)
           if ops else contextlib.nullcontext()):
-      self.step = step.lower(self.state, self.batch, self.rng).compile()
+      self.step = step.lower(self.state, self.batch, self.rng).compile(
+          compiler_options=compiler_options(xla_flags))
     self.params = models.count_params(self.state.params)
 
   def __call__(self):
@@ -98,6 +102,34 @@ class KerasStep:
 
 
 FAST = 'ours + bench/fast_ops.py'
+
+# Enum-valued XLA:CPU options: XLA_FLAGS takes short lower-case names, a
+# compile's compiler_options the enum's own names.
+_ENUM_PREFIX = {
+    'xla_cpu_experimental_ynn_fusion_type': 'LIBRARY_FUSION_TYPE_',
+    'xla_cpu_experimental_xnn_fusion_type': 'LIBRARY_FUSION_TYPE_',
+    'xla_cpu_experimental_onednn_fusion_type': 'LIBRARY_FUSION_TYPE_',
+    'xla_cpu_experimental_xnn_graph_fusion_mode': 'XNN_GRAPH_FUSION_MODE_',
+}
+
+
+def compiler_options(xla_flags):
+  """compiler_options for `.compile()` from flags written as in XLA_FLAGS
+  (`--name=value ...`), so that settings can be compared in one process.
+  Enum values may be short (`dot,eltwise`, `greedy`); an empty value (`--name=`)
+  is an empty list."""
+  out = {}
+  for flag in xla_flags.split():
+    name, _, value = flag.lstrip('-').partition('=')
+    prefix = _ENUM_PREFIX.get(name)
+    if prefix:
+      value = ','.join(v if v.startswith(prefix) else prefix + v.upper()
+                       for v in value.split(',') if v)
+    elif value.lower() in ('true', 'false'):
+      value = value.lower() == 'true'
+    out[name] = value
+  return out
+
 WIDE = 64  # --fast_ops=wideconv: convs with >= WIDE output channels.
 
 
@@ -108,10 +140,12 @@ def _sync(x):
 
 
 def run_size(label, config, batch_size, rounds, warmup, keras_modes,
-             fast_ops=False, min_round_s=0.5):
+             fast_ops=False, min_round_s=0.5, xla_settings=()):
   """Times ours and Keras at one size; returns table rows and examples/s."""
   batch = _batch(config, batch_size)
   contenders = {'ours (JAX/Flax)': OursStep(config, batch)}
+  for flags in xla_settings:
+    contenders[f'ours {flags}'] = OursStep(config, batch, xla_flags=flags)
   if fast_ops:
     contenders[FAST] = OursStep(config, batch, fast_ops=fast_ops)
     print(f'  {FAST}: prototype lowerings {fast_ops}')
@@ -185,6 +219,14 @@ def main(argv=None):
                       'wideconv (only in convs with >= 64 output channels), '
                       'pool (nn.max_pool as reshape + max; the model\'s '
                       'MaxPool does this already).')
+  p.add_argument('--xla', default='',
+                 help='also time ours compiled with these XLA:CPU settings, '
+                      'written as in XLA_FLAGS; settings separated by "|", '
+                      'e.g. "--xla_cpu_experimental_ynn_fusion_type=dot|'
+                      '--xla_cpu_use_xnnpack=false". "ours" itself is '
+                      'compiled with the process\'s XLA_FLAGS.')
+  p.add_argument('--no_keras', action='store_true',
+                 help='time ours only (with --xla: compare settings).')
   p.add_argument('--no_row', action='store_true',
                  help='do not append a row to BENCHMARKS.md.')
   a = p.parse_args(argv)
@@ -192,8 +234,11 @@ def main(argv=None):
   warmup = 1 if a.quick else a.warmup
   paper_batch = a.paper_batch or (2 if a.quick else 8)
   keras = a.keras or ('graph' if a.quick else 'graph,xla')
-  keras_modes = [{'graph': False, 'xla': True}[k] for k in keras.split(',')]
+  keras_modes = [] if a.no_keras else [
+      {'graph': False, 'xla': True}[k] for k in keras.split(',')]
+  xla_settings = [x.strip() for x in a.xla.split('|') if x.strip()]
   machine = common.machine()
+  print(f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}', flush=True)
 
   rows, ratios, numbers = [], {}, []
   for size in a.sizes.split(','):
@@ -207,14 +252,23 @@ def main(argv=None):
       raise ValueError(f'--sizes: unknown size {size!r}; use demo, paper.')
     label = f'{size} ({common.config_name(config)})'
     r, eps, cpu = run_size(label, config, bs, rounds, warmup, keras_modes,
-                           a.fast_ops)
+                           a.fast_ops, xla_settings=xla_settings)
     rows += r
     ours = eps.pop('ours (JAX/Flax)')
     fast = eps.pop(FAST, None)
-    best_name = max(eps, key=eps.get)
-    ratios[size] = ours / eps[best_name]
+    variants = {f: eps.pop(f'ours {f}') for f in xla_settings}
+    keras = dict(eps)
+    best_name = max(keras, key=keras.get) if keras else None
+    if keras:
+      ratios[size] = ours / keras[best_name]
+      if fast is not None:
+        ratios[size + ' with fast_ops'] = fast / keras[best_name]
+    for f, v in variants.items():
+      ratios[f'{size} {f} / ours'] = v / ours
+      if keras:
+        ratios[f'{size} {f} / Keras'] = v / keras[best_name]
+      eps[f'ours {f}'] = v
     if fast is not None:
-      ratios[size + ' with fast_ops'] = fast / eps[best_name]
       eps[FAST] = fast
     numbers.append(f'{size} b{bs}: ours {ours:.2f} ex/s, '
                    + ', '.join(f'{n} {v:.2f}' for n, v in eps.items())
@@ -228,7 +282,9 @@ def main(argv=None):
       rows)
   print()
   for size, r in ratios.items():
-    print(f'ratio ours / best Keras at {size} size: {r:.2f}x (target >= 1.0)')
+    what = size if '/' in size else f'ours / best Keras at {size} size'
+    print(f'ratio {what}: {r:.2f}x' + ('' if '/' in size else
+                                       ' (target >= 1.0)'))
   if not a.no_row:
     common.append_row(
         'train_throughput', '; '.join(numbers),

@@ -8,13 +8,20 @@ a reader of the final name.
 """
 
 import contextlib
+import importlib.util
 import io
 import hashlib
 import json
 import os
 import re
+import shutil
 
 from etils import epath
+
+from parallelnet.core import errors
+
+# Schemes etils.epath handles (besides local paths).
+URL_SCHEMES = ('gs', 's3', 'az', 'hf')
 
 
 def path(p) -> epath.Path:
@@ -28,6 +35,157 @@ def is_url(p) -> bool:
 
 def join(*parts) -> str:
   return os.fspath(epath.Path(parts[0]).joinpath(*parts[1:]))
+
+
+def use_fsspec_for_gcs():
+  """Makes etils.epath read and write gs:// through gcsfs (fsspec), not TF.
+
+  Called by entry points before any gs:// access, when gcsfs is installed and
+  the user has not set EPATH_USE_TF. TF's GCS client is what epath picks
+  when TF is importable, but it honours neither STORAGE_EMULATOR_HOST nor
+  fsspec's credentials; gcsfs reads the same Application Default Credentials
+  in production and can be pointed at an emulator in tests, and orbax's
+  tensorstore reads them as well, so every gs:// file goes through one
+  configured client. Returns whether epath now uses gcsfs for gs://.
+  """
+  if 'EPATH_USE_TF' not in os.environ:
+    if importlib.util.find_spec('gcsfs') is None:
+      return False
+    os.environ['EPATH_USE_TF'] = 'false'
+    refresh_epath_backend()
+  return os.environ['EPATH_USE_TF'].lower() in ('false', 'no', 'f', '0')
+
+
+def refresh_epath_backend():
+  """Makes epath re-read EPATH_USE_TF (it caches the answer on first use)."""
+  cached = getattr(getattr(epath, 'gpath', None), '_is_tf_installed', None)
+  if hasattr(cached, 'cache_clear'):
+    cached.cache_clear()
+
+
+def exists(p) -> bool:
+  return epath.Path(p).exists()
+
+
+def isdir(p) -> bool:
+  return epath.Path(p).is_dir()
+
+
+def makedirs(p):
+  """mkdir -p (on object stores a no-op beyond a marker, as epath does it)."""
+  epath.Path(p).mkdir(parents=True, exist_ok=True)
+
+
+def listdir(p) -> list[str]:
+  """Sorted names of the entries directly in folder `p`."""
+  return sorted(c.name for c in epath.Path(p).iterdir())
+
+
+def glob(p, pattern: str) -> list[str]:
+  """Sorted paths (as strings) under `p` that match `pattern` ('*.json')."""
+  return sorted(os.fspath(c) for c in epath.Path(p).glob(pattern))
+
+
+def read_text(p) -> str:
+  """The file as UTF-8, line ends unchanged (as atomic_open wrote them)."""
+  return epath.Path(p).read_bytes().decode('utf-8')
+
+
+def read_bytes(p) -> bytes:
+  return epath.Path(p).read_bytes()
+
+
+def read_json(p):
+  return json.loads(read_text(p))
+
+
+def remove(p, missing_ok: bool = False):
+  epath.Path(p).unlink(missing_ok=missing_ok)
+
+
+def rmtree(p, missing_ok: bool = False):
+  """Removes folder `p` and everything in it."""
+  p = epath.Path(p)
+  if missing_ok and not p.exists():
+    return
+  if is_url(p):
+    p.rmtree()
+  else:
+    shutil.rmtree(p)
+
+
+def copy(src, dst, overwrite: bool = True):
+  """Copies one file (local or URL on either side), creating dst's folder."""
+  dst = epath.Path(dst)
+  dst.parent.mkdir(parents=True, exist_ok=True)
+  src = epath.Path(src)
+  if is_url(src) == is_url(dst):
+    src.copy(dst, overwrite=overwrite)
+  else:
+    write_bytes_atomic(dst, src.read_bytes())
+
+
+def scheme(p) -> str | None:
+  """'gs' for 'gs://b/x', None for a local path."""
+  m = re.match(r'^([A-Za-z][A-Za-z0-9+.-]*)://', str(p))
+  return m.group(1).lower() if m else None
+
+
+def _is_auth_error(e: BaseException) -> bool:
+  """Missing or refused credentials, as the GCS clients raise them."""
+  names = {c.__name__ for c in type(e).__mro__}
+  if names & {'DefaultCredentialsError', 'RefreshError',
+              'PermissionError', 'Unauthorized',
+              'Forbidden'}:
+    return True
+  code = getattr(e, 'code', None)
+  return code in (401, 403) or any(
+      s in str(e) for s in ('401', '403', 'Anonymous caller',
+                            'credentials', 'Unauthenticated'))
+
+
+def check_workdir_url(url, what: str = '--workdir'):
+  """Raises a one-line UserError when `url` cannot hold a workdir.
+
+  For a local path: nothing to check (folders are created on demand). For a
+  URL: an unknown scheme, gs:// without gcsfs, a bucket that does not exist
+  or missing credentials each name the URL and what to do. Reads only: a run
+  that fails here leaves nothing behind.
+  """
+  s = scheme(url)
+  if s is None:
+    return
+  if s not in URL_SCHEMES:
+    raise errors.UserValueError(
+        f'{what}={url}: unknown scheme {s}://; use a local folder or a '
+        f'bucket URL ({", ".join(f"{k}://" for k in URL_SCHEMES)}).')
+  if s == 'gs' and os.environ.get('EPATH_USE_TF', '').lower() in (
+      'false', 'no', 'f', '0') and importlib.util.find_spec('gcsfs') is None:
+    raise errors.UserValueError(
+        f'{what}={url}: EPATH_USE_TF is false but gcsfs is not installed; '
+        'pip install gcsfs (see requirements.txt), or unset EPATH_USE_TF.')
+  bucket = str(url).split('://', 1)[1].split('/', 1)[0]
+  root = f'{s}://{bucket}'
+  if not bucket:
+    raise errors.UserValueError(
+        f'{what}={url}: no bucket name; use {s}://BUCKET/path.')
+  try:
+    found = epath.Path(root).exists()
+  except Exception as e:  # pylint: disable=broad-except
+    if _is_auth_error(e):
+      raise errors.UserError(
+          f'{what}={url}: no access to {root} ({type(e).__name__}); log in '
+          'with `gcloud auth application-default login` or set '
+          'GOOGLE_APPLICATION_CREDENTIALS to a service-account key, and '
+          'check that the account may read and write the bucket.') from e
+    raise errors.UserError(
+        f'{what}={url}: cannot reach {root}: {type(e).__name__}: '
+        f'{str(e).splitlines()[0] if str(e) else ""}') from e
+  if not found:
+    raise errors.UserFileNotFoundError(
+        f'{what}={url}: bucket {root} does not exist (or is not visible to '
+        f'these credentials); create it (gcloud storage buckets create '
+        f'{root}) or fix the name.')
 
 
 def tmp_name(p) -> str:

@@ -1,0 +1,110 @@
+"""parallelnet.core.cpu_flags: when the XLA:CPU flags apply, and that a
+training step gives the same numbers with them as without."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from parallelnet.core import cpu_flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def tested_jaxlib(monkeypatch):
+  monkeypatch.setattr(cpu_flags, '_jaxlib_version',
+                      lambda: cpu_flags.TESTED_JAXLIB[0])
+
+
+def test_adds_flags_on_cpu(tested_jaxlib):
+  del tested_jaxlib
+  env = {'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': '--xla_dump_to=/tmp/x'}
+  assert cpu_flags.apply(env) == list(cpu_flags.FLAGS)
+  assert env['XLA_FLAGS'].split() == ['--xla_dump_to=/tmp/x',
+                                      *cpu_flags.FLAGS]
+  assert cpu_flags.apply(env) == []  # Idempotent.
+  env = {'JAX_PLATFORMS': 'cpu'}
+  cpu_flags.apply(env)
+  assert env['XLA_FLAGS'] == ' '.join(cpu_flags.FLAGS)
+
+
+def test_user_value_accelerators_and_other_jaxlib_left_alone(
+    tested_jaxlib, monkeypatch):
+  del tested_jaxlib
+  mine = '--xla_cpu_experimental_ynn_fusion_type=eltwise'
+  env = {'JAX_PLATFORMS': 'cpu', 'XLA_FLAGS': mine}
+  assert cpu_flags.apply(env) == [] and env['XLA_FLAGS'] == mine
+  for platforms in ('cuda', 'cpu,tpu'):
+    env = {'JAX_PLATFORMS': platforms}
+    assert cpu_flags.apply(env) == [] and 'XLA_FLAGS' not in env
+  env = {'JAX_PLATFORMS': 'cpu', 'PARALLELNET_CPU_FLAGS': '0'}
+  assert cpu_flags.apply(env) == [] and 'XLA_FLAGS' not in env
+  monkeypatch.setattr(cpu_flags, '_jaxlib_version', lambda: '99.0')
+  env = {'JAX_PLATFORMS': 'cpu'}
+  assert cpu_flags.apply(env) == [] and 'XLA_FLAGS' not in env
+
+
+_CHILD = r'''
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from parallelnet.core import cpu_flags
+added = cpu_flags.apply() if sys.argv[2] == 'flags' else []
+import jax, numpy as np
+from bench import common, train_throughput
+config = common.load_config('parallelnet', 'runlocal')
+step = train_throughput.OursStep(config, train_throughput._batch(config, 8))
+metrics = []
+for _ in range(2):
+  step.state, m = step.step(step.state, step.batch, step.rng)
+  metrics.append([float(m['loss']), float(m['grad_norm'])])
+params = np.concatenate([np.asarray(x).ravel() for x in
+                         jax.tree_util.tree_leaves(step.state.params)])
+print(json.dumps(dict(added=added, metrics=metrics,
+                      lr=config.train.learning_rate,
+                      ynn=step.step.as_text().count('__ynn_fusion'),
+                      params=params.tolist())))
+'''
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from parallelnet.core import cpu_flags
+added = cpu_flags.apply() if sys.argv[2] == 'flags' else []
+import jax, numpy as np
+from bench import common, train_throughput
+config = common.load_config('parallelnet', 'runlocal')
+step = train_throughput.OursStep(config, train_throughput._batch(config, 8))
+losses = [float(step()) for _ in range(2)]
+leaves = jax.tree_util.tree_leaves(step.state.params)
+print(json.dumps(dict(added=added, losses=losses,
+                      ynn=step.step.as_text().count('__ynn_fusion'),
+                      sums=[float(np.abs(np.asarray(x)).sum()) for x in leaves],
+                      firsts=[float(np.asarray(x).ravel()[0]) for x in leaves])))
+'''
+
+
+@pytest.mark.slow  # Two fresh processes, each compiling a training step.
+def test_training_step_equal_with_and_without_flags():
+  out = {}
+  for mode in ('plain', 'flags'):
+    env = dict(os.environ, XLA_FLAGS='', JAX_PLATFORMS='cpu',
+               TF_CPP_MIN_LOG_LEVEL='2')
+    r = subprocess.run([sys.executable, '-c', _CHILD, REPO, mode], env=env,
+                       capture_output=True, text=True, timeout=300,
+                       check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out[mode] = json.loads(r.stdout.strip().splitlines()[-1])
+  if not out['flags']['added']:
+    pytest.skip('cpu_flags does not apply to this jaxlib')
+  assert out['plain']['added'] == []
+  assert out['flags']['ynn'] < out['plain']['ynn']  # The flag took effect.
+  # Loss and gradient norm of two steps: equal to float32 rounding.
+  np.testing.assert_allclose(out['flags']['metrics'], out['plain']['metrics'],
+                             rtol=1e-4)
+  # Parameters after two Adam steps: Adam divides by the gradient's own
+  # scale, so a near-zero gradient's rounding moves its parameter by up to
+  # lr per step; no parameter may differ by more than that.
+  diff = np.abs(np.subtract(out['flags']['params'], out['plain']['params']))
+  assert diff.max() <= 2 * 2 * out['plain']['lr'], diff.max()
