@@ -86,9 +86,13 @@ def test_training_step_equal_with_and_without_flags():
     pytest.skip('cpu_flags does not apply to this jaxlib')
   assert out['plain']['added'] == []  # PARALLELNET_CPU_FLAGS=0.
   assert out['flags']['ynn'] < out['plain']['ynn']  # The flag took effect.
-  # Loss and gradient norm of two steps: equal to float32 rounding.
-  np.testing.assert_allclose(out['flags']['metrics'], out['plain']['metrics'],
-                             rtol=1e-4)
+  # The first step's loss and gradient norm, from the same parameters: equal
+  # to float32 rounding. The second step's loss too; its gradient norm
+  # moves more (the parameters it starts from differ, see below).
+  (f1, f2), (p1, p2) = out['flags']['metrics'], out['plain']['metrics']
+  np.testing.assert_allclose(f1, p1, rtol=1e-5)
+  np.testing.assert_allclose(f2[0], p2[0], rtol=1e-5)
+  np.testing.assert_allclose(f2[1], p2[1], rtol=1e-2)
   # Parameters after two Adam steps: Adam divides by the gradient's own
   # scale, so a near-zero gradient's rounding moves its parameter by up to
   # lr per step; no parameter may differ by more than that.
