@@ -52,7 +52,7 @@ _CHILD = r'''
 import json, sys
 sys.path.insert(0, sys.argv[1])
 from parallelnet.core import cpu_flags
-added = cpu_flags.apply() if sys.argv[2] == 'flags' else []
+added = cpu_flags.apply()
 import jax, numpy as np
 from bench import common, train_throughput
 config = common.load_config('parallelnet', 'runlocal')
@@ -68,21 +68,6 @@ print(json.dumps(dict(added=added, metrics=metrics,
                       ynn=step.step.as_text().count('__ynn_fusion'),
                       params=params.tolist())))
 '''
-import json, sys
-sys.path.insert(0, sys.argv[1])
-from parallelnet.core import cpu_flags
-added = cpu_flags.apply() if sys.argv[2] == 'flags' else []
-import jax, numpy as np
-from bench import common, train_throughput
-config = common.load_config('parallelnet', 'runlocal')
-step = train_throughput.OursStep(config, train_throughput._batch(config, 8))
-losses = [float(step()) for _ in range(2)]
-leaves = jax.tree_util.tree_leaves(step.state.params)
-print(json.dumps(dict(added=added, losses=losses,
-                      ynn=step.step.as_text().count('__ynn_fusion'),
-                      sums=[float(np.abs(np.asarray(x)).sum()) for x in leaves],
-                      firsts=[float(np.asarray(x).ravel()[0]) for x in leaves])))
-'''
 
 
 @pytest.mark.slow  # Two fresh processes, each compiling a training step.
@@ -90,7 +75,8 @@ def test_training_step_equal_with_and_without_flags():
   out = {}
   for mode in ('plain', 'flags'):
     env = dict(os.environ, XLA_FLAGS='', JAX_PLATFORMS='cpu',
-               TF_CPP_MIN_LOG_LEVEL='2')
+               TF_CPP_MIN_LOG_LEVEL='2',
+               PARALLELNET_CPU_FLAGS='0' if mode == 'plain' else '1')
     r = subprocess.run([sys.executable, '-c', _CHILD, REPO, mode], env=env,
                        capture_output=True, text=True, timeout=300,
                        check=False)
@@ -98,11 +84,15 @@ def test_training_step_equal_with_and_without_flags():
     out[mode] = json.loads(r.stdout.strip().splitlines()[-1])
   if not out['flags']['added']:
     pytest.skip('cpu_flags does not apply to this jaxlib')
-  assert out['plain']['added'] == []
+  assert out['plain']['added'] == []  # PARALLELNET_CPU_FLAGS=0.
   assert out['flags']['ynn'] < out['plain']['ynn']  # The flag took effect.
-  # Loss and gradient norm of two steps: equal to float32 rounding.
-  np.testing.assert_allclose(out['flags']['metrics'], out['plain']['metrics'],
-                             rtol=1e-4)
+  # The first step's loss and gradient norm, from the same parameters: equal
+  # to float32 rounding. The second step's loss too; its gradient norm
+  # moves more (the parameters it starts from differ, see below).
+  (f1, f2), (p1, p2) = out['flags']['metrics'], out['plain']['metrics']
+  np.testing.assert_allclose(f1, p1, rtol=1e-5)
+  np.testing.assert_allclose(f2[0], p2[0], rtol=1e-5)
+  np.testing.assert_allclose(f2[1], p2[1], rtol=1e-2)
   # Parameters after two Adam steps: Adam divides by the gradient's own
   # scale, so a near-zero gradient's rounding moves its parameter by up to
   # lr per step; no parameter may differ by more than that.
