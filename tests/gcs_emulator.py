@@ -1,6 +1,7 @@
 """A local GCS emulator for tests of gs:// workdirs.
 
-`gcs` (session scope) starts `gcp-storage-emulator` in memory on a free
+`gcs` (session scope) starts `gcp-storage-emulator` (with the generation
+preconditions tensorstore needs: gcs_emulator_server.py) in memory on a free
 loopback port, points every client at it through its standard variables
 (gcsfs and google-cloud-storage: STORAGE_EMULATOR_HOST; tensorstore, hence
 orbax: TENSORSTORE_GCS_HTTP_URL and GOOGLE_AUTH_TOKEN_FOR_TESTING; gcsfs's
@@ -98,7 +99,8 @@ def gcs():
   port = _free_port()
   endpoint = f'http://127.0.0.1:{port}'
   proc = subprocess.Popen(
-      [sys.executable, '-m', 'gcp_storage_emulator', 'start',
+      [sys.executable, os.path.join(os.path.dirname(__file__),
+                                    'gcs_emulator_server.py'), 'start',
        '--host=127.0.0.1', f'--port={port}', '--in-memory',
        f'--default-bucket={DEFAULT_BUCKET}'],
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -236,6 +236,28 @@ def write_json_atomic(p, obj, **kwargs):
   write_text_atomic(p, json.dumps(obj, **kwargs) + '\n')
 
 
+def append_text(p, text: str):
+  """Appends `text` to file `p` (created if missing). Object stores have no
+  append: there the file is read and rewritten atomically, which suits the
+  small logs this is used for (one line per epoch or run)."""
+  if not is_url(p):
+    os.makedirs(os.path.dirname(os.path.abspath(p)), exist_ok=True)
+    with open(p, 'a', encoding='utf-8', newline='') as f:
+      f.write(text)
+    return
+  old = read_bytes(p) if exists(p) else b''
+  write_bytes_atomic(p, old + text.encode('utf-8'))
+
+
+def isfile(p) -> bool:
+  return epath.Path(p).is_file()
+
+
+def abspath(p) -> str:
+  """os.path.abspath for a local path; a URL unchanged."""
+  return str(p) if is_url(p) else os.path.abspath(p)
+
+
 def safe_name(text, *, max_len=60) -> str:
   """A file name for an id: the id itself when it is plain, else a
   sanitised form with a hash suffix, so two distinct ids never share a name."""
