@@ -310,7 +310,7 @@ class Checkpoints:
         n = 1
         while target.exists():
           target, n = dest / f'{which}_{s}.{n}', n + 1
-        (self.root / which / str(s)).rename(target)
+        paths.move(self.root / which / str(s), target)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       multihost_utils.sync_global_devices('parallelnet damaged set aside')
