@@ -28,6 +28,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -78,6 +79,7 @@ def _wait_until_up(endpoint: str, proc, timeout_s: float = 30.0):
   deadline = time.monotonic() + timeout_s
   while time.monotonic() < deadline:
     if proc.poll() is not None:
+      proc.stdout.seek(0)
       out = proc.stdout.read().decode(errors='replace')
       raise RuntimeError(f'gcp-storage-emulator exited:\n{out[-2000:]}')
     try:
@@ -98,12 +100,16 @@ def gcs():
   pytest.importorskip('gcsfs')
   port = _free_port()
   endpoint = f'http://127.0.0.1:{port}'
+  # Its log goes to a file: a pipe nobody reads fills up after a few
+  # thousand requests and then blocks the server.
+  log = tempfile.TemporaryFile()
   proc = subprocess.Popen(
       [sys.executable, os.path.join(os.path.dirname(__file__),
                                     'gcs_emulator_server.py'), 'start',
        '--host=127.0.0.1', f'--port={port}', '--in-memory',
        f'--default-bucket={DEFAULT_BUCKET}'],
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+      stdout=log, stderr=subprocess.STDOUT)
+  proc.stdout = log
   saved = {}
   try:
     _wait_until_up(endpoint, proc)

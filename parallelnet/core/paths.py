@@ -299,6 +299,7 @@ def move(src, dst):
   fs, s = fsspec.core.url_to_fs(str(src))
   _, d = fsspec.core.url_to_fs(str(dst))
   fs.mv(s, d, recursive=fs.isdir(s))
+  fs.invalidate_cache()  # Listings cached before the move are stale.
 
 
 def isfile(p) -> bool:
