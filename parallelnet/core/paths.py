@@ -77,7 +77,12 @@ def makedirs(p):
 
 
 def listdir(p) -> list[str]:
-  """Sorted names of the entries directly in folder `p`."""
+  """Sorted names of the entries directly in folder `p` (on an object store,
+  listed afresh: another process may have written there meanwhile)."""
+  if is_url(p):
+    import fsspec  # pylint: disable=g-import-not-at-top
+    fs, root = fsspec.core.url_to_fs(str(p))
+    fs.invalidate_cache(root)
   return sorted(c.name for c in epath.Path(p).iterdir())
 
 
