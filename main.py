@@ -123,6 +123,7 @@ def main(argv):
     raise UserError(f'unexpected arguments {" ".join(argv[1:])!r}: flags take '
                     'the form --name=value (e.g. --mode=eval).')
   started = time.time()
+  paths.check_workdir_url(_WORKDIR.value)
   if _MODE.value == 'report':  # Reads files only: no TensorFlow needed.
     from explain import report  # pylint: disable=g-import-not-at-top
     print(f'wrote {report.write_report(_WORKDIR.value)}')
@@ -239,16 +240,18 @@ def _write_report(workdir, mode, started, config=None):
 def written_summary(workdir, since):
   """One line naming what this run wrote (or rewrote) in `workdir`."""
   entries = []
-  if os.path.isdir(workdir):
-    for name in sorted(os.listdir(workdir)):
-      path = os.path.join(workdir, name)
-      if os.path.isdir(path):
-        n = sum(1 for root, _, files in os.walk(path) for f in files
-                if os.path.getmtime(os.path.join(root, f)) >= since)
-        if n:
-          entries.append(f'{name}/ ({n} file{"s" if n > 1 else ""})')
-      elif os.path.getmtime(path) >= since:
-        entries.append(name)
+  if paths.isdir(workdir):
+    counts = {}  # Top-level name: files written since `since` (None: a file).
+    for rel, mtime in paths.files_with_mtimes(workdir):
+      # Object stores keep whole seconds: a file of this run may read as
+      # up to 1 s older than `since`.
+      if mtime >= since - (1 if paths.is_url(workdir) else 0):
+        top, sep, _ = rel.replace(os.sep, '/').partition('/')
+        counts[top] = (counts.get(top) or 0) + 1 if sep else None
+    for name in sorted(counts):
+      n = counts[name]
+      entries.append(name if n is None else
+                     f'{name}/ ({n} file{"s" if n > 1 else ""})')
   if not entries:
     return f'Nothing written in {workdir}.'
   return f'Wrote in {workdir}: ' + ', '.join(entries)

@@ -38,6 +38,7 @@ import os
 import ml_collections
 
 from parallelnet.core import errors
+from parallelnet.core import paths
 
 from parallelnet.core.classes import EMOTIONS
 from parallelnet.core.classes import SENTIMENTS
@@ -310,11 +311,10 @@ def config_from_json(path: str) -> ml_collections.ConfigDict:
   (added after the run) take get_config()'s defaults. Raises a one-line
   UserError when the file is missing or not a JSON config object.
   """
-  if not os.path.isfile(path):
+  if not paths.isfile(path):
     raise errors.UserFileNotFoundError(f'No config file {path}.')
   try:
-    with open(path, encoding='utf-8') as f:
-      saved = json.load(f)
+    saved = json.loads(paths.read_text(path))
   except (OSError, ValueError) as e:
     raise errors.UserValueError(f'{path} is not readable JSON ({e}).') from e
   if not isinstance(saved, dict):

@@ -37,6 +37,7 @@ from explain import peers
 from explain import run as explain_run
 from explain.dncshap import num_evaluations
 from explain.dncshap import region_boxes
+from parallelnet.core import paths
 from parallelnet.core.errors import UserError
 from parallelnet.models import scaling as model_scaling
 
@@ -160,8 +161,7 @@ class Methods:
 
 
 def _write(path, text):
-  with open(path, 'w', encoding='utf-8') as f:
-    f.write(text)
+  paths.write_text_atomic(path, text)
 
 
 def _csv(rows, columns):
@@ -227,7 +227,7 @@ def evaluate(config, workdir):
   probs = predict(images, specs)
   target = np.argmax(probs, 1).astype(np.int32)
   out_dir = os.path.join(workdir, 'explain_eval')
-  os.makedirs(out_dir, exist_ok=True)
+  paths.makedirs(out_dir)
 
   # Attributions of the trained model.
   values, seconds, counts = {}, {}, {}

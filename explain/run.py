@@ -15,7 +15,6 @@ Only this module of `explain/` imports the rest of the project.
 
 import dataclasses
 import functools
-import json
 import os
 import time
 from typing import Optional
@@ -137,12 +136,11 @@ def baseline_arrays(baseline, images, spectrograms):
 def load_baseline_npz(path, image_shape, speech_shape):
   """(image, spectrogram) baselines from an .npz with keys image and
   spectrogram of the model's input shapes; never unpickles."""
-  if not os.path.isfile(path):
+  if not paths.isfile(path):
     raise UserError(f'config.explain.baseline: {path} is not a file; give '
                     f'zeros, mean, blur, background or an existing .npz.')
   try:
-    with np.load(path, allow_pickle=False) as data:
-      arrays = {k: data[k] for k in data.files}
+    arrays = paths.read_npz(path)
   except Exception as e:  # Re-raised naming the file: corrupt, pickled, ...
     raise UserError(f'{path}: cannot read it as an .npz of plain arrays '
                     f'({e}).') from e
@@ -250,16 +248,15 @@ def make_baseline(config, image_shape, speech_shape, *, train=None,
     return Baseline('blur', blur_sigma=sigma)
   if name == 'mean':
     cache = (None if workdir is None or train is not None else
-             os.path.join(workdir, 'explain', 'baseline_mean.npz'))
-    if cache and os.path.exists(cache):
+             paths.join(workdir, 'explain', 'baseline_mean.npz'))
+    if cache and paths.exists(cache):
       image, speech = load_baseline_npz(cache, image_shape, speech_shape)
     else:
       image, speech = _mean_input(config, train)
       if cache and jax.process_index() == 0:
         # Atomic: another process may be reading the cache meanwhile.
-        with paths.atomic_open(cache, 'wb') as f:
-          np.savez(f, image=image.astype(np.float32),
-                   spectrogram=speech.astype(np.float32))
+        paths.write_npz_atomic(cache, image=image.astype(np.float32),
+                               spectrogram=speech.astype(np.float32))
     return Baseline('mean', image[None].astype(np.float32),
                     speech[None].astype(np.float32))
   if name == 'background':
@@ -346,8 +343,8 @@ def _write_example(config, out_dir, ex_id, e, *, image_raw, waveform,
       e.speech_map, waveform, hop_length=config.input.hop_length,
       sample_rate=config.input.sample_rate,
       keep_percentile=config.explain.keep_percentile,
-      wav_path=os.path.join(out_dir, f'{name}_kept.wav') if write else None,
-      clip_wav_path=os.path.join(out_dir, f'{name}.wav') if write else None)
+      wav_path=paths.join(out_dir, f'{name}_kept.wav') if write else None,
+      clip_wav_path=paths.join(out_dir, f'{name}.wav') if write else None)
   target = int(e.target)
   record = dict(
       id=str(ex_id), file=name, predicted=classes[target],
@@ -362,7 +359,7 @@ def _write_example(config, out_dir, ex_id, e, *, image_raw, waveform,
   if not write:
     return record
   figures.save_figure(
-      os.path.join(out_dir, f'{name}.png'),
+      paths.join(out_dir, f'{name}.png'),
       image_raw=image_raw, image_map=e.image_map, waveform=waveform,
       sample_rate=config.input.sample_rate,
       hop_length=config.input.hop_length,
@@ -377,8 +374,8 @@ def _write_example(config, out_dir, ex_id, e, *, image_raw, waveform,
       speech_regions=(np.asarray(e.speech_regions.values),
                       e.speech_regions.boxes),
       modalities=used, **figure_kwargs)
-  np.savez(
-      os.path.join(out_dir, f'{name}.npz'),
+  paths.write_npz_atomic(
+      paths.join(out_dir, f'{name}.npz'),
       image_map=np.asarray(e.image_map), speech_map=np.asarray(e.speech_map),
       frame_importance=sp.frame_importance,
       modality_scores=np.asarray(e.modality_scores),
@@ -430,8 +427,8 @@ def explain_dataset(config, workdir, *, split='test'):
   ex = input_pipeline.load_examples(config, split, int(c.num_examples))
   baseline = make_baseline(config, ex['image'].shape[1:],
                            ex['spectrogram'].shape[1:], workdir=workdir)
-  out_dir = os.path.join(workdir, 'explain')
-  os.makedirs(out_dir, exist_ok=True)
+  out_dir = paths.join(workdir, 'explain')
+  paths.makedirs(out_dir)
   num = len(ex['id'])
   key = jax.random.key(config.seed)
   records = []
@@ -511,8 +508,7 @@ def explain_dataset(config, workdir, *, split='test'):
     summary['speech_cue_chance_rate'] = float(np.mean(speech_chance))
     summary['speech_cue_examples'] = len(speech_hits)
   if jax.process_index() == 0:
-    with open(os.path.join(out_dir, 'summary.json'), 'w') as f:
-      json.dump(summary, f, indent=2)
+    paths.write_json_atomic(paths.join(out_dir, 'summary.json'), summary)
   rates = ', '.join(
       f'{m} {summary[f"{m}_cue_hit_rate"]:.2f} (chance '
       f'{summary[f"{m}_cue_chance_rate"]:.2f})'
@@ -585,9 +581,9 @@ def explain_files(config, workdir, image_path, audio_path):
       context=c.context, key=jax.random.key(config.seed),
       max_batch=int(c.max_batch)).example(0)
   writer = jax.process_index() == 0
-  out_dir = os.path.join(workdir, 'explain')
+  out_dir = paths.join(workdir, 'explain')
   if writer:
-    os.makedirs(out_dir, exist_ok=True)
+    paths.makedirs(out_dir)
   ex_id = '__'.join(os.path.splitext(os.path.basename(p))[0]
                     for p in (image_path, audio_path) if p)
   display_size = _photo_size(image_path) if image_path else None
@@ -601,7 +597,7 @@ def explain_files(config, workdir, image_path, audio_path):
   if not writer:
     return summary
   name = paths.safe_name(ex_id)
-  paths.write_json_atomic(os.path.join(out_dir, f'{name}.json'), summary)
+  paths.write_json_atomic(paths.join(out_dir, f'{name}.json'), summary)
   print(f"prediction: {rec['predicted']} (softmax {rec['probability']:.4f}; "
         f"baseline input {rec['baseline_probability']:.4f})")
   print('modality scores: ' + '  '.join(
@@ -610,6 +606,6 @@ def explain_files(config, workdir, image_path, audio_path):
     print(f'{missing}: absent (the model read its missing input)')
   if missing != 'speech':
     print(f'kept speech segments (s): {rec["segments_s"]}')
-  print(f'wrote {os.path.join(out_dir, name)}.png/.npz/_kept.wav/.json')
+  print(f'wrote {paths.join(out_dir, name)}.png/.npz/_kept.wav/.json')
   return summary
 

@@ -26,10 +26,13 @@ rest as audio (which it then transcribes). Here (PAPER.md, "DnCShap"):
 """
 
 import dataclasses
+import io
 from typing import Callable, Optional
 
 import numpy as np
 import soundfile as sf
+
+from parallelnet.core import paths
 
 # transcriber(kept_waveform, sample_rate) -> text; none is bundled.
 Transcriber = Callable[[np.ndarray, int], str]
@@ -99,6 +102,14 @@ def keep_mask_samples(keep, hop_length: int, num_samples: int) -> np.ndarray:
   return mask
 
 
+def write_wav(path, waveform, sample_rate: int):
+  """A 16-bit PCM WAV at `path` (local or URL), written atomically."""
+  buf = io.BytesIO()
+  sf.write(buf, np.asarray(waveform, np.float32), sample_rate, format='WAV',
+           subtype='PCM_16')
+  paths.write_bytes_atomic(path, buf.getvalue())
+
+
 def explain_speech(speech_map, waveform, *, hop_length: int, sample_rate: int,
                    keep_percentile: float = 30.0,
                    wav_path: Optional[str] = None,
@@ -126,9 +137,9 @@ def explain_speech(speech_map, waveform, *, hop_length: int, sample_rate: int,
   mask = keep_mask_samples(keep, hop_length, waveform.shape[0])
   kept = np.where(mask, waveform, 0.0).astype(np.float32)
   if wav_path is not None:
-    sf.write(wav_path, kept, sample_rate, subtype='PCM_16')
+    write_wav(wav_path, kept, sample_rate)
   if clip_wav_path is not None:
-    sf.write(clip_wav_path, waveform, sample_rate, subtype='PCM_16')
+    write_wav(clip_wav_path, waveform, sample_rate)
   transcript = transcriber(kept, sample_rate) if transcriber else None
   return SpeechExplanation(
       frame_importance=importance.astype(np.float32),

@@ -310,7 +310,7 @@ class Checkpoints:
         n = 1
         while target.exists():
           target, n = dest / f'{which}_{s}.{n}', n + 1
-        (self.root / which / str(s)).rename(target)
+        paths.move(self.root / which / str(s), target)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       multihost_utils.sync_global_devices('parallelnet damaged set aside')
@@ -373,7 +373,7 @@ def restore_for_inference(config: ml_collections.ConfigDict, workdir: str,
     tree, _ = ckpts.restore(which, abstract, partial=True)
     if tree is None:
       raise MissingCheckpointError(
-          f'No {which!r} checkpoint under {os.path.join(workdir, "checkpoints")}'
+          f'No {which!r} checkpoint under {paths.join(workdir, "checkpoints")}'
           f'; train first (python main.py --workdir={workdir}).')
     step = int(tree['step'])
   finally:
@@ -392,7 +392,7 @@ def write_config(config: ml_collections.ConfigDict, workdir: str):
   """
   if jax.process_index() != 0:
     return
-  paths.write_text_atomic(os.path.join(workdir, CONFIG_FILE),
+  paths.write_text_atomic(paths.join(workdir, CONFIG_FILE),
                           config.to_json(indent=2, sort_keys=True) + '\n')
 
 
@@ -403,8 +403,8 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   lacks (added after the run) take configs/parallelnet.py's defaults.
   """
   from configs import parallelnet as default_config  # pylint: disable=g-import-not-at-top
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.isfile(path):
+  path = paths.join(workdir, CONFIG_FILE)
+  if not paths.isfile(path):
     raise errors.UserError(
         f'No {CONFIG_FILE} in {workdir!r}: it is not a training workdir of '
         'this codebase, or it was trained before training wrote its config. '
@@ -441,8 +441,8 @@ def config_for_workdir(config: ml_collections.ConfigDict, workdir: str,
   that differs from the saved value contradicts the trained weights: a
   one-line UserError naming both. Without config.json, `config` as is.
   """
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.isfile(path):
+  path = paths.join(workdir, CONFIG_FILE)
+  if not paths.isfile(path):
     return config
   saved = read_config(workdir)
   overrides = dict(overrides or {})
@@ -463,7 +463,7 @@ def config_for_workdir(config: ml_collections.ConfigDict, workdir: str,
                    and _flat(config.to_dict()).get(k) != v)
   if changed:
     logging.info('Model, input and dataset settings from %s (differ from '
-                 'the --config file in %s).', os.path.abspath(path),
+                 'the --config file in %s).', paths.abspath(path),
                  ', '.join(changed[:8]) + (' ...' if len(changed) > 8 else ''))
   out.lock()
   return out

@@ -8,8 +8,9 @@ line of each epoch.
 
 import json
 import math
-import os
 import time
+
+from parallelnet.core import paths
 
 FILE = 'history.jsonl'
 
@@ -25,24 +26,23 @@ def log_epoch(workdir: str, epoch: int, step: int, scalars: dict,
   for k, v in scalars.items():
     v = float(v)
     record[k] = v if math.isfinite(v) else None
-  with open(os.path.join(workdir, FILE), 'a', encoding='utf-8') as f:
-    f.write(json.dumps(record) + '\n')
+  paths.append_text(paths.join(workdir, FILE), json.dumps(record) + '\n')
 
 
 def read(workdir: str) -> tuple[list[dict], list[str]]:
   """(records sorted by epoch, problems): unreadable lines are skipped and
   named in `problems`; [] when there is no file."""
-  path = os.path.join(workdir, FILE)
-  if not os.path.isfile(path):
+  path = paths.join(workdir, FILE)
+  if not paths.isfile(path):
     return [], []
   by_epoch, problems = {}, []
-  with open(path, encoding='utf-8', errors='replace') as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        rec = json.loads(line)
-        by_epoch[int(rec['epoch'])] = rec
-      except (ValueError, KeyError, TypeError) as e:
-        problems.append(f'{path}:{n}: not an epoch record ({e}); skipped.')
+  text = paths.read_bytes(path).decode('utf-8', errors='replace')
+  for n, line in enumerate(text.splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      rec = json.loads(line)
+      by_epoch[int(rec['epoch'])] = rec
+    except (ValueError, KeyError, TypeError) as e:
+      problems.append(f'{path}:{n}: not an epoch record ({e}); skipped.')
   return [by_epoch[k] for k in sorted(by_epoch)], problems

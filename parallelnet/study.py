@@ -250,7 +250,7 @@ def check_row_folder(row: str, config, row_dir: str, cv: bool) -> bool:
   holds a run of another config and config.study.retrain_changed allows
   retraining it; UserError naming the differing fields otherwise."""
   path = _saved_config_path(row_dir, cv)
-  if not os.path.exists(path):
+  if not paths.exists(path):
     return False
   diff = changed_fields(_read_json(path), config,
                         ignore=('dataset.fold',) if cv else ())
@@ -274,10 +274,10 @@ def _move_aside(row_dir):
   """Renames a stale row folder to <folder>.stale (or .staleN if taken)."""
   if jax.process_index() == 0:
     target, n = f'{row_dir}.stale', 1
-    while os.path.exists(target):
+    while paths.exists(target):
       n += 1
       target = f'{row_dir}.stale{n}'
-    os.rename(row_dir, target)
+    paths.move(row_dir, target)
     logging.info('Moved %s to %s.', row_dir, target)
   mesh_lib.allgather_json(None)  # Every process waits for the rename.
 
@@ -304,7 +304,7 @@ def validation_metrics(config, row_dir: str, cv: bool, data=None) -> dict:
   for d, fold in dirs:
     cached = os.path.join(d, 'eval_metrics_validation.json')
     test = os.path.join(d, 'eval_metrics.json')
-    if (os.path.exists(cached) and os.path.exists(test)
+    if (paths.exists(cached) and paths.exists(test)
         and _read_json(cached).get('checkpoint_step')
         == _read_json(test).get('checkpoint_step')):
       got.append(_read_json(cached))
@@ -326,8 +326,7 @@ def validation_metrics(config, row_dir: str, cv: bool, data=None) -> dict:
 
 
 def _read_json(path):
-  with open(path) as f:
-    return json.load(f)
+  return paths.read_json(path)
 
 
 def run_row(row: str, config, row_dir: str, cv: bool, data=None) -> dict:
@@ -340,11 +339,11 @@ def run_row(row: str, config, row_dir: str, cv: bool, data=None) -> dict:
   metrics_path = os.path.join(
       row_dir, 'cv_metrics.json' if cv else 'eval_metrics.json')
   info_path = os.path.join(row_dir, 'study_row.json')
-  reused = os.path.exists(metrics_path)
+  reused = paths.exists(metrics_path)
   if reused:
     logging.info('Study row %s: reusing %s.', row, metrics_path)
     seconds = (_read_json(info_path)['train_seconds']
-               if os.path.exists(info_path) else float('nan'))
+               if paths.exists(info_path) else float('nan'))
   else:
     logging.info('Study row %s: training in %s.', row, row_dir)
     t0 = time.time()

@@ -13,11 +13,11 @@ classes, input_spec, description, predict); the construction library never
 imports this module, only its command line does.
 """
 
-import os
 
 import numpy as np
 
 from parallelnet.models import scaling as scaling_table
+from parallelnet.core import paths
 from parallelnet.core.errors import UserError
 from parallelnet import checkpointing
 from parallelnet import inference
@@ -31,7 +31,7 @@ class WorkdirTeacher:
     if modality not in ('speech', 'image'):
       raise ValueError(f'modality={modality!r}; expected speech or image.')
     who = {'speech': '--ser_teacher', 'image': '--ier_teacher'}[modality]
-    if not os.path.isdir(workdir):
+    if not paths.isdir(workdir):
       raise UserError(f'{who}={workdir}: no such folder (a training workdir '
                       'or module:function).')
     try:
@@ -50,7 +50,7 @@ class WorkdirTeacher:
     self.workdir = workdir
     self.config = config
     self.classes = tuple(config.dataset.classes)
-    self.description = f'workdir {os.path.abspath(workdir)} ({which}, step {step})'
+    self.description = f'workdir {paths.abspath(workdir)} ({which}, step {step})'
     c = config.input
     if modality == 'speech':
       self.input_spec = dict(kind='spectrogram', sample_rate=int(c.sample_rate),

@@ -8,6 +8,8 @@ confusion_matrix.png (the paper's Fig. 4), written atomically by process 0.
 import io
 import math
 import os
+import shutil
+import tempfile
 
 from absl import logging
 import jax
@@ -53,16 +55,63 @@ class LoggingOnlyWriter:
     pass
 
 
+class MirroredWriter:
+  """A clu writer on a local folder whose files are copied to a URL workdir
+  at every flush and at close.
+
+  TF's summary writer reaches gs:// only through TF's own GCS client, which
+  neither reads gcsfs's configuration nor can be pointed at an emulator;
+  writing events locally and copying them through parallelnet.core.paths
+  sends them through the same client as every other file. Event files are
+  small (scalars and one image per evaluation), so recopying is cheap.
+  """
+
+  def __init__(self, make_writer, workdir):
+    self._local = tempfile.mkdtemp(prefix='parallelnet_events_')
+    self._workdir = workdir
+    self._writer = make_writer(self._local)
+
+  def write_scalars(self, step, scalars):
+    self._writer.write_scalars(step, scalars)
+
+  def write_images(self, step, images):
+    self._writer.write_images(step, images)
+
+  def __getattr__(self, name):
+    return getattr(self._writer, name)
+
+  def _mirror(self):
+    for name in os.listdir(self._local):
+      local = os.path.join(self._local, name)
+      if os.path.isfile(local):
+        with open(local, 'rb') as f:
+          paths.write_bytes_atomic(paths.join(self._workdir, name), f.read())
+
+  def flush(self):
+    self._writer.flush()
+    self._mirror()
+
+  def close(self):
+    self._writer.close()
+    self._mirror()
+    shutil.rmtree(self._local, ignore_errors=True)
+
+
 def metric_writer(workdir):
-  """clu metric writer: TensorBoard events in `workdir` plus logging."""
+  """clu metric writer: TensorBoard events in `workdir` plus logging
+  (events go through a local folder when `workdir` is a URL)."""
   try:
     from clu import metric_writers  # pylint: disable=g-import-not-at-top
   except ImportError as e:  # clu's TensorBoard writer needs `tensorboard`.
     logging.warning('No TensorBoard events will be written (%s); install '
                     'tensorboard==2.21.0 to get them.', e)
     return LoggingOnlyWriter()
-  return metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0, asynchronous=False)
+  just_logging = jax.process_index() > 0
+  make = lambda d: metric_writers.create_default_writer(  # pylint: disable=g-long-lambda
+      d, just_logging=just_logging, asynchronous=False)
+  if paths.is_url(workdir) and not just_logging:
+    return MirroredWriter(make, workdir)
+  return make(workdir)
 
 
 class NonFiniteLossError(errors.UserError, FloatingPointError):
@@ -80,7 +129,7 @@ def check_finite(step: int, out: dict, ckpts, workdir: str):
       raise NonFiniteLossError(
           f'Non-finite {name} ({value}) at training step {step}: training '
           f'stopped. The last good checkpoint is step {last} in '
-          f'{os.path.join(workdir, "checkpoints", "latest")} (nothing was '
+          f'{paths.join(workdir, "checkpoints", "latest")} (nothing was '
           f'saved after the failure). Lower train.learning_rate or check the '
           f'inputs.')
 
@@ -126,13 +175,13 @@ def write_eval_outputs(config, workdir, cm, step, split, writer=None):
   summary['split'] = split
   suffix = '' if split == 'test' else f'_{split}'  # Test files keep their names.
   if jax.process_index() == 0:
-    paths.write_json_atomic(os.path.join(workdir, f'eval_metrics{suffix}.json'),
+    paths.write_json_atomic(paths.join(workdir, f'eval_metrics{suffix}.json'),
                             summary)
     png = confusion_png(
         cm, config.dataset.classes,
         f'{split}: accuracy {summary["accuracy"]:.3f}, '
         f'macro-F1 {summary["macro_f1"]:.3f}')
-    paths.write_bytes_atomic(os.path.join(workdir, f'confusion_matrix{suffix}.png'),
+    paths.write_bytes_atomic(paths.join(workdir, f'confusion_matrix{suffix}.png'),
                              png)
     if writer is not None:
       writer.write_scalars(int(step), {f'{split}/{k}': summary[k]

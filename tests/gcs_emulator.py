@@ -1,6 +1,7 @@
 """A local GCS emulator for tests of gs:// workdirs.
 
-`gcs` (session scope) starts `gcp-storage-emulator` in memory on a free
+`gcs` (session scope) starts `gcp-storage-emulator` (with the generation
+preconditions tensorstore needs: gcs_emulator_server.py) in memory on a free
 loopback port, points every client at it through its standard variables
 (gcsfs and google-cloud-storage: STORAGE_EMULATOR_HOST; tensorstore, hence
 orbax: TENSORSTORE_GCS_HTTP_URL and GOOGLE_AUTH_TOKEN_FOR_TESTING; gcsfs's
@@ -27,6 +28,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -77,6 +79,7 @@ def _wait_until_up(endpoint: str, proc, timeout_s: float = 30.0):
   deadline = time.monotonic() + timeout_s
   while time.monotonic() < deadline:
     if proc.poll() is not None:
+      proc.stdout.seek(0)
       out = proc.stdout.read().decode(errors='replace')
       raise RuntimeError(f'gcp-storage-emulator exited:\n{out[-2000:]}')
     try:
@@ -97,11 +100,16 @@ def gcs():
   pytest.importorskip('gcsfs')
   port = _free_port()
   endpoint = f'http://127.0.0.1:{port}'
+  # Its log goes to a file: a pipe nobody reads fills up after a few
+  # thousand requests and then blocks the server.
+  log = tempfile.TemporaryFile()
   proc = subprocess.Popen(
-      [sys.executable, '-m', 'gcp_storage_emulator', 'start',
+      [sys.executable, os.path.join(os.path.dirname(__file__),
+                                    'gcs_emulator_server.py'), 'start',
        '--host=127.0.0.1', f'--port={port}', '--in-memory',
        f'--default-bucket={DEFAULT_BUCKET}'],
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+      stdout=log, stderr=subprocess.STDOUT)
+  proc.stdout = log
   saved = {}
   try:
     _wait_until_up(endpoint, proc)

@@ -9,6 +9,7 @@ and in the log, and the rest of the page is drawn regardless.
 import csv
 import datetime
 import html
+import io
 import importlib.util
 import json
 import math
@@ -63,7 +64,7 @@ class _Workdir:
   """The workdir's files, read once, with the problems and gaps met."""
 
   def __init__(self, workdir):
-    self.workdir = os.path.abspath(workdir)
+    self.workdir = paths.abspath(workdir)
     self.out = os.path.join(self.workdir, REPORT_DIR)
     self.problems = []  # Damaged or missing files: named in page and log.
     self.missing = []  # (part, command that makes it).
@@ -73,7 +74,7 @@ class _Workdir:
 
   def rel(self, *parts):
     """`parts` relative to report/ (links in the page)."""
-    return _href(os.path.relpath(self.path(*parts), self.out))
+    return _href('/'.join(('..',) + parts))
 
   def problem(self, text):
     logging.warning('report: %s', text)
@@ -82,11 +83,10 @@ class _Workdir:
   def json(self, *parts):
     """The parsed JSON file, or None when absent or damaged (a problem)."""
     p = self.path(*parts)
-    if not os.path.isfile(p):
+    if not paths.isfile(p):
       return None
     try:
-      with open(p, encoding='utf-8') as f:
-        return json.load(f)
+      return json.loads(paths.read_text(p))
     except (OSError, ValueError) as e:
       self.problem(f'{p}: damaged JSON ({e}); its section is left out.')
       return None
@@ -94,15 +94,15 @@ class _Workdir:
   def jsonl(self, name):
     p = self.path(name)
     out = []
-    if not os.path.isfile(p):
+    if not paths.isfile(p):
       return out
-    with open(p, encoding='utf-8', errors='replace') as f:
-      for n, line in enumerate(f, 1):
-        if line.strip():
-          try:
-            out.append(json.loads(line))
-          except ValueError as e:
-            self.problem(f'{p}:{n}: damaged JSON line ({e}); skipped.')
+    text = paths.read_bytes(p).decode('utf-8', errors='replace')
+    for n, line in enumerate(text.splitlines(), 1):
+      if line.strip():
+        try:
+          out.append(json.loads(line))
+        except ValueError as e:
+          self.problem(f'{p}:{n}: damaged JSON line ({e}); skipped.')
     return out
 
   def command(self, mode):
@@ -160,8 +160,8 @@ def _run_section(w):
     facts.append(('split sizes', ', '.join(
         f'{k} {v}' for k, v in train_runs[-1]['splits'].items())))
   best = w.path('checkpoints', 'best')
-  steps = sorted(int(s) for s in os.listdir(best) if s.isdigit()) if (
-      os.path.isdir(best)) else []
+  steps = sorted(int(s) for s in paths.listdir(best) if s.isdigit()) if (
+      paths.isdir(best)) else []
   if steps:
     facts.append(('checkpoint', f'best at step {steps[-1]}'))
   else:
@@ -316,11 +316,10 @@ def _metrics_section(w):
 
 def _study_section(w):
   p = w.path('study.csv')
-  if not os.path.isfile(p):
+  if not paths.isfile(p):
     return None
   try:
-    with open(p, encoding='utf-8', newline='') as f:
-      rows = list(csv.DictReader(f))
+    rows = list(csv.DictReader(io.StringIO(paths.read_text(p), newline='')))
   except (OSError, csv.Error, UnicodeDecodeError) as e:
     w.problem(f'{p}: unreadable CSV ({e}); the study table is left out.')
     return None
@@ -332,11 +331,11 @@ def _study_section(w):
     folder = _row_folder(r.get('row', ''))
     cells = [(_Raw(f'<td><a href="{w.rel(folder, REPORT_DIR, "index.html")}">'
                    f'{_esc(v)}</a></td>')
-              if k == 'row' and folder and os.path.isdir(w.path(folder))
+              if k == 'row' and folder and paths.isdir(w.path(folder))
               else _fmt(_num(v))) for k, v in r.items()]
     body.append(cells)
   out = _table(header, body, 'study')
-  if os.path.isfile(w.path('study.png')):
+  if paths.isfile(w.path('study.png')):
     out += f'<img class="chart" src="{w.rel("study.png")}" alt="study">'
   return out
 
@@ -362,7 +361,7 @@ def _examples(w):
   """(summary, examples) from explain/summary.json, or (None, [])."""
   s = w.json('explain', 'summary.json')
   if s is None:
-    if not os.path.isfile(w.path('explain', 'summary.json')):
+    if not paths.isfile(w.path('explain', 'summary.json')):
       w.missing.append(('explanations (explain/summary.json)',
                         w.command('explain')))
     return None, []
@@ -394,7 +393,7 @@ def _shares(e):
 
 def _media(w, rel_in_workdir, tag):
   """The HTML for one media file, or a line naming it as missing."""
-  if not os.path.isfile(w.path(rel_in_workdir)):
+  if not paths.isfile(w.path(rel_in_workdir)):
     w.problem(f'{w.path(rel_in_workdir)}: missing media file.')
     return f'<p class="missing">missing: {_esc(rel_in_workdir)}</p>'
   src = w.rel(rel_in_workdir)
@@ -434,7 +433,7 @@ def _card(w, e, used):
   audio = ''
   if 'speech' in used:
     clip = (_media(w, os.path.join('explain', f'{name}.wav'), 'audio')
-            if os.path.isfile(w.path('explain', f'{name}.wav')) else
+            if paths.isfile(w.path('explain', f'{name}.wav')) else
             '<p class="note">clip not saved (explanations older than the '
             'report; rerun --mode=explain)</p>')
     # Players are made when the card nears the viewport (report.js): a
@@ -593,15 +592,14 @@ def write_report(workdir: str, *, run: dict | None = None,
   from parallelnet import history  # pylint: disable=g-import-not-at-top
   t0 = time.time()
   w = _Workdir(workdir)
-  if not os.path.isdir(w.workdir):
+  if not paths.isdir(w.workdir):
     from parallelnet.core.errors import UserError  # pylint: disable=g-import-not-at-top
     raise UserError(f'--workdir={workdir}: no such folder, so nothing to '
                     'report on.')
-  os.makedirs(w.out, exist_ok=True)
+  paths.makedirs(w.out)
   if run is not None:
-    with open(w.path(RUNS_FILE), 'a', encoding='utf-8') as f:
-      f.write(json.dumps(run, default=str) + '\n')
-  if rows and os.path.isfile(w.path('study.csv')):
+    paths.append_text(w.path(RUNS_FILE), json.dumps(run, default=str) + '\n')
+  if rows and paths.isfile(w.path('study.csv')):
     _row_reports(w)
   w.runs = w.jsonl(RUNS_FILE)
   w.config = w.json('config.json') or {}
@@ -635,7 +633,7 @@ def write_report(workdir: str, *, run: dict | None = None,
       ('study', 'study'), ('aggregates', 'aggregates'),
       ('explanations', 'explanations')) if f'id="{sid}"' in ''.join(sections))
   page = string.Template(_asset('template.html')).substitute(
-      title=_esc(f'ParallelNet run: {os.path.basename(w.workdir)}'),
+      title=_esc(f'ParallelNet run: {os.path.basename(w.workdir.rstrip("/"))}'),
       css=_asset('report.css'), js=_asset('report.js'), nav=nav,
       generated=_esc(datetime.datetime.now().strftime('%Y-%m-%d %H:%M:%S')),
       notes=notes, body=''.join(sections))
@@ -649,11 +647,11 @@ def write_report(workdir: str, *, run: dict | None = None,
 
 def _row_reports(w):
   try:
-    with open(w.path('study.csv'), encoding='utf-8', newline='') as f:
-      names = [r.get('row', '') for r in csv.DictReader(f)]
+    names = [r.get('row', '') for r in csv.DictReader(
+        io.StringIO(paths.read_text(w.path('study.csv')), newline=''))]
   except (OSError, csv.Error, UnicodeDecodeError):
     return  # The study section names the problem.
   for name in names:
     folder = _row_folder(name)
-    if folder and os.path.isdir(w.path(folder)):
+    if folder and paths.isdir(w.path(folder)):
       write_report(w.path(folder), rows=False)

@@ -77,7 +77,12 @@ def makedirs(p):
 
 
 def listdir(p) -> list[str]:
-  """Sorted names of the entries directly in folder `p`."""
+  """Sorted names of the entries directly in folder `p` (on an object store,
+  listed afresh: another process may have written there meanwhile)."""
+  if is_url(p):
+    import fsspec  # pylint: disable=g-import-not-at-top
+    fs, root = fsspec.core.url_to_fs(str(p))
+    fs.invalidate_cache(root)
   return sorted(c.name for c in epath.Path(p).iterdir())
 
 
@@ -234,6 +239,81 @@ def write_json_atomic(p, obj, **kwargs):
   """JSON with a trailing newline (indent=2 unless given)."""
   kwargs.setdefault('indent', 2)
   write_text_atomic(p, json.dumps(obj, **kwargs) + '\n')
+
+
+def append_text(p, text: str):
+  """Appends `text` to file `p` (created if missing). Object stores have no
+  append: there the file is read and rewritten atomically, which suits the
+  small logs this is used for (one line per epoch or run)."""
+  if not is_url(p):
+    os.makedirs(os.path.dirname(os.path.abspath(p)), exist_ok=True)
+    with open(p, 'a', encoding='utf-8', newline='') as f:
+      f.write(text)
+    return
+  old = read_bytes(p) if exists(p) else b''
+  write_bytes_atomic(p, old + text.encode('utf-8'))
+
+
+def write_npz_atomic(p, **arrays):
+  """np.savez of `arrays` to `p` (local or URL), atomically."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  buf = io.BytesIO()
+  np.savez(buf, **arrays)
+  write_bytes_atomic(p, buf.getvalue())
+
+
+def read_npz(p) -> dict:
+  """{name: array} of the .npz at `p`; never unpickles (allow_pickle=False)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  with np.load(io.BytesIO(read_bytes(p)), allow_pickle=False) as data:
+    return {k: data[k] for k in data.files}
+
+
+def files_with_mtimes(p) -> list[tuple[str, float]]:
+  """(path relative to folder `p`, modification time in seconds) of every
+  file under `p`; one listing request on an object store."""
+  if not is_url(p):
+    out = []
+    for root, _, files in os.walk(p):
+      for f in files:
+        full = os.path.join(root, f)
+        out.append((os.path.relpath(full, p), os.path.getmtime(full)))
+    return out
+  import datetime  # pylint: disable=g-import-not-at-top
+  import fsspec  # pylint: disable=g-import-not-at-top
+  fs, root = fsspec.core.url_to_fs(str(p))
+  out = []
+  for name, info in fs.find(root, detail=True).items():
+    t = info.get('mtime') or info.get('updated') or info.get('LastModified')
+    if isinstance(t, str):
+      t = datetime.datetime.fromisoformat(t.replace('Z', '+00:00'))
+    if isinstance(t, datetime.datetime):
+      t = t.timestamp()
+    out.append((name[len(root):].lstrip('/'), float(t or 0.0)))
+  return out
+
+
+def move(src, dst):
+  """Renames file or folder `src` to `dst` (same store). Object stores have
+  no folders to rename: there every object under `src` is copied, then
+  deleted."""
+  if not is_url(src):
+    os.rename(src, dst)
+    return
+  import fsspec  # pylint: disable=g-import-not-at-top
+  fs, s = fsspec.core.url_to_fs(str(src))
+  _, d = fsspec.core.url_to_fs(str(dst))
+  fs.mv(s, d, recursive=fs.isdir(s))
+  fs.invalidate_cache()  # Listings cached before the move are stale.
+
+
+def isfile(p) -> bool:
+  return epath.Path(p).is_file()
+
+
+def abspath(p) -> str:
+  """os.path.abspath for a local path; a URL unchanged."""
+  return str(p) if is_url(p) else os.path.abspath(p)
 
 
 def safe_name(text, *, max_len=60) -> str:
