@@ -13,26 +13,35 @@ import numpy as np
 from parallelnet import mesh as mesh_lib
 
 
-def tiny_config(num_classes=4):
-  import ml_collections  # pylint: disable=g-import-not-at-top
+# The tests' one small model, as dotted config fields: `runlocal` at 1/32
+# width with 8-wide features and heads, VGG-16 in both trunks, and a learning
+# rate that moves it within a few steps. tests/test_study.py passes it on the
+# command line (--config.<field>=...).
+TINY = {'model.width': 1 / 32, 'model.feature_dim': 8, 'model.head_dim': 8,
+        'model.speech_backbone': 'vgg16', 'model.image_backbone': 'vgg16',
+        'train.learning_rate': 3e-3, 'train.max_steps_per_epoch': -1}
+
+
+def tiny_config(arg='', num_classes=4, data_dir=None, synthetic_size=48):
+  """`runlocal` (after the variants in `arg`) shrunk to TINY, for 3 epochs.
+
+  num_classes: keep the first few classes (ArrayData's labels); None keeps
+  them all. data_dir: read the synthetic_sier corpus of `synthetic_size`
+  examples built there (all classes) instead of in-memory data.
+  """
   from configs import parallelnet  # pylint: disable=g-import-not-at-top
-  c = parallelnet.get_config('runlocal')
-  c.input.image_size = 32  # VGG's five pools need at least 32 px.
-  c.input.num_frames = 32
-  c.input.n_mels = 32
-  c.model.width = 1 / 32
-  c.model.feature_dim = 8
-  c.model.head_dim = 8
-  c.model.speech_backbone = 'vgg16'
-  c.model.image_backbone = 'vgg16'
-  c.train.batch_size = 8
-  c.train.eval_batch_size = 8
-  c.train.learning_rate = 3e-3
+  c = parallelnet.get_config(','.join(filter(None, ['runlocal', arg])))
+  for field, value in TINY.items():
+    group, name = field.split('.')
+    c[group][name] = value
   c.train.num_epochs = 3
-  c.train.max_steps_per_epoch = -1
   c.train.log_every_steps = 2
-  c.dataset.classes = c.dataset.classes[:num_classes]
-  assert isinstance(c, ml_collections.ConfigDict)
+  if data_dir is not None:
+    c.dataset.name = 'synthetic_sier'
+    c.dataset.data_dir = data_dir
+    c.dataset.synthetic_size = synthetic_size
+  elif num_classes is not None:
+    c.dataset.classes = c.dataset.classes[:num_classes]
   return c
 
 
