@@ -78,7 +78,7 @@ def test_same_explanations_on_1_and_4_devices_and_2_processes(tmp_path,
   # Process 0 explained batches 0 and 2, process 1 batch 1: each wrote only
   # its own examples' files, and only process 0 the summary.
   files = lambda ex: [f'{e}{s}' for e in ex
-                      for s in ('.npz', '.png', '_kept.wav')]
+                      for s in ('.npz', '.png', '.wav', '_kept.wav')]
   assert _names(wd['p0']) == sorted(files(['ex0', 'ex1', 'ex4']) +
                                     ['summary.json'])
   assert _names(wd['p1']) == sorted(files(['ex2', 'ex3']))
