@@ -72,7 +72,8 @@ def _assert_same(a, b, atol=1e-5):
   np.testing.assert_allclose(a.speech_map, b.speech_map, atol=atol, rtol=0)
 
 
-@pytest.mark.parametrize('mode,context', SETTINGS)
+@pytest.mark.parametrize('mode,context',
+                         train_helpers.fast_first(SETTINGS))
 def test_toy_factorized_equals_plain(mode, context, depth=2):
   fn = _toy()
   plain = lambda im, sp: fn(im, sp)  # The same function, unfactorized.
@@ -112,7 +113,8 @@ def test_encodings_are_fewer_and_chunks_bounded_by_max_batch():
 VARIANTS = ['', 'ser_only', 'ier_only', 'baseline2', 'baseline1']
 
 
-@pytest.mark.parametrize('variant', VARIANTS)
+@pytest.mark.parametrize('variant',
+                         train_helpers.fast_first(VARIANTS))
 def test_parallelnet_factorized_equals_full_forward(variant, tiny_trunk):
   config = train_helpers.tiny_config(
       ','.join(filter(None, [variant, f'n2={tiny_trunk}'])), num_classes=3)

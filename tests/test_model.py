@@ -283,7 +283,8 @@ def test_unimodal_variants_ignore_the_other_modality(variant, kept, dropped):
   assert 'theta' not in params and f'N1_{other}' not in params
 
 
-@pytest.mark.parametrize('crossing', ['before', 'both'])
+@pytest.mark.parametrize('crossing',
+                         train_helpers.fast_first(['before', 'both']))
 def test_crossing_before_n2_mixes_modalities(crossing):
   config = tiny_config()
   config.model.crossing = crossing

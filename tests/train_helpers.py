@@ -1,5 +1,6 @@
-"""Helpers for the tests: the one tiny config, quick variables, and an
-in-memory stand-in for input_pipeline.
+"""Helpers for the tests: the one tiny config, quick variables, the unit
+loop's share of a parameter matrix, and an in-memory stand-in for
+input_pipeline.
 
 `ArrayData` has the same `train_batches` / `eval_batches` / `num_examples` /
 `steps_per_epoch` contract as input_pipeline (global jax.Arrays sharded on the mesh's data
@@ -11,6 +12,7 @@ so a tiny model can learn it.
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from parallelnet import mesh as mesh_lib
 
@@ -47,6 +49,15 @@ def tiny_config(arg='', num_classes=4, data_dir=None, synthetic_size=48):
   elif num_classes is not None:
     c.dataset.classes = c.dataset.classes[:num_classes]
   return c
+
+
+def fast_first(params):
+  """A parametrize list whose first case runs in the unit loop and the rest
+  are `slow` (CI runs them all): each case compiles its own program. A
+  tuple is one case's values for several argument names."""
+  as_param = lambda p: pytest.param(*(p if isinstance(p, tuple) else (p,)),
+                                    marks=pytest.mark.slow)
+  return [params[0]] + [as_param(p) for p in params[1:]]
 
 
 def quick_variables(init_fn, seed=0):
