@@ -1,6 +1,9 @@
 """Shared pytest fixtures. Others may append fixtures below; keep each tiny."""
 
+from typing import Any
+
 import jax
+import jax.numpy as jnp
 import pytest
 
 
@@ -15,3 +18,27 @@ def fast_compile():
   jax.config.update('jax_disable_most_optimizations', True)
   yield
   jax.config.update('jax_disable_most_optimizations', before)
+
+
+@pytest.fixture
+def tiny_trunk(monkeypatch):
+  """Registers the N2 trunk 'tiny_bn' (config variant n2=tiny_bn): one
+  strided conv and a BatchNorm as the registry's trunks use it, far cheaper
+  to compile than VGG, for tests whose subject is not the trunk."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from parallelnet.models import backbones  # pylint: disable=g-import-not-at-top
+  from parallelnet.models import common  # pylint: disable=g-import-not-at-top
+
+  class TinyBNTrunk(nn.Module):
+    width: float = 1.0
+    dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train=False):
+      x = nn.Conv(4, (3, 3), strides=(4, 4), name='conv')(x)
+      return nn.relu(common.batch_norm(train, self.dtype, 'bn')(x))
+
+  monkeypatch.setitem(backbones._REGISTRY, 'tiny_bn',  # pylint: disable=protected-access
+                      lambda width, dtype, **kw: TinyBNTrunk(width, dtype,
+                                                             **kw))
+  return 'tiny_bn'

@@ -1,8 +1,7 @@
 """Explanations on several devices / processes; used by test_explain_mesh.py.
 
-  python tests/explain_worker.py WORKDIR --devices=4 [--compare OUT.npz]
-  python tests/explain_worker.py WORKDIR --devices=2 --num_processes=2 \
-      --process_id=0 --coordinator=localhost:PORT
+A job of tests/workers.py (arguments: WORKDIR [--compare OUT.npz]), on one
+process with several devices or on each process of a distributed run.
 
 Runs `explain.run.explain_dataset` into WORKDIR with a stand-in model (a
 small non-additive function split by modality, so the factorized path and
@@ -15,8 +14,6 @@ over the devices), for the factorized and the plain function.
 import argparse
 
 import numpy as np
-
-import worker_setup
 
 IMG, FRAMES, MELS = 32, 32, 32  # runlocal sizes.
 NUM_EXAMPLES = 5
@@ -115,19 +112,13 @@ def compare(out):
   np.savez(out, **saved)
 
 
-def main():
+def main(argv):
   p = argparse.ArgumentParser()
   p.add_argument('workdir')
-  worker_setup.add_process_flags(p)
   p.add_argument('--compare', default=None)
-  a = p.parse_args()
-  worker_setup.start(a)
+  a = p.parse_args(argv)
   from explain import run  # pylint: disable=g-import-not-at-top
   if a.compare:
     compare(a.compare)
   install_fakes()
   run.explain_dataset(config(), a.workdir)
-
-
-if __name__ == '__main__':
-  main()

@@ -1,8 +1,7 @@
 """Runs a few train steps of the tiny model on fixed batches; saves the result.
 
-  python tests/multi_worker.py OUT.npz --devices=8 [--mesh_sizes=8,4]
-  python tests/multi_worker.py OUT.npz --devices=2 --process_id=0 \
-      --num_processes=2 --coordinator=localhost:PORT
+A job of tests/workers.py (arguments: OUT.npz [--mesh_sizes=8,4]), on one
+process with several devices or on each process of a distributed run.
 
 Each mesh size n runs the same steps on a mesh over the first n devices and
 saves its final parameters and per-step losses under the prefix `n{n}/`. Used
@@ -12,17 +11,13 @@ is split over devices or processes.
 
 import argparse
 
-import worker_setup
 
-
-def main():
+def main(argv):
   p = argparse.ArgumentParser()
   p.add_argument('out')
   p.add_argument('--mesh_sizes', default='')
-  worker_setup.add_process_flags(p)
   p.add_argument('--steps', type=int, default=3)
-  a = p.parse_args()
-  worker_setup.start(a)
+  a = p.parse_args(argv)
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   out = {}
@@ -71,7 +66,3 @@ def run_steps(devices, num_steps):
   # Fully replicated: every process can read the whole value.
   tree = {'params': state.params, 'batch_stats': state.batch_stats}
   return jax.tree.map(np.asarray, tree), np.array(losses)
-
-
-if __name__ == '__main__':
-  main()

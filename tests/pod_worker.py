@@ -2,16 +2,14 @@
 build barrier in both arrival orders, process-0-only writes, and a resume
 past a damaged checkpoint in a shared workdir.
 
-  python tests/pod_worker.py ROOT OUT.json --process_id=I --coordinator=HOST:PORT
-
-ROOT is the folder both processes share. Used by test_pod.py, which reads
-OUT.json (timings and error messages) of both processes.
+A job of tests/workers.py (arguments: ROOT OUT.json) on each of 2 processes
+with one device. ROOT is the folder both processes share. Used by
+test_pod.py, which reads OUT.json (timings and error messages) of both.
 """
 
 import argparse
 import json
 import os
-import sys
 import time
 
 
@@ -26,20 +24,16 @@ def build_config(data_dir, seed):
   return c
 
 
-def main():
+def main(argv):
   p = argparse.ArgumentParser()
   p.add_argument('root')
   p.add_argument('out')
-  p.add_argument('--process_id', type=int)
-  p.add_argument('--coordinator')
-  a = p.parse_args()
-  os.environ['XLA_FLAGS'] = '--xla_force_host_platform_device_count=1'
-  here = os.path.dirname(os.path.abspath(__file__))
-  sys.path[:0] = [here, os.path.dirname(here)]
+  a = p.parse_args(argv)
+  import jax  # pylint: disable=g-import-not-at-top
   from parallelnet import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from parallelnet.core import errors  # pylint: disable=g-import-not-at-top
-  mesh_lib.maybe_initialize_distributed(a.coordinator, 2, a.process_id)
-  me, out = a.process_id, {}
+  assert jax.process_count() == 2
+  me, out = jax.process_index(), {}
   shared = os.path.join(a.root, 'shared')
 
   # 1. Shared-storage check: data_dir differs per process, workdir is shared.
@@ -102,7 +96,6 @@ def main():
   # 5. A damaged newest checkpoint in the shared workdir: both processes
   # fall back to the previous step together.
   import glob  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
   from input_pipeline import pipeline as pipeline_lib  # pylint: disable=g-import-not-at-top
   mesh = mesh_lib.make_mesh()
   repl = mesh_lib.replicated(mesh)
@@ -130,7 +123,3 @@ def main():
   ckpts.close()
   with open(a.out, 'w') as f:
     json.dump(out, f)
-
-
-if __name__ == '__main__':
-  main()

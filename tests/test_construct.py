@@ -514,6 +514,7 @@ def test_teacher_inference_on_a_4_device_mesh(teachers, tmp_path):
                              teachers['image'].predict(x), atol=1e-5)
 
 
+@pytest.mark.slow  # The `teachers` fixture trains two models.
 def test_teacher_uses_the_pipelines_image_scaling(teachers, tmp_path):
   """A workdir trained with image_scaling='auto' decodes as the input
   pipeline resolves it (no pretrained weights: caffe)."""

@@ -12,6 +12,7 @@ from explain import dncshap
 from explain import dncshap_batch
 from explain import num_evaluations
 from explain import region_boxes
+import train_helpers
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
@@ -169,7 +170,8 @@ def test_exact_equals_brute_force_owen(depth):
   assert abs(owen).max() > 1e-3  # The game is not trivial.
 
 
-@pytest.mark.parametrize('mode,context', ALL_SETTINGS)
+@pytest.mark.parametrize('mode,context',
+                         train_helpers.fast_first(ALL_SETTINGS))
 def test_efficiency_at_every_node_and_algorithm1_modality_scores(mode,
                                                                   context):
   image, speech = _inputs(seed=5)
@@ -364,9 +366,8 @@ class _Recursion:
     return [n[1] for n in nodes], [values[n] for n in nodes]
 
 
-@pytest.mark.parametrize('mode,context', [('dnc', 'absent'),
-                                          ('dnc', 'present'),
-                                          ('exact', 'absent')])
+@pytest.mark.parametrize('mode,context', train_helpers.fast_first(
+    [('dnc', 'absent'), ('dnc', 'present'), ('exact', 'absent')]))
 def test_independent_recursion_on_a_nonlinear_game_at_depth_3(mode, context):
   """Every leaf value (and the modality scores) against the recursion
   written from PAPER.md's formulas: odd sizes (area shares differ), a
@@ -396,7 +397,8 @@ def test_independent_recursion_on_a_nonlinear_game_at_depth_3(mode, context):
     assert np.abs(np.array(absent) - ref.leaves(values, 0)[1]).max() > 1e-4
 
 
-@pytest.mark.parametrize('mode,context', ALL_SETTINGS)
+@pytest.mark.parametrize('mode,context',
+                         train_helpers.fast_first(ALL_SETTINGS))
 def test_linear_model_gives_each_region_its_weighted_sum(mode, context):
   image_shape, speech_shape = (7, 9, 3), (5, 11, 1)
   image, speech = _inputs(seed=2, image_shape=image_shape,
@@ -443,10 +445,9 @@ def test_evaluation_count_formulas():
       4, 8, 16, 32, 64, 128]
 
 
-@pytest.mark.parametrize('mode,context', [('exact', 'absent'),
-                                          ('dnc', 'absent'),
-                                          ('dnc', 'random')])
-@pytest.mark.parametrize('depth', [1, 2, 3])
+@pytest.mark.parametrize('mode,context', train_helpers.fast_first(
+    [('exact', 'absent'), ('dnc', 'absent'), ('dnc', 'random')]))
+@pytest.mark.parametrize('depth', train_helpers.fast_first([1, 2, 3]))
 def test_fn_sees_exactly_the_formula_many_distinct_inputs(mode, context,
                                                           depth):
   image, speech = _inputs(seed=7)
@@ -472,8 +473,8 @@ def test_fn_sees_exactly_the_formula_many_distinct_inputs(mode, context,
   assert calls == [min(max_batch, want)] * -(-want // max_batch)
 
 
-@pytest.mark.parametrize('mode,context', [('exact', 'absent'),
-                                          ('dnc', 'random')])
+@pytest.mark.parametrize('mode,context', train_helpers.fast_first(
+    [('exact', 'absent'), ('dnc', 'random')]))
 def test_results_identical_whatever_max_batch(mode, context):
   """Bitwise identical when fn's rows do not depend on the batch size.
 
@@ -536,8 +537,8 @@ def test_random_context_is_deterministic_and_unbiased():
                             - np.asarray(exact.node_values[-1])).max()
 
 
-@pytest.mark.parametrize('mode,context', [('exact', 'absent'),
-                                          ('dnc', 'random')])
+@pytest.mark.parametrize('mode,context', train_helpers.fast_first(
+    [('exact', 'absent'), ('dnc', 'random')]))
 def test_batch_equals_per_example(mode, context):
   pairs = [_inputs(seed=s) for s in range(3)]
   images = np.stack([p[0] for p in pairs])

@@ -14,6 +14,7 @@ from explain import num_evaluations
 from explain import run
 from parallelnet.core import scaling as core_scaling
 from parallelnet.core.errors import UserError
+import train_helpers
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
@@ -80,8 +81,10 @@ def _halves(x):
   return a, b
 
 
-@pytest.mark.parametrize('context', ['absent', 'present'])
-@pytest.mark.parametrize('fn', [FN, FN_IMAGE_ONLY], ids=['both', 'image'])
+@pytest.mark.parametrize('context',
+                         train_helpers.fast_first(['absent', 'present']))
+@pytest.mark.parametrize('fn', train_helpers.fast_first([FN, FN_IMAGE_ONLY]),
+                         ids=['both', 'image'])
 def test_depth1_dnc_equals_algorithm1_four_evaluations_and_first_split(
     fn, context):
   images, speeches = _data(1, seed=3)

@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import parallelnet as config_lib
 from explain import dncshap
 from explain import dncshap_batch
 from explain import FactorizedFn
@@ -18,6 +17,7 @@ from explain import num_encodings
 from explain import num_evaluations
 from explain import run as explain_run
 from parallelnet import models
+import train_helpers
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
@@ -72,7 +72,8 @@ def _assert_same(a, b, atol=1e-5):
   np.testing.assert_allclose(a.speech_map, b.speech_map, atol=atol, rtol=0)
 
 
-@pytest.mark.parametrize('mode,context', SETTINGS)
+@pytest.mark.parametrize('mode,context',
+                         train_helpers.fast_first(SETTINGS))
 def test_toy_factorized_equals_plain(mode, context, depth=2):
   fn = _toy()
   plain = lambda im, sp: fn(im, sp)  # The same function, unfactorized.
@@ -106,48 +107,20 @@ def test_encodings_are_fewer_and_chunks_bounded_by_max_batch():
   assert max(record['image'] + record['speech'] + record['fuse']) <= 4
 
 
-def _tiny(variant, backbone='vgg16'):
-  c = config_lib.get_config(','.join(filter(None, ['runlocal', variant])))
-  c.model.width = 1 / 32
-  c.model.feature_dim = 8
-  c.model.head_dim = 8
-  c.model.speech_backbone = backbone
-  c.model.image_backbone = backbone
-  c.dataset.classes = c.dataset.classes[:3]
-  return c
+# Every modality set and crossing; 'both' and 'before' keep N2 per coalition
+# (crossed inputs), the others cache it. The trunk only changes what
+# encode_* run, so the cheapest one serves (conftest.py's tiny_trunk).
+VARIANTS = ['', 'ser_only', 'ier_only', 'baseline2', 'baseline1']
 
 
-def _quick_variables(model, config):
-  """Variables of the model's shapes from numpy (no random-init compile)."""
-  shapes = jax.eval_shape(
-      lambda k: models.init_variables(model, config, k), jax.random.key(0))
-  rng = np.random.default_rng(1)
-
-  def fill(path, s):
-    name = jax.tree_util.keystr(path[-1:])
-    if name == "['var']":
-      return np.ones(s.shape, s.dtype)
-    if name == "['mean']":
-      return np.zeros(s.shape, s.dtype)
-    std = np.sqrt(2.0 / np.prod(s.shape[:-1])) if len(s.shape) > 1 else 0.3
-    return (rng.normal(0, std, s.shape) + (name == "['scale']")).astype(
-        s.dtype)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
-# (config variant, backbone): every modality set and crossing; 'both' and
-# 'before' keep N2 per coalition (crossed inputs), the others cache it. The
-# backbone only changes what encode_* run, so the cheapest trunk serves.
-VARIANTS = [('', 'vgg16'), ('ser_only', 'vgg16'), ('ier_only', 'vgg16'),
-            ('baseline2', 'vgg16'), ('baseline1', 'vgg16')]
-
-
-@pytest.mark.parametrize('variant,backbone', VARIANTS)
-def test_parallelnet_factorized_equals_full_forward(variant, backbone):
-  config = _tiny(variant, backbone)
+@pytest.mark.parametrize('variant',
+                         train_helpers.fast_first(VARIANTS))
+def test_parallelnet_factorized_equals_full_forward(variant, tiny_trunk):
+  config = train_helpers.tiny_config(
+      ','.join(filter(None, [variant, f'n2={tiny_trunk}'])), num_classes=3)
   model = models.get_model(config)
-  variables = _quick_variables(model, config)
+  variables = train_helpers.quick_variables(
+      lambda k: models.init_variables(model, config, k), seed=1)
   s = config.input.image_size
   rng = np.random.default_rng(2)
   images = rng.normal(size=(2, s, s, 3)).astype(np.float32)
@@ -157,8 +130,9 @@ def test_parallelnet_factorized_equals_full_forward(variant, backbone):
   plain = explain_run.probability_fn(model, variables, factorized=False)
   assert isinstance(fact, FactorizedFn)
   # The factorized function called whole is the model's forward pass.
-  np.testing.assert_allclose(fact(images, speech), plain(images, speech),
-                             atol=1e-6, rtol=0)
+  whole = jax.jit(lambda f, i, s: f(i, s))  # Compiled, not op by op.
+  np.testing.assert_allclose(whole(fact, images, speech),
+                             plain(images, speech), atol=1e-6, rtol=0)
   for mode in ('exact', 'dnc'):
     kw = dict(depth=1, mode=mode, max_batch=4)
     a = dncshap_batch(fact, images, speech, **kw)

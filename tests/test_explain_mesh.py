@@ -1,26 +1,22 @@
 """Explanations spread over devices and processes equal single-device ones.
 
-tests/explain_worker.py runs in subprocesses (the device count is fixed
-before JAX starts): 4 simulated devices in one process, and 2 processes x 2
-devices on localhost; the reference runs here, on one device.
+tests/explain_worker.py runs in subprocesses of tests/workers.py (the
+device count is fixed before JAX starts): 4 simulated devices in one
+process, and 2 processes x 2 devices on localhost; the reference runs here,
+on one device.
 """
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 import explain_worker
-import worker_setup
+import workers
 from explain import run
 
 pytestmark = [pytest.mark.usefixtures('fast_compile'), pytest.mark.slow]
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-WORKER = os.path.join(HERE, 'explain_worker.py')
 
 
 def _names(workdir):
@@ -57,27 +53,16 @@ def _assert_close(a, b, path='summary'):
 
 def test_same_explanations_on_1_and_4_devices_and_2_processes(tmp_path,
                                                               monkeypatch):
-  port = worker_setup.free_port()
-  env = dict(os.environ, XLA_FLAGS='')
   wd = {k: str(tmp_path / k) for k in ('one', 'four', 'p0', 'p1')}
-  cmds = {
-      'four': [wd['four'], '--devices=4',
-               f'--compare={tmp_path / "compare.npz"}'],
-      'p0': [wd['p0'], '--devices=2', '--num_processes=2', '--process_id=0',
-             f'--coordinator=localhost:{port}'],
-      'p1': [wd['p1'], '--devices=2', '--num_processes=2', '--process_id=1',
-             f'--coordinator=localhost:{port}'],
-  }
-  procs = {k: subprocess.Popen([sys.executable, WORKER] + c, env=env,
-                               stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-           for k, c in cmds.items()}
+  procs = [workers.start(
+      'explain_worker', [wd['four'], f'--compare={tmp_path / "compare.npz"}'],
+      tmp_path / 'four.log', devices=4)]
+  procs += workers.start_group('explain_worker', lambda i: [wd[f'p{i}']],
+                               tmp_path, devices=2)
   # The reference, meanwhile: this process has one device.
   explain_worker.install_fakes(monkeypatch)
   ref = run.explain_dataset(explain_worker.config(), wd['one'])
-  for name, p in procs.items():
-    out, _ = p.communicate(timeout=300)
-    assert p.returncode == 0, f'{name} failed:\n{out[-3000:]}'
+  workers.finish(procs)
 
   # dncshap_batch: device 0 alone vs all 4, examples (5) and coalitions
   # (1, 3 < 4) split, factorized and plain.
@@ -93,7 +78,7 @@ def test_same_explanations_on_1_and_4_devices_and_2_processes(tmp_path,
   # Process 0 explained batches 0 and 2, process 1 batch 1: each wrote only
   # its own examples' files, and only process 0 the summary.
   files = lambda ex: [f'{e}{s}' for e in ex
-                      for s in ('.npz', '.png', '_kept.wav')]
+                      for s in ('.npz', '.png', '.wav', '_kept.wav')]
   assert _names(wd['p0']) == sorted(files(['ex0', 'ex1', 'ex4']) +
                                     ['summary.json'])
   assert _names(wd['p1']) == sorted(files(['ex2', 'ex3']))

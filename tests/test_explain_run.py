@@ -147,6 +147,7 @@ def test_explain_files_prints_prediction(fakes, tmp_path, capsys):
   assert os.path.exists(tmp_path / 'explain' / 'cat__meow.json')
 
 
+@pytest.mark.slow  # Two whole explain runs.
 def test_explain_dataset_uses_the_configured_baseline(fakes, tmp_path,
                                                     monkeypatch):
   """baseline=background reads the (fake) training split, explains with each

@@ -3,10 +3,12 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from parallelnet import losses
 
 
+@pytest.mark.slow  # Keras equivalence.
 def test_focal_and_ce_match_keras():
   """Against Keras' own CategoricalFocalCrossentropy and
   CategoricalCrossentropy (the losses the paper trains with), per example,

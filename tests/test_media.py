@@ -422,6 +422,7 @@ def test_decoding_is_ordered_and_bounded_in_flight(monkeypatch):
   assert os.getpid() not in pids and len(pids) >= 1
 
 
+@pytest.mark.slow  # Two whole dataset builds under tracemalloc.
 def test_build_memory_does_not_grow_with_examples(tmp_path, monkeypatch):
   """tracemalloc peak of whole builds of N and 4N examples: the decoded
   arrays (14 KB an example here) stream; what grows is only the manifest

@@ -2,7 +2,6 @@
 
 import functools
 import re
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -15,6 +14,7 @@ from parallelnet import models
 from parallelnet import summary
 from parallelnet.models import common
 from parallelnet.models import parallelnet as parallelnet_lib
+import train_helpers
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
@@ -33,39 +33,12 @@ def random_inputs(config, key, batch=2):
   return image, spectrogram
 
 
-def quick_variables(init_fn, seed=0):
-  """Variables shaped like `init_fn(key)`'s, filled from numpy.
-
-  Compiling a random initialiser costs far more than the tests that use it
-  (one threefry per leaf); the real initialisers are exercised by `proposed`.
-  He-scaled normal kernels, small biases, BatchNorm scale near 1, running
-  statistics (0, 1).
-  """
-  rng = np.random.default_rng(seed)
-
-  def fill(path, s):
-    name = jax.tree_util.keystr(path[-1:])
-    if name == "['var']":
-      return jnp.ones(s.shape, s.dtype)
-    if name == "['mean']":
-      return jnp.zeros(s.shape, s.dtype)
-    if len(s.shape) > 1:
-      std = np.sqrt(2.0 / np.prod(s.shape[:-1]))
-    else:
-      std = 0.1
-    x = rng.normal(0.0, std, s.shape) + (name == "['scale']")
-    return jnp.asarray(x, s.dtype)
-
-  shapes = jax.eval_shape(init_fn, jax.random.key(seed))
-  return jax.tree_util.tree_map_with_path(fill, shapes)
-
-
 def build(config, seed=0, real_init=False):
   model = models.get_model(config)
   if real_init:
     variables = models.init_variables(model, config, jax.random.key(seed))
   else:
-    variables = quick_variables(
+    variables = train_helpers.quick_variables(
         lambda k: models.init_variables(model, config, k), seed)
   apply = jax.jit(lambda v, i, s: model.apply(v, i, s, train=False))
   return model, variables, apply
@@ -163,10 +136,10 @@ def test_eq1_against_separately_applied_branches(proposed):
   v, m = p['variables'], config.model
   image, speech = p['image'], p['spectrogram']
 
-  def branch(module, name, x):
-    return module.apply({'params': v['params'][name],
-                         'batch_stats': v['batch_stats'][name]}, x,
-                        train=False)
+  def branch(module, name, x):  # Compiled: op by op costs more.
+    return jax.jit(functools.partial(module.apply, train=False))(
+        {'params': v['params'][name], 'batch_stats': v['batch_stats'][name]},
+        x)
 
   n1 = parallelnet_lib.ConvBranch(m.feature_dim, m.width,
                                   bn_momentum=m.bn_momentum)
@@ -310,7 +283,8 @@ def test_unimodal_variants_ignore_the_other_modality(variant, kept, dropped):
   assert 'theta' not in params and f'N1_{other}' not in params
 
 
-@pytest.mark.parametrize('crossing', ['before', 'both'])
+@pytest.mark.parametrize('crossing',
+                         train_helpers.fast_first(['before', 'both']))
 def test_crossing_before_n2_mixes_modalities(crossing):
   config = tiny_config()
   config.model.crossing = crossing
@@ -574,7 +548,7 @@ def test_backbone_builds_at_tiny_width(name):
 def test_efficientnet_b0_tiny_train_and_eval():
   net = models.get_backbone('efficientnet_b0', 1 / 8, jnp.float32)
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
-  variables = quick_variables(lambda k: net.init(k, x[:1]))
+  variables = train_helpers.quick_variables(lambda k: net.init(k, x[:1]))
 
   @jax.jit
   def train_apply(v, key):
@@ -661,32 +635,18 @@ def test_bfloat16_compute_keeps_float32_params():
   assert logits.dtype == jnp.float32
 
 
-def test_frozen_trunks_keep_their_batch_stats_in_a_train_step(monkeypatch):
+def test_frozen_trunks_keep_their_batch_stats_in_a_train_step(tiny_trunk):
   """train.trunk_lr_multiplier=0 is Keras' trainable=False: a training step
   leaves the trunks' BatchNorm statistics (and weights) as they were, while
   N1's and the BatchNorm closing N2 move; unfrozen, the trunks' move too."""
   from parallelnet import losses  # pylint: disable=g-import-not-at-top
   from parallelnet import train  # pylint: disable=g-import-not-at-top
-  from parallelnet.models import backbones  # pylint: disable=g-import-not-at-top
 
-  class TinyBNTrunk(nn.Module):
-    """Conv, BatchNorm as the registry's trunks use it; cheap to compile."""
-    width: float = 1.0
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, train=False):
-      x = nn.Conv(4, (3, 3), strides=(4, 4), name='conv')(x)
-      return nn.relu(common.batch_norm(train, self.dtype, 'bn')(x))
-
-  monkeypatch.setitem(backbones._REGISTRY, 'tiny_bn',  # pylint: disable=protected-access
-                      lambda width, dtype, **kw: TinyBNTrunk(width, dtype,
-                                                             **kw))
-  config = tiny_config('ser_only,n2=tiny_bn')
+  config = tiny_config(f'ser_only,n2={tiny_trunk}')
   config.train.trunk_lr_multiplier = 0.0
   model = models.get_model(config)
   assert model.frozen_trunks
-  variables = quick_variables(
+  variables = train_helpers.quick_variables(
       lambda k: models.init_variables(model, config, k))
   image, spectrogram = random_inputs(config, jax.random.key(2), batch=4)
   batch = dict(image=image, spectrogram=spectrogram,

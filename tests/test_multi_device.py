@@ -1,24 +1,17 @@
 """Data parallelism: 1, 4 and 8 simulated CPU devices, and 2 processes x 2
 devices on localhost, give the same losses and parameters (to 1e-5).
 
-Each configuration runs tests/multi_worker.py in a subprocess (the device
-count must be fixed before JAX starts); all three subprocesses run at once.
+Each configuration runs tests/multi_worker.py in a subprocess of
+tests/workers.py (the device count must be fixed before JAX starts); all
+three subprocesses run at once.
 """
 
-import os
-import subprocess
-import sys
-
 import numpy as np
-
-import worker_setup
-
 import pytest
 
-pytestmark = pytest.mark.slow  # Several processes or a whole demo run.
+import workers
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-WORKER = os.path.join(HERE, 'multi_worker.py')
+pytestmark = pytest.mark.slow  # Several processes or a whole demo run.
 
 
 def _leaves(npz, prefix):
@@ -26,25 +19,13 @@ def _leaves(npz, prefix):
 
 
 def test_same_result_on_1_4_8_devices_and_2_processes(tmp_path):
-  port = worker_setup.free_port()
-  env = dict(os.environ, XLA_FLAGS='')
-  cmds = {
-      'single': [WORKER, str(tmp_path / 'single.npz'), '--devices=8',
-                 '--mesh_sizes=8,4,1'],
-      'p0': [WORKER, str(tmp_path / 'p0.npz'), '--devices=2',
-             '--num_processes=2', '--process_id=0',
-             f'--coordinator=localhost:{port}'],
-      'p1': [WORKER, str(tmp_path / 'p1.npz'), '--devices=2',
-             '--num_processes=2', '--process_id=1',
-             f'--coordinator=localhost:{port}'],
-  }
-  procs = {k: subprocess.Popen([sys.executable] + c, env=env,
-                               stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-           for k, c in cmds.items()}
-  for name, p in procs.items():
-    out, _ = p.communicate(timeout=300)
-    assert p.returncode == 0, f'{name} failed:\n{out[-3000:]}'
+  procs = [workers.start('multi_worker', [tmp_path / 'single.npz',
+                                          '--mesh_sizes=8,4,1'],
+                          tmp_path / 'single.log', devices=8)]
+  procs += workers.start_group('multi_worker',
+                               lambda i: [tmp_path / f'p{i}.npz'], tmp_path,
+                               devices=2)
+  workers.finish(procs)
 
   single = np.load(tmp_path / 'single.npz')
   ref = _leaves(single, 'n1/')

@@ -1,42 +1,23 @@
 """Multi-host behaviour with 2 processes on localhost (jax.distributed, CPU):
 the shared-storage check, the build barrier whichever process arrives first,
-process-0-only writes, and the fallback past a damaged checkpoint. Both processes run tests/pod_worker.py."""
+process-0-only writes, and the fallback past a damaged checkpoint.
+Both processes run tests/pod_worker.py."""
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-import worker_setup
+import workers
 
 pytestmark = pytest.mark.slow  # Several processes or a whole demo run.
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-
 
 def test_two_processes_storage_check_build_barrier_and_writes(tmp_path):
-  port = worker_setup.free_port()
-  env = dict(os.environ, XLA_FLAGS='', TF_CPP_MIN_LOG_LEVEL='2')
-  logs = [tmp_path / f'log{i}.txt' for i in range(2)]
-  procs = []
-  try:
-    for i in range(2):
-      with open(logs[i], 'w') as log:  # Files, not pipes: a full pipe blocks.
-        procs.append(subprocess.Popen(
-            [sys.executable, os.path.join(HERE, 'pod_worker.py'),
-             str(tmp_path), str(tmp_path / f'p{i}.json'), f'--process_id={i}',
-             f'--coordinator=localhost:{port}'],
-            env=env, stdout=log, stderr=subprocess.STDOUT))
-    # A process that skips a barrier leaves the other one waiting: timeout.
-    for i, p in enumerate(procs):
-      assert p.wait(timeout=240) == 0, (
-          f'process {i}:\n{logs[i].read_text()[-4000:]}')
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
+  # A process that skips a barrier leaves the other one waiting: timeout.
+  workers.finish(workers.start_group(
+      'pod_worker', lambda i: [tmp_path, tmp_path / f'p{i}.json'], tmp_path,
+      name='log'), timeout=240)
   p0, p1 = (json.loads((tmp_path / f'p{i}.json').read_text())
             for i in range(2))
 

@@ -12,28 +12,19 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from configs import parallelnet as parallelnet_config
 from parallelnet import checkpointing
 from parallelnet import models
 from parallelnet import predict
 from parallelnet import train
 from parallelnet.models import scaling as model_scaling
+import train_helpers
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
 
 def _config(tmp_path):
-  c = parallelnet_config.get_config('runlocal')
-  c.dataset.name = 'synthetic_sier'
-  c.dataset.data_dir = str(tmp_path / 'tfds')
-  c.dataset.synthetic_size = 40
-  c.model.width = 1 / 32
-  c.model.feature_dim = 8
-  c.model.head_dim = 8
-  c.model.speech_backbone = 'vgg16'
-  c.model.image_backbone = 'vgg16'
-  c.train.eval_batch_size = 8
-  return c
+  return train_helpers.tiny_config(data_dir=str(tmp_path / 'tfds'),
+                                   synthetic_size=40)
 
 
 def _checkpoint(config, workdir):

@@ -32,11 +32,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(ROOT, 'configs', 'demo.py')
 PAPER = os.path.join(ROOT, 'configs', 'parallelnet.py')
 
-# Tiny model (as train_helpers.tiny_config) as --config.* overrides.
-TINY = {'model.width': 1 / 32, 'model.feature_dim': 8, 'model.head_dim': 8,
-        'model.speech_backbone': 'vgg16', 'model.image_backbone': 'vgg16',
-        'train.learning_rate': 3e-3, 'train.num_epochs': 1,
-        'train.max_steps_per_epoch': -1}
+# The tests' tiny model (train_helpers.TINY) as --config.* overrides.
+TINY = dict(train_helpers.TINY, **{'train.num_epochs': 1})
 
 
 def summary_params(config, key='trainable_params'):

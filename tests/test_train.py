@@ -18,7 +18,9 @@ from parallelnet import checkpointing
 from parallelnet import mesh as mesh_lib
 from parallelnet import models
 from parallelnet import train
+import resume_worker
 import train_helpers
+import workers
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
 
@@ -154,10 +156,9 @@ def test_cross_validate_reports_mean_and_std_over_folds(tmp_path):
   assert {'test/accuracy', 'test/confusion_matrix'} <= tags, tags
 
 
-def _run(args, env):
-  return subprocess.Popen(
-      [sys.executable, os.path.join(HERE, 'resume_worker.py')] + args,
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+def _run(tmp_path, name, args, env):
+  return workers.start('resume_worker', args, tmp_path / f'{name}.log',
+                       env=env)
 
 
 @pytest.mark.slow
@@ -166,35 +167,31 @@ def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path):
   data_dir = str(tmp_path / 'tfds')
   full, killed = tmp_path / 'full', tmp_path / 'killed'
   # A persistent compilation cache: the second and third runs skip XLA.
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'xla'),
+  env = dict(JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'xla'),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
-  a = _run([str(full), data_dir], env)
-  out_a = a.communicate(timeout=300)[0]
-  assert a.returncode == 0, out_a[-3000:]
+  a = _run(tmp_path, 'full', [full, data_dir], env)
+  workers.finish([a])
 
-  b = _run([str(killed), data_dir], env)
+  b = _run(tmp_path, 'killed', [killed, data_dir], env)
   latest = killed / 'checkpoints' / 'latest'
   deadline = time.time() + 240
   # Kill once a mid-training checkpoint (step >= 4 of 6) is being written.
   while not (latest.exists() and any(
       p.name.split('.')[0].isdigit() and int(p.name.split('.')[0]) >= 4
       for p in latest.iterdir())):
-    assert b.poll() is None, b.communicate()[0][-3000:]
+    assert b.popen.poll() is None, b.output()[-3000:]
     assert time.time() < deadline
     time.sleep(0.02)
-  b.send_signal(signal.SIGKILL)
-  b.communicate()
+  b.popen.send_signal(signal.SIGKILL)
+  b.popen.wait()
   assert not (killed / 'eval_metrics.json').exists()
-  b2 = _run([str(killed), data_dir], env)
-  out_b = b2.communicate(timeout=240)[0]
-  assert b2.returncode == 0, out_b[-3000:]
+  out_b = workers.finish([_run(tmp_path, 'resumed', [killed, data_dir],
+                               env)], timeout=240)[0]
   assert 'Resuming at epoch' in out_b
   expected = json.loads((full / 'eval_metrics.json').read_text())
   got = json.loads((killed / 'eval_metrics.json').read_text())
   assert got == expected
   # Stronger than the JSON: the best parameters are bit-identical.
-  sys.path.insert(0, HERE)
-  import resume_worker  # pylint: disable=g-import-not-at-top
   cfg = resume_worker.config(data_dir)
   _, v_full, _ = checkpointing.restore_for_inference(cfg, str(full))
   _, v_killed, _ = checkpointing.restore_for_inference(cfg, str(killed))

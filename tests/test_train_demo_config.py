@@ -5,16 +5,18 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # Subprocesses.
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = """
 import sys
 
-import pytest
 from absl import flags
 from ml_collections import config_flags
 
-pytestmark = pytest.mark.slow  # Several processes or a whole demo run.
 cfg = config_flags.DEFINE_config_file('config', None, 'c', lock_config=True)
 flags.FLAGS(['prog', '--config=' + sys.argv[1]])
 c = cfg.value

@@ -1,4 +1,6 @@
-"""Helpers for the training tests: an in-memory stand-in for input_pipeline.
+"""Helpers for the tests: the one tiny config, quick variables, the unit
+loop's share of a parameter matrix, and an in-memory stand-in for
+input_pipeline.
 
 `ArrayData` has the same `train_batches` / `eval_batches` / `num_examples` /
 `steps_per_epoch` contract as input_pipeline (global jax.Arrays sharded on the mesh's data
@@ -8,32 +10,81 @@ so a tiny model can learn it.
 """
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from parallelnet import mesh as mesh_lib
 
 
-def tiny_config(num_classes=4):
-  import ml_collections  # pylint: disable=g-import-not-at-top
+# The tests' one small model, as dotted config fields: `runlocal` at 1/32
+# width with 8-wide features and heads, VGG-16 in both trunks, and a learning
+# rate that moves it within a few steps. tests/test_study.py passes it on the
+# command line (--config.<field>=...).
+TINY = {'model.width': 1 / 32, 'model.feature_dim': 8, 'model.head_dim': 8,
+        'model.speech_backbone': 'vgg16', 'model.image_backbone': 'vgg16',
+        'train.learning_rate': 3e-3, 'train.max_steps_per_epoch': -1}
+
+
+def tiny_config(arg='', num_classes=4, data_dir=None, synthetic_size=48):
+  """`runlocal` shrunk to TINY for 3 epochs, then the variants in `arg`.
+
+  num_classes: keep the first few classes (ArrayData's labels); None keeps
+  them all. data_dir: read the synthetic_sier corpus of `synthetic_size`
+  examples built there (all classes) instead of in-memory data.
+  """
   from configs import parallelnet  # pylint: disable=g-import-not-at-top
   c = parallelnet.get_config('runlocal')
-  c.input.image_size = 32  # VGG's five pools need at least 32 px.
-  c.input.num_frames = 32
-  c.input.n_mels = 32
-  c.model.width = 1 / 32
-  c.model.feature_dim = 8
-  c.model.head_dim = 8
-  c.model.speech_backbone = 'vgg16'
-  c.model.image_backbone = 'vgg16'
-  c.train.batch_size = 8
-  c.train.eval_batch_size = 8
-  c.train.learning_rate = 3e-3
+  for field, value in TINY.items():
+    group, name = field.split('.')
+    c[group][name] = value
   c.train.num_epochs = 3
-  c.train.max_steps_per_epoch = -1
   c.train.log_every_steps = 2
-  c.dataset.classes = c.dataset.classes[:num_classes]
-  assert isinstance(c, ml_collections.ConfigDict)
+  for variant in filter(None, arg.split(',')):
+    parallelnet.apply_variant(c, variant.strip())
+  if data_dir is not None:
+    c.dataset.name = 'synthetic_sier'
+    c.dataset.data_dir = data_dir
+    c.dataset.synthetic_size = synthetic_size
+  elif num_classes is not None:
+    c.dataset.classes = c.dataset.classes[:num_classes]
   return c
+
+
+def fast_first(params):
+  """A parametrize list whose first case runs in the unit loop and the rest
+  are `slow` (CI runs them all): each case compiles its own program. A
+  tuple is one case's values for several argument names."""
+  as_param = lambda p: pytest.param(*(p if isinstance(p, tuple) else (p,)),
+                                    marks=pytest.mark.slow)
+  return [params[0]] + [as_param(p) for p in params[1:]]
+
+
+def quick_variables(init_fn, seed=0):
+  """Variables shaped like `init_fn(key)`'s, filled from numpy.
+
+  Compiling a random initialiser costs far more than the tests that use it
+  (one threefry per leaf); the real initialisers are exercised by `proposed`.
+  He-scaled normal kernels, small biases, BatchNorm scale near 1, running
+  statistics (0, 1).
+  """
+  rng = np.random.default_rng(seed)
+
+  def fill(path, s):
+    name = jax.tree_util.keystr(path[-1:])
+    if name == "['var']":
+      return jnp.ones(s.shape, s.dtype)
+    if name == "['mean']":
+      return jnp.zeros(s.shape, s.dtype)
+    if len(s.shape) > 1:
+      std = np.sqrt(2.0 / np.prod(s.shape[:-1]))
+    else:
+      std = 0.1
+    x = rng.normal(0.0, std, s.shape) + (name == "['scale']")
+    return jnp.asarray(x, s.dtype)
+
+  shapes = jax.eval_shape(init_fn, jax.random.key(seed))
+  return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 class ArrayData:
