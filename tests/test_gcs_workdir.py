@@ -13,6 +13,7 @@ import pytest
 
 from gcs_emulator import gcs  # pylint: disable=unused-import
 from parallelnet.core import paths
+import workers
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -44,11 +45,11 @@ def test_main_refuses_bad_urls_in_one_line(gcs, tmp_path):
   assert not os.listdir(tmp_path)  # Nothing left behind, no 'ftp:' folder.
 
 
-def _worker(workdir, data_dir, env):
-  return subprocess.Popen(
-      [sys.executable, os.path.join(HERE, 'resume_worker.py'), workdir,
-       data_dir], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-      env=env, cwd=env['PN_CWD'])
+def _train(workdir, data_dir, env, log):
+  """resume_worker's training on `workdir` in a fresh process (the one
+  multi-process harness, tests/workers.py); returns its output."""
+  return workers.finish([workers.start('resume_worker', [workdir, data_dir],
+                                       log, env=env)], timeout=600)[0]
 
 
 def _latest_steps(workdir):
@@ -72,17 +73,13 @@ def test_train_in_a_bucket_resume_then_eval_explain_predict(gcs, tmp_path):
   killed = bucket + '/run'
   cwd = tmp_path / 'cwd'
   cwd.mkdir()
-  env = dict(os.environ, **gcs.env, PYTHONPATH=ROOT, PN_CWD=str(cwd),
+  env = dict(gcs.env, PYTHONPATH=ROOT,
              JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'xla'),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
-  a = _worker(killed, data_dir, env)
-  out_a = a.communicate(timeout=600)[0]
-  assert a.returncode == 0, out_a[-3000:]
+  _train(killed, data_dir, env, tmp_path / 'first.log')
   assert max(_latest_steps(killed)) == 6, _latest_steps(killed)
   expected = paths.read_json(paths.join(killed, 'eval_metrics.json'))
-  b = _worker(killed, data_dir, env)
-  out_b = b.communicate(timeout=600)[0]
-  assert b.returncode == 0, out_b[-3000:]
+  out_b = _train(killed, data_dir, env, tmp_path / 'again.log')
   assert 'had finished' in out_b, out_b[-3000:]
   assert paths.read_json(paths.join(killed, 'eval_metrics.json')) == expected
 
