@@ -457,8 +457,8 @@ def explain_dataset(config, workdir, *, split='test'):
       rec = _write_example(config, out_dir, ex['id'][j], one,
                            image_raw=ex['image_raw'][j],
                            waveform=ex['waveform'][j], label=ex['label'][j],
-                           cue_box=ex['image_cue_box'][j],
-                           cue_span=ex['speech_cue_span'][j])
+                           cue_box=None if cue_box is None else cue_box[j],
+                           cue_span=None if cue_span is None else cue_span[j])
       rec['correct'] = rec['predicted'] == rec['true']
       rec['_index'] = j
       if cue_box is not None and np.all(cue_box[j] >= 0):
