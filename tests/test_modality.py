@@ -218,13 +218,9 @@ def test_predict_folder_with_blank_cells(trained, tmp_path, caplog):
       str(folder), config.dataset.classes, allow_missing=True)
   assert not bad
   assert [r['missing'] for r in rows_read] == ['', 'image', 'speech', '']
-  cfg = config.copy_and_resolve_references()
-  cfg.predict.manual_dir = str(folder)
-  out_dir = tmp_path / 'out'
-  out_dir.mkdir()
-  os.symlink(os.path.join(workdir, 'checkpoints'), out_dir / 'checkpoints')
   with caplog.at_level('WARNING'):
-    out = predict.predict(cfg, str(out_dir))
+    cfg, out_dir, out = test_predict.predict_folder(config, workdir, folder,
+                                                    tmp_path)
   assert caplog.text.count('trained without modality dropout') == 1
   assert out['num_examples'] == 4 and out['accuracy'] is not None
   rows = test_predict._rows(out_dir / 'predictions_new.csv')  # pylint: disable=protected-access

@@ -127,14 +127,8 @@ def test_unlabelled_manifest_folder(scored, tmp_path, caplog):
   rows_read, bad = manifest.read_manifest(str(folder), config.dataset.classes,
                                           require_label=False)
   assert not bad and [r['label'] for r in rows_read] == [-1, -1, -1]
-  cfg = config.copy_and_resolve_references()
-  cfg.predict.manual_dir = str(folder)
-  # The same checkpoint, another workdir for the output.
-  out_dir = tmp_path / 'out'
-  out_dir.mkdir()
-  os.symlink(os.path.join(workdir, 'checkpoints'), out_dir / 'checkpoints')
   with caplog.at_level('WARNING'):
-    out = predict.predict(cfg, str(out_dir))
+    cfg, out_dir, out = predict_folder(config, workdir, folder, tmp_path)
   assert '1 audio file(s) differ' in caplog.text
   assert out['accuracy'] is None and out['num_examples'] == 3
   rows = _rows(out_dir / 'predictions_new.csv')
@@ -151,6 +145,17 @@ def test_unlabelled_manifest_folder(scored, tmp_path, caplog):
     want = np.asarray(jax.nn.softmax(logits, -1))[0]
     got = np.array([float(r[f'p_{c}']) for c in cfg.dataset.classes])
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def predict_folder(config, workdir, folder, tmp_path):
+  """predict on manifest folder `folder` with `workdir`'s checkpoint, the
+  output in a new workdir tmp_path/out. Returns (config, out_dir, result)."""
+  cfg = config.copy_and_resolve_references()
+  cfg.predict.manual_dir = str(folder)
+  out_dir = tmp_path / 'out'
+  out_dir.mkdir()
+  os.symlink(os.path.join(workdir, 'checkpoints'), out_dir / 'checkpoints')
+  return cfg, out_dir, predict.predict(cfg, str(out_dir))
 
 
 def _corpus_rows(config):
