@@ -153,7 +153,7 @@ def test_too_deep_for_input_is_an_error():
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize('depth', [1, 2, 3])
+@pytest.mark.parametrize('depth', train_helpers.fast_first([1, 2, 3]))
 def test_exact_equals_brute_force_owen(depth):
   image, speech = _inputs(seed=depth)
   e = dncshap(NONLINEAR, image, speech, depth=depth, mode='exact')
@@ -475,6 +475,7 @@ def test_fn_sees_exactly_the_formula_many_distinct_inputs(mode, context,
 
 @pytest.mark.parametrize('mode,context', train_helpers.fast_first(
     [('exact', 'absent'), ('dnc', 'random')]))
+@pytest.mark.slow
 def test_results_identical_whatever_max_batch(mode, context):
   """Bitwise identical when fn's rows do not depend on the batch size.
 
@@ -508,6 +509,7 @@ def test_results_identical_whatever_max_batch(mode, context):
                                  rtol=0, atol=atol)
 
 
+@pytest.mark.slow
 def test_random_context_is_deterministic_and_unbiased():
   image, speech = _inputs(seed=9)
   depth = 2
@@ -539,6 +541,7 @@ def test_random_context_is_deterministic_and_unbiased():
 
 @pytest.mark.parametrize('mode,context', train_helpers.fast_first(
     [('exact', 'absent'), ('dnc', 'random')]))
+@pytest.mark.slow
 def test_batch_equals_per_example(mode, context):
   pairs = [_inputs(seed=s) for s in range(3)]
   images = np.stack([p[0] for p in pairs])
@@ -587,6 +590,7 @@ def _probs(model, variables, images, spectrograms):
   return jax.nn.softmax(model.apply(variables, images, spectrograms)[0])
 
 
+@pytest.mark.slow
 def test_flax_model_closure_and_partial_agree():
   model = _TinyNet()
   image, speech = _inputs(seed=11)

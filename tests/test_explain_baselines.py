@@ -244,6 +244,7 @@ def test_npz_baseline_loads_plain_arrays_and_errors_name_the_file(tmp_path):
     run.make_baseline(_config('median'), (S, S, 3), (S, S, 1))
 
 
+@pytest.mark.slow
 def test_background_is_the_mean_of_per_baseline_explanations():
   train = dict(zip(('image', 'spectrogram'), _data(6, seed=5)))
   config = _config('background', background_size=3)

@@ -115,6 +115,7 @@ VARIANTS = ['', 'ser_only', 'ier_only', 'baseline2', 'baseline1']
 
 @pytest.mark.parametrize('variant',
                          train_helpers.fast_first(VARIANTS))
+@pytest.mark.slow
 def test_parallelnet_factorized_equals_full_forward(variant, tiny_trunk):
   config = train_helpers.tiny_config(
       ','.join(filter(None, [variant, f'n2={tiny_trunk}'])), num_classes=3)

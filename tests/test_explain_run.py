@@ -88,6 +88,7 @@ def fakes(monkeypatch):
   return config, examples
 
 
+@pytest.mark.slow
 def test_explain_dataset_writes_files_and_cue_rates(fakes, tmp_path):
   config, examples = fakes
   summary = run.explain_dataset(config, str(tmp_path))

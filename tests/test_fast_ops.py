@@ -17,6 +17,7 @@ pytestmark = pytest.mark.usefixtures('fast_compile')
     ((1, 11, 6, 2), 3),  # 11 = 3*3 + 2 rows cropped, 6 = 3*2.
     ((3, 5, 5, 1), 5),
 ])
+@pytest.mark.slow
 def test_tiled_max_pool_matches_nn_max_pool(shape, window):
   x = jax.random.normal(jax.random.key(0), shape)
   w = (window, window)

@@ -316,6 +316,7 @@ def _ids(builder, split):
   return [ex['id'].decode() for ex in tfds.as_numpy(ds)]
 
 
+@pytest.mark.slow
 def test_two_processes_cover_each_example_once(synth):
   from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
   b = pipeline.get_builder(synth)
@@ -393,6 +394,7 @@ def test_global_batches_on_a_mesh(synth):
       c, 'validation')
 
 
+@pytest.mark.slow
 def test_cv_folds_partition_the_data(synth):
   from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
   b = pipeline.get_builder(synth)

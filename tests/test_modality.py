@@ -53,6 +53,7 @@ def test_dropout_replaces_the_chosen_modality_at_the_rate():
                                          0.5) is batch
 
 
+@pytest.mark.slow
 def test_train_step_reads_the_dropped_batch():
   """With rate 1 and split 1 every image is dropped: the step does not
   depend on the images (zeroing them changes nothing), but does on the
@@ -190,6 +191,7 @@ def trained(tmp_path_factory):
   return config, workdir, model, variables
 
 
+@pytest.mark.slow
 def test_predict_folder_with_blank_cells(trained, tmp_path, caplog):
   from input_pipeline import manifest  # pylint: disable=g-import-not-at-top
   from parallelnet import predict  # pylint: disable=g-import-not-at-top
@@ -245,6 +247,7 @@ def test_predict_folder_with_blank_cells(trained, tmp_path, caplog):
     predict.predict(cfg, str(out_dir))
 
 
+@pytest.mark.slow
 def test_robustness_full_row_equals_eval(trained, tmp_path):
   from parallelnet import robustness  # pylint: disable=g-import-not-at-top
   from parallelnet import train  # pylint: disable=g-import-not-at-top
@@ -269,6 +272,7 @@ def test_robustness_full_row_equals_eval(trained, tmp_path):
     robustness.run_robustness(cfg, workdir)
 
 
+@pytest.mark.slow
 def test_study_robustness_columns(trained, tmp_path):
   from parallelnet import robustness  # pylint: disable=g-import-not-at-top
   from parallelnet import study  # pylint: disable=g-import-not-at-top
@@ -292,6 +296,7 @@ def test_study_robustness_columns(trained, tmp_path):
       got['no_image_accuracy'], abs=1e-5)
 
 
+@pytest.mark.slow
 def test_explain_a_pair_without_its_image(trained, tmp_path, capsys):
   from explain import run as explain_run  # pylint: disable=g-import-not-at-top
   config, workdir, _, _ = trained

@@ -129,6 +129,7 @@ def test_summary_prints_table_and_totals():
 # --- Equations 1 and 2 --------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_eq1_against_separately_applied_branches(proposed):
   """F_i, F_s, F_mul from N1_i, N1_s, N2_i, N2_s applied one by one, each as
   its own module on its own slice of the variables (not the model's sums)."""
@@ -161,6 +162,7 @@ def test_eq1_against_separately_applied_branches(proposed):
   assert float(jnp.abs(misprint - t['F_s']).max()) > 1e-3
 
 
+@pytest.mark.slow
 def test_baseline1_crosses_n1_first_part_before_n2():
   """Baseline 1 ('both'): N2_s's input holds P_is(N1a_i(image)), so
   changing only N1_i's first block changes N2_s; in Baseline 2 ('before')
@@ -256,6 +258,7 @@ def test_after_crossing_keeps_backbone_inputs_unmixed(proposed):
     ('ser_only', 'spectrogram', 'image'),
     ('ier_only', 'image', 'spectrogram'),
 ])
+@pytest.mark.slow
 def test_unimodal_variants_ignore_the_other_modality(variant, kept, dropped):
   config = tiny_config(variant)
   _, variables, apply = build(config)
@@ -285,6 +288,7 @@ def test_unimodal_variants_ignore_the_other_modality(variant, kept, dropped):
 
 @pytest.mark.parametrize('crossing',
                          train_helpers.fast_first(['before', 'both']))
+@pytest.mark.slow
 def test_crossing_before_n2_mixes_modalities(crossing):
   config = tiny_config()
   config.model.crossing = crossing
@@ -566,6 +570,7 @@ def test_efficientnet_b0_tiny_train_and_eval():
       variables['batch_stats']['top_bn']['mean'])
 
 
+@pytest.mark.slow
 def test_baseline_configs_use_efficientnet():
   for variant, crossing in (('baseline1', 'both'), ('baseline2', 'before'),
                             ('baseline3', 'after')):
@@ -635,6 +640,7 @@ def test_bfloat16_compute_keeps_float32_params():
   assert logits.dtype == jnp.float32
 
 
+@pytest.mark.slow
 def test_frozen_trunks_keep_their_batch_stats_in_a_train_step(tiny_trunk):
   """train.trunk_lr_multiplier=0 is Keras' trainable=False: a training step
   leaves the trunks' BatchNorm statistics (and weights) as they were, while

@@ -76,6 +76,7 @@ def test_class_folders_build_without_a_manifest(tmp_path, pairs):
   assert b.info.metadata['source_dir'] == os.path.abspath(pairs)
 
 
+@pytest.mark.slow
 def test_a_changed_source_builds_anew_never_the_old_data(tmp_path, pairs,
                                                          caplog):
   from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top

@@ -287,6 +287,7 @@ def test_wrong_architecture_fails_naming_the_layer(keras_files):
     _load(config)
 
 
+@pytest.mark.slow
 def test_npz_and_speech_weights_fill_n2_s(keras_files, tmp_path):
   vgg16 = keras_files('vgg16')
   path = str(tmp_path / 'trunks.npz')
@@ -340,6 +341,7 @@ def test_missing_or_foreign_files_are_user_errors(tmp_path):
     _load(_config('vgg16', str(other)))
 
 
+@pytest.mark.slow
 def test_speech_weights_scale_the_adapter_output(tmp_path):
   """N2_s reads scale_float(255 * adapter(spectrogram), the weights' mode)."""
   config = config_lib.get_config('runlocal')

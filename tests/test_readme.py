@@ -3,8 +3,6 @@ prints, and its test command is what CI runs."""
 
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
@@ -79,20 +77,14 @@ def test_readme_test_command_is_what_ci_runs():
 
 
 @pytest.mark.slow
-def test_demo_prints_what_the_readme_quotes(tmp_path):
+@pytest.mark.xdist_group('demo')
+def test_demo_prints_what_the_readme_quotes(readme_demo):
   """The README's demo command, run as a user runs it (a fresh dataset
-  folder), prints the quoted lines: the same values, times aside."""
-  workdir, data_dir = str(tmp_path / 'demo'), str(tmp_path / 'tfds')
-  # Unbuffered, so stdout and stderr interleave as on a terminal.
-  env = dict(os.environ, PYTHONUNBUFFERED='1')
-  env.pop('PARALLELNET_VERBOSE', None)
-  env.pop('TF_CPP_MIN_LOG_LEVEL', None)
-  cmd = [sys.executable, 'main.py', '--config=configs/demo.py',
-         f'--workdir={workdir}', f'--config.dataset.data_dir={data_dir}']
-  p = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                     stderr=subprocess.STDOUT, text=True, timeout=1800)
-  assert p.returncode == 0, p.stdout
-  printed = [l for l in p.stdout.rstrip('\n').split('\n')
+  folder; conftest.readme_demo), prints the quoted lines: the same values,
+  times aside."""
+  assert readme_demo['returncode'] == 0, readme_demo['output']
+  workdir, data_dir = readme_demo['workdir'], readme_demo['data_dir']
+  printed = [l for l in readme_demo['output'].rstrip('\n').split('\n')
              if not PROGRESS.match(l)]
   quoted, stated = quoted_demo_output()
   readme_data_dir = os.path.expanduser('~/tensorflow_datasets')

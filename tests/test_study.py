@@ -75,6 +75,7 @@ def test_rows_are_checked_before_anything_trains(tmp_path, monkeypatch):
   assert study.parse_rows(' proposed, n2=vgg16 ') == ['proposed', 'n2=vgg16']
 
 
+@pytest.mark.slow
 def test_row_configs_are_variants_plus_command_line_overrides():
   config, file, over = _parse([
       f'--config={DEMO}:runlocal', '--config.train.num_epochs=3',

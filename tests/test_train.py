@@ -33,6 +33,7 @@ def _speech_config():
   return c
 
 
+@pytest.mark.slow
 def test_steps_reduce_loss_on_fixed_batch():
   config = _speech_config()
   mesh = mesh_lib.make_mesh()
