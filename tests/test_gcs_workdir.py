@@ -133,10 +133,6 @@ def test_train_in_a_bucket_resume_then_eval_explain_predict(gcs, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.usefixtures('fast_compile')
-@pytest.mark.xfail(strict=True, raises=FileNotFoundError, reason=(
-    'The damaged step is detected, set aside and training resumes from the '
-    'one before, but orbax later still lists the moved step and fails to '
-    'delete it from the bucket (checkpoint_manager _finalize).'))
 def test_damaged_checkpoint_in_a_bucket_falls_back(gcs, caplog):
   """As tests/test_checkpoint_damage.py on disk: the newest `latest` step,
   damaged in the bucket, is set aside and training resumes from the one
