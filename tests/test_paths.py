@@ -187,3 +187,12 @@ def test_orbax_checkpoint_manager_on_the_bucket(gcs):
   np.testing.assert_array_equal(restored['b']['x'], np.ones((2, 3)))
   assert paths.listdir(url) == ['2', '3']
   assert json.loads(json.dumps(paths.listdir(url)))  # Plain strings.
+
+
+def test_split_spec_keeps_a_urls_scheme():
+  assert paths.split_spec('gs://b/run/config.json') == (
+      'gs://b/run/config.json', '', '')
+  assert paths.split_spec('configs/demo.py:runlocal,n2=vgg16') == (
+      'configs/demo.py', ':', 'runlocal,n2=vgg16')
+  assert paths.split_spec('gs://b/c.py:a') == ('gs://b/c.py', ':', 'a')
+  assert paths.split_spec('/tmp/config.json') == ('/tmp/config.json', '', '')

@@ -156,6 +156,18 @@ def scheme(p) -> str | None:
   return m.group(1).lower() if m else None
 
 
+def split_spec(spec) -> tuple[str, str, str]:
+  """str.partition(':') of a 'path[:arg]' spec (config_flags' --config form)
+  that keeps a URL's 'scheme://' in the path: 'gs://b/config.json' gives
+  ('gs://b/config.json', '', ''), 'configs/demo.py:a' ('configs/demo.py',
+  ':', 'a')."""
+  spec = str(spec)
+  s = scheme(spec)
+  head = len(s) + 3 if s else 0
+  rest, colon, arg = spec[head:].partition(':')
+  return spec[:head] + rest, colon, arg
+
+
 def _is_auth_error(e: BaseException) -> bool:
   """Missing or refused credentials, as the GCS clients raise them."""
   names = {c.__name__ for c in type(e).__mro__}
