@@ -42,3 +42,22 @@ def tiny_trunk(monkeypatch):
                       lambda width, dtype, **kw: TinyBNTrunk(width, dtype,
                                                              **kw))
   return 'tiny_bn'
+
+
+@pytest.fixture(scope="session")
+def resume_reference(tmp_path_factory):
+  """One uninterrupted run of tests/resume_worker.py, shared by the
+  kill-and-resume tests (on disk and in a bucket), which compare their
+  resumed runs with it: `workdir` (read it, never write), the `data_dir` it
+  built, and `env`, whose persistent compilation cache it filled, so that
+  their own runs skip XLA."""
+  import types  # pylint: disable=g-import-not-at-top
+  import workers  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("resume_reference")
+  env = dict(JAX_COMPILATION_CACHE_DIR=str(root / "xla"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  ref = types.SimpleNamespace(workdir=root / "full",
+                              data_dir=str(root / "tfds"), env=env)
+  workers.finish([workers.start("resume_worker", [ref.workdir, ref.data_dir],
+                                root / "full.log", env=env)], timeout=600)
+  return ref
