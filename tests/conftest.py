@@ -1,9 +1,6 @@
 """Shared pytest fixtures. Others may append fixtures below; keep each tiny."""
 
-from typing import Any
-
 import jax
-import jax.numpy as jnp
 import pytest
 
 
@@ -22,26 +19,15 @@ def fast_compile():
 
 @pytest.fixture
 def tiny_trunk(monkeypatch):
-  """Registers the N2 trunk 'tiny_bn' (config variant n2=tiny_bn): one
-  strided conv and a BatchNorm as the registry's trunks use it, far cheaper
-  to compile than VGG, for tests whose subject is not the trunk."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  """Registers the N2 trunk 'tiny_bn' (config variant n2=tiny_bn):
+  train_helpers.TinyBNTrunk, one strided conv and a BatchNorm as the
+  registry's trunks use it, far cheaper to compile than VGG, for tests whose
+  subject is not the trunk."""
   from parallelnet.models import backbones  # pylint: disable=g-import-not-at-top
-  from parallelnet.models import common  # pylint: disable=g-import-not-at-top
-
-  class TinyBNTrunk(nn.Module):
-    width: float = 1.0
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, train=False):
-      x = nn.Conv(4, (3, 3), strides=(4, 4), name='conv')(x)
-      return nn.relu(common.batch_norm(train, self.dtype, 'bn')(x))
-
-  monkeypatch.setitem(backbones._REGISTRY, 'tiny_bn',  # pylint: disable=protected-access
-                      lambda width, dtype, **kw: TinyBNTrunk(width, dtype,
-                                                             **kw))
-  return 'tiny_bn'
+  import train_helpers  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(backbones._REGISTRY, train_helpers.TINY_TRUNK,  # pylint: disable=protected-access
+                      train_helpers.tiny_trunk)
+  return train_helpers.TINY_TRUNK
 
 
 @pytest.fixture(scope="session")
