@@ -137,6 +137,9 @@ def main(argv):
   config_lib.apply_variant(c, f'n2={train_helpers.TINY_TRUNK}')
   c.train.batch_size = c.train.eval_batch_size = 2
   c.train.num_epochs = 1
+  c.train.max_steps_per_epoch = 2
+  c.train.checkpoint_every_steps = 1  # Steps 1 and 2 in `latest`.
+  c.train.log_every_steps = 50
   out['bucket_metrics'] = train.train_and_evaluate(c, a.bucket_workdir)
   with open(a.out, 'w') as f:
     json.dump(out, f)

@@ -62,10 +62,12 @@ def test_two_processes_storage_check_build_barrier_writes_and_bucket(
   # Both trained in the bucket: one run, its checkpoints and outputs there
   # (process 0's), the shared-storage check's token gone from it.
   assert p0['bucket_metrics'] == p1['bucket_metrics']
-  assert p0['bucket_metrics']['checkpoint_step'] > 0
   assert paths.read_json(paths.join(bucket_work, 'eval_metrics.json')) == (
       p0['bucket_metrics'])
-  steps = paths.listdir(paths.join(bucket_work, 'checkpoints', 'latest'))
-  assert steps and all(s.isdigit() for s in steps), steps
+  assert p0['bucket_metrics']['checkpoint_step'] == 2
+  assert paths.listdir(paths.join(bucket_work, 'checkpoints', 'latest')) == [
+      '1', '2']
+  assert paths.listdir(paths.join(bucket_work, 'checkpoints', 'best')) == [
+      '2']
   assert not [n for n in paths.listdir(bucket_work)
               if n.startswith('.parallelnet_shared_check_')]
