@@ -59,7 +59,7 @@ class _ConfigParser(config_flags.config_flags.ConfigFileFlagParser):
   workdir's config.json, which training writes)."""
 
   def parse(self, path):
-    if not path.split(':', 1)[0].endswith('.json'):
+    if not paths.split_spec(path)[0].endswith('.json'):
       return super().parse(path)
     try:
       config = default_config.config_from_json(path)
@@ -219,8 +219,8 @@ def _write_report(workdir, mode, started, config=None):
   (with the split sizes when `config` is given). Returns the page's path."""
   from explain import report  # pylint: disable=g-import-not-at-top
   config_flag = flags.FLAGS['config']
-  path, colon, arg = config_flag.config_filename.partition(':')
-  run = dict(mode=mode, config_file=os.path.abspath(path) + colon + arg,
+  path, colon, arg = paths.split_spec(config_flag.config_filename)
+  run = dict(mode=mode, config_file=paths.abspath(path) + colon + arg,
              overrides={k: v for k, v in (config_flag.override_values
                                           or {}).items()},
              started=started, seconds=time.time() - started)
@@ -313,7 +313,9 @@ def _parse_flags(argv):
     flags.FLAGS['config'].value.keys()
   except OSError as e:
     path = flags.FLAGS['config'].config_filename
-    reason = ('no such file' if not os.path.exists(path.split(':')[0])
+    file = paths.split_spec(path)[0]
+    reason = ('no such file' if not paths.is_url(file) and
+              not os.path.exists(file)
               else str(e).strip().split('\n')[-1].strip())
     _fail(f'--config={path}: cannot load the config file ({reason}).', argv)
   return args

@@ -121,8 +121,8 @@ def _builder(name, settings_items, data_dir, manual_dir, skip_bad, build,
           f'Process {jax.process_index()} does not see the dataset '
           f'{b.info.full_name} in data_dir {data_dir!r} after process 0 '
           'built it (or failed to: see its log). data_dir must be shared '
-          'storage (e.g. NFS or a GCS bucket mounted with gcsfuse) that every '
-          'process reads.')
+          'storage that every process reads (a GCS bucket given as its URL, '
+          'gs://BUCKET/tfds, or NFS).')
   elif build and not b.is_prepared():
     prepare(b)
   builders.check_metadata(b, settings)

@@ -137,8 +137,9 @@ def check_shared_storage(folders: dict[str, str]):
   writes a token file (random name and content) into each folder; after a
   barrier every process reads it back. If any process does not see it, every
   process raises a UserError naming the folder: data_dir and workdir must be
-  shared storage (NFS, a mounted GCS bucket), or process 0's dataset and checkpoints
-  would be invisible to the others. The token files are removed afterwards.
+  shared storage (a gs:// bucket URL, NFS), or process 0's dataset and
+  checkpoints would be invisible to the others. The token files are removed
+  afterwards.
   No-op with one process. Every process must call it, in the same order.
   """
   if jax.process_count() == 1:
@@ -175,5 +176,5 @@ def check_shared_storage(folders: dict[str, str]):
         f'process(es) {", ".join(map(str, procs))} do not see a file that '
         'process 0 wrote there' for name, procs in bad) +
         '. In a multi-process (multi-host) run it must be shared storage '
-        'that every process reads and writes at the same path, e.g. an NFS '
-        'mount or a GCS bucket mounted with gcsfuse on every host.')
+        'that every process reads and writes at the same path: a GCS bucket '
+        'given as its URL (gs://BUCKET/path), or an NFS mount.')

@@ -3,10 +3,8 @@
 import os
 import shutil
 import tempfile
-from typing import Any
 
 import jax
-import jax.numpy as jnp
 import pytest
 
 
@@ -44,26 +42,15 @@ def fast_compile():
 
 @pytest.fixture
 def tiny_trunk(monkeypatch):
-  """Registers the N2 trunk 'tiny_bn' (config variant n2=tiny_bn): one
-  strided conv and a BatchNorm as the registry's trunks use it, far cheaper
-  to compile than VGG, for tests whose subject is not the trunk."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  """Registers the N2 trunk 'tiny_bn' (config variant n2=tiny_bn):
+  train_helpers.TinyBNTrunk, one strided conv and a BatchNorm as the
+  registry's trunks use it, far cheaper to compile than VGG, for tests whose
+  subject is not the trunk."""
   from parallelnet.models import backbones  # pylint: disable=g-import-not-at-top
-  from parallelnet.models import common  # pylint: disable=g-import-not-at-top
-
-  class TinyBNTrunk(nn.Module):
-    width: float = 1.0
-    dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x, train=False):
-      x = nn.Conv(4, (3, 3), strides=(4, 4), name='conv')(x)
-      return nn.relu(common.batch_norm(train, self.dtype, 'bn')(x))
-
-  monkeypatch.setitem(backbones._REGISTRY, 'tiny_bn',  # pylint: disable=protected-access
-                      lambda width, dtype, **kw: TinyBNTrunk(width, dtype,
-                                                             **kw))
-  return 'tiny_bn'
+  import train_helpers  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(backbones._REGISTRY, train_helpers.TINY_TRUNK,  # pylint: disable=protected-access
+                      train_helpers.tiny_trunk)
+  return train_helpers.TINY_TRUNK
 
 
 @pytest.fixture(scope='session')
@@ -92,3 +79,22 @@ def readme_demo(tmp_path_factory):
                      text=True, timeout=1800, check=False)
   return dict(returncode=p.returncode, output=p.stdout, workdir=workdir,
               data_dir=data_dir, args=args)
+
+
+@pytest.fixture(scope="session")
+def resume_reference(tmp_path_factory):
+  """One uninterrupted run of tests/resume_worker.py, shared by the
+  kill-and-resume tests (on disk and in a bucket), which compare their
+  resumed runs with it: `workdir` (read it, never write), the `data_dir` it
+  built, and `env`, whose persistent compilation cache it filled, so that
+  their own runs skip XLA."""
+  import types  # pylint: disable=g-import-not-at-top
+  import workers  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("resume_reference")
+  env = dict(JAX_COMPILATION_CACHE_DIR=str(root / "xla"),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  ref = types.SimpleNamespace(workdir=root / "full",
+                              data_dir=str(root / "tfds"), env=env)
+  workers.finish([workers.start("resume_worker", [ref.workdir, ref.data_dir],
+                                root / "full.log", env=env)], timeout=600)
+  return ref

@@ -1,10 +1,12 @@
 """One process of a 2-process run on localhost: shared-storage check, the
-build barrier in both arrival orders, process-0-only writes, and a resume
-past a damaged checkpoint in a shared workdir.
+build barrier in both arrival orders, process-0-only writes, a resume past
+a damaged checkpoint in a shared workdir, and a training in a bucket.
 
-A job of tests/workers.py (arguments: ROOT OUT.json) on each of 2 processes
-with one device. ROOT is the folder both processes share. Used by
-test_pod.py, which reads OUT.json (timings and error messages) of both.
+A job of tests/workers.py (arguments: ROOT OUT.json BUCKET_WORKDIR) on each
+of 2 processes with one device. ROOT is the folder both processes share,
+BUCKET_WORKDIR a gs:// workdir (a GCS emulator's: its variables in the
+environment). Used by test_pod.py, which reads OUT.json (timings, error
+messages, metrics) of both.
 """
 
 import argparse
@@ -28,6 +30,7 @@ def main(argv):
   p = argparse.ArgumentParser()
   p.add_argument('root')
   p.add_argument('out')
+  p.add_argument('bucket_workdir')
   a = p.parse_args(argv)
   import jax  # pylint: disable=g-import-not-at-top
   from parallelnet import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
@@ -46,6 +49,9 @@ def main(argv):
   # ... and both shared: passes.
   data_dir = os.path.join(shared, 'tfds')
   mesh_lib.check_shared_storage({'workdir': os.path.join(shared, 'work'),
+                                 'data_dir': data_dir})
+  # ... and a bucket is shared by every process.
+  mesh_lib.check_shared_storage({'workdir': a.bucket_workdir,
                                  'data_dir': data_dir})
 
   # 2. Build barrier, process 0 done building before process 1 arrives (the
@@ -121,5 +127,19 @@ def main(argv):
   out['restored_w'] = float(np.asarray(tree['w']).mean())
   out['latest_after'] = sorted(ckpts.managers['latest'].all_steps())
   ckpts.close()
+
+  # 6. Both processes train on one workdir in a bucket (the data as in 2;
+  # the tiny trunk: compiling VGG would take most of this test's time).
+  import train_helpers  # pylint: disable=g-import-not-at-top
+  from configs import parallelnet as config_lib  # pylint: disable=g-import-not-at-top
+  train_helpers.register_tiny_trunk()
+  c = build_config(data_dir, seed=0)
+  config_lib.apply_variant(c, f'n2={train_helpers.TINY_TRUNK}')
+  c.train.batch_size = c.train.eval_batch_size = 2
+  c.train.num_epochs = 1
+  c.train.max_steps_per_epoch = 2
+  c.train.checkpoint_every_steps = 1  # Steps 1 and 2 in `latest`.
+  c.train.log_every_steps = 50
+  out['bucket_metrics'] = train.train_and_evaluate(c, a.bucket_workdir)
   with open(a.out, 'w') as f:
     json.dump(out, f)

@@ -89,6 +89,21 @@ def test_copy_between_local_and_bucket(gcs, tmp_path):
   assert np.load(back)['x'].tolist() == [0, 1, 2]
 
 
+def test_move_is_seen_by_epath_listings(root):
+  """A folder moved away is gone from epath's listing (orbax lists steps
+  through epath), even though epath listed the parent before the move."""
+  paths.write_text_atomic(paths.join(root, 'latest', '2', 'meta'), 'x')
+  paths.write_text_atomic(paths.join(root, 'latest', '1', 'meta'), 'x')
+  before = sorted(p.name for p in epath.Path(root, 'latest').iterdir())
+  assert before == ['1', '2']
+  paths.makedirs(paths.join(root, 'damaged'))
+  paths.move(paths.join(root, 'latest', '2'),
+             paths.join(root, 'damaged', 'latest_2'))
+  assert [p.name for p in epath.Path(root, 'latest').iterdir()] == ['1']
+  assert not epath.Path(root, 'latest', '2').exists()
+  assert paths.read_text(paths.join(root, 'damaged', 'latest_2', 'meta')) == 'x'
+
+
 def test_check_workdir_url_accepts_good_ones(gcs, tmp_path):
   paths.check_workdir_url(str(tmp_path / 'new'))
   paths.check_workdir_url(gcs.bucket() + '/exp1')
@@ -172,3 +187,12 @@ def test_orbax_checkpoint_manager_on_the_bucket(gcs):
   np.testing.assert_array_equal(restored['b']['x'], np.ones((2, 3)))
   assert paths.listdir(url) == ['2', '3']
   assert json.loads(json.dumps(paths.listdir(url)))  # Plain strings.
+
+
+def test_split_spec_keeps_a_urls_scheme():
+  assert paths.split_spec('gs://b/run/config.json') == (
+      'gs://b/run/config.json', '', '')
+  assert paths.split_spec('configs/demo.py:runlocal,n2=vgg16') == (
+      'configs/demo.py', ':', 'runlocal,n2=vgg16')
+  assert paths.split_spec('gs://b/c.py:a') == ('gs://b/c.py', ':', 'a')
+  assert paths.split_spec('/tmp/config.json') == ('/tmp/config.json', '', '')

@@ -1,6 +1,7 @@
 """Multi-host behaviour with 2 processes on localhost (jax.distributed, CPU):
 the shared-storage check, the build barrier whichever process arrives first,
-process-0-only writes, and the fallback past a damaged checkpoint.
+process-0-only writes, the fallback past a damaged checkpoint, and a
+training of both in one gs:// workdir (a local GCS emulator).
 Both processes run tests/pod_worker.py."""
 
 import json
@@ -8,16 +9,20 @@ import os
 
 import pytest
 
+from gcs_emulator import gcs  # pylint: disable=unused-import
+from parallelnet.core import paths
 import workers
 
 pytestmark = pytest.mark.slow  # Several processes or a whole demo run.
 
 
-def test_two_processes_storage_check_build_barrier_and_writes(tmp_path):
+def test_two_processes_storage_check_build_barrier_writes_and_bucket(
+    tmp_path, gcs):
+  bucket_work = gcs.bucket() + '/run'
   # A process that skips a barrier leaves the other one waiting: timeout.
   workers.finish(workers.start_group(
-      'pod_worker', lambda i: [tmp_path, tmp_path / f'p{i}.json'], tmp_path,
-      name='log'), timeout=240)
+      'pod_worker', lambda i: [tmp_path, tmp_path / f'p{i}.json', bucket_work],
+      tmp_path, name='log', env=gcs.env), timeout=300)
   p0, p1 = (json.loads((tmp_path / f'p{i}.json').read_text())
             for i in range(2))
 
@@ -53,3 +58,16 @@ def test_two_processes_storage_check_build_barrier_and_writes(tmp_path):
     assert out['latest_after'] == [1]
   assert os.listdir(tmp_path / 'shared' / 'work' / 'checkpoints' /
                     'damaged') == ['latest_2']
+
+  # Both trained in the bucket: one run, its checkpoints and outputs there
+  # (process 0's), the shared-storage check's token gone from it.
+  assert p0['bucket_metrics'] == p1['bucket_metrics']
+  assert paths.read_json(paths.join(bucket_work, 'eval_metrics.json')) == (
+      p0['bucket_metrics'])
+  assert p0['bucket_metrics']['checkpoint_step'] == 2
+  assert paths.listdir(paths.join(bucket_work, 'checkpoints', 'latest')) == [
+      '1', '2']
+  assert paths.listdir(paths.join(bucket_work, 'checkpoints', 'best')) == [
+      '2']
+  assert not [n for n in paths.listdir(bucket_work)
+              if n.startswith('.parallelnet_shared_check_')]

@@ -163,16 +163,13 @@ def _run(tmp_path, name, args, env):
 
 
 @pytest.mark.slow
-def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path):
-  """Real pipeline (synthetic corpus) and model; a checkpoint every step."""
-  data_dir = str(tmp_path / 'tfds')
-  full, killed = tmp_path / 'full', tmp_path / 'killed'
-  # A persistent compilation cache: the second and third runs skip XLA.
-  env = dict(JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'xla'),
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
-  a = _run(tmp_path, 'full', [full, data_dir], env)
-  workers.finish([a])
-
+def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path,
+                                                    resume_reference):
+  """Real pipeline (synthetic corpus) and model; a checkpoint every step.
+  The uninterrupted run and the compilation cache: conftest's
+  resume_reference."""
+  data_dir, env = resume_reference.data_dir, resume_reference.env
+  full, killed = resume_reference.workdir, tmp_path / 'killed'
   b = _run(tmp_path, 'killed', [killed, data_dir], env)
   latest = killed / 'checkpoints' / 'latest'
   deadline = time.time() + 240

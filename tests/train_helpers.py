@@ -9,12 +9,16 @@ mask=False), over small random arrays whose label is readable from the image,
 so a tiny model can learn it.
 """
 
+from typing import Any
+
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from parallelnet import mesh as mesh_lib
+from parallelnet.models import common
 
 
 # The tests' one small model, as dotted config fields: `runlocal` at 1/32
@@ -49,6 +53,34 @@ def tiny_config(arg='', num_classes=4, data_dir=None, synthetic_size=48):
   elif num_classes is not None:
     c.dataset.classes = c.dataset.classes[:num_classes]
   return c
+
+
+# An N2 trunk far cheaper to compile than VGG, for tests whose subject is
+# not the trunk: conftest.py's `tiny_trunk` fixture registers it in the
+# test process, register_tiny_trunk() in a worker process.
+TINY_TRUNK = 'tiny_bn'
+
+
+class TinyBNTrunk(nn.Module):
+  """One strided conv and a BatchNorm, as the registry's trunks use it."""
+  width: float = 1.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    x = nn.Conv(4, (3, 3), strides=(4, 4), name='conv')(x)
+    return nn.relu(common.batch_norm(train, self.dtype, 'bn')(x))
+
+
+def tiny_trunk(width, dtype, **kwargs):
+  """backbones' registry entry for TINY_TRUNK."""
+  return TinyBNTrunk(width, dtype, **kwargs)
+
+
+def register_tiny_trunk():
+  """Registers TINY_TRUNK for good (a worker process's whole life)."""
+  from parallelnet.models import backbones  # pylint: disable=g-import-not-at-top
+  backbones._REGISTRY[TINY_TRUNK] = tiny_trunk  # pylint: disable=protected-access
 
 
 def fast_first(params):

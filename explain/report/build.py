@@ -130,8 +130,12 @@ def _flatten(d, prefix=''):
 
 
 def _config_file_defaults(spec):
-  """get_config(arg).to_dict() of a config file given as path[:arg]."""
-  path, _, arg = spec.partition(':')
+  """get_config(arg).to_dict() of a config file given as path[:arg], or
+  the config of a config.json (local or a URL)."""
+  path, _, arg = paths.split_spec(spec)
+  if path.endswith('.json'):
+    from configs import parallelnet as paper_config  # pylint: disable=g-import-not-at-top
+    return paper_config.config_from_json(path).to_dict()
   module_spec = importlib.util.spec_from_file_location('_report_config', path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)

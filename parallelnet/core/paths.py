@@ -57,10 +57,31 @@ def use_fsspec_for_gcs():
 
 
 def refresh_epath_backend():
-  """Makes epath re-read EPATH_USE_TF (it caches the answer on first use)."""
+  """Makes epath re-read EPATH_USE_TF (it caches the answer on first use)
+  and drop its fsspec clients (they remember endpoint and credentials)."""
   cached = getattr(getattr(epath, 'gpath', None), '_is_tf_installed', None)
   if hasattr(cached, 'cache_clear'):
     cached.cache_clear()
+  clients = getattr(_epath_fsspec_backend(), '_get_filesystem', None)
+  if hasattr(clients, 'cache_clear'):
+    clients.cache_clear()
+
+
+def _epath_fsspec_backend():
+  from etils.epath import backend  # pylint: disable=g-import-not-at-top
+  return getattr(backend, 'fsspec_backend', None)
+
+
+def _fs(p):
+  """(fsspec filesystem, path without scheme) of URL `p`, on the very
+  client etils.epath (hence orbax) uses: gcsfs caches folder listings per
+  client, so a listing refreshed or a folder moved on another client would
+  leave epath's cache stale (orbax would then see a step that was moved)."""
+  import fsspec  # pylint: disable=g-import-not-at-top
+  backend = _epath_fsspec_backend()
+  fs = backend.fs(str(p)) if backend is not None else (
+      fsspec.core.url_to_fs(str(p))[0])
+  return fs, fs._strip_protocol(str(p))  # pylint: disable=protected-access
 
 
 def exists(p) -> bool:
@@ -80,8 +101,7 @@ def listdir(p) -> list[str]:
   """Sorted names of the entries directly in folder `p` (on an object store,
   listed afresh: another process may have written there meanwhile)."""
   if is_url(p):
-    import fsspec  # pylint: disable=g-import-not-at-top
-    fs, root = fsspec.core.url_to_fs(str(p))
+    fs, root = _fs(p)
     fs.invalidate_cache(root)
   return sorted(c.name for c in epath.Path(p).iterdir())
 
@@ -134,6 +154,18 @@ def scheme(p) -> str | None:
   """'gs' for 'gs://b/x', None for a local path."""
   m = re.match(r'^([A-Za-z][A-Za-z0-9+.-]*)://', str(p))
   return m.group(1).lower() if m else None
+
+
+def split_spec(spec) -> tuple[str, str, str]:
+  """str.partition(':') of a 'path[:arg]' spec (config_flags' --config form)
+  that keeps a URL's 'scheme://' in the path: 'gs://b/config.json' gives
+  ('gs://b/config.json', '', ''), 'configs/demo.py:a' ('configs/demo.py',
+  ':', 'a')."""
+  spec = str(spec)
+  s = scheme(spec)
+  head = len(s) + 3 if s else 0
+  rest, colon, arg = spec[head:].partition(':')
+  return spec[:head] + rest, colon, arg
 
 
 def _is_auth_error(e: BaseException) -> bool:
@@ -280,8 +312,7 @@ def files_with_mtimes(p) -> list[tuple[str, float]]:
         out.append((os.path.relpath(full, p), os.path.getmtime(full)))
     return out
   import datetime  # pylint: disable=g-import-not-at-top
-  import fsspec  # pylint: disable=g-import-not-at-top
-  fs, root = fsspec.core.url_to_fs(str(p))
+  fs, root = _fs(p)
   out = []
   for name, info in fs.find(root, detail=True).items():
     t = info.get('mtime') or info.get('updated') or info.get('LastModified')
@@ -300,9 +331,8 @@ def move(src, dst):
   if not is_url(src):
     os.rename(src, dst)
     return
-  import fsspec  # pylint: disable=g-import-not-at-top
-  fs, s = fsspec.core.url_to_fs(str(src))
-  _, d = fsspec.core.url_to_fs(str(dst))
+  fs, s = _fs(src)
+  _, d = _fs(dst)
   fs.mv(s, d, recursive=fs.isdir(s))
   fs.invalidate_cache()  # Listings cached before the move are stale.
 
