@@ -27,6 +27,24 @@ def pytest_configure(config):
                     float(os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS']))
 
 
+# Modules whose module-scoped fixtures are costly (processes, a built
+# dataset, a trained model): each runs on one xdist worker, so the fixture is
+# built once. Other modules' tests are spread over the workers one by one.
+ONE_WORKER_MODULES = ('test_cli', 'test_construct', 'test_input_pipeline',
+                      'test_modality', 'test_model', 'test_own_data',
+                      'test_predict', 'test_pretrained')
+
+
+@pytest.hookimpl(tryfirst=True)  # Before xdist reads the groups.
+def pytest_collection_modifyitems(config, items):
+  del config
+  for item in items:
+    module = item.module.__name__.rpartition('.')[2]
+    if (module in ONE_WORKER_MODULES and
+        not item.get_closest_marker('xdist_group')):
+      item.add_marker(pytest.mark.xdist_group(module))
+
+
 @pytest.fixture(scope="module")
 def fast_compile():
   """Turns off most XLA optimisations for a test module: compile time dominates.
@@ -58,7 +76,8 @@ def readme_demo(tmp_path_factory):
   """The README's demo command, run once as a user runs it (a fresh dataset
   folder, default logging, stdout and stderr interleaved as on a terminal),
   for the tests that read its output or reuse its trained workdir
-  (test_readme, test_cli). Tests that use it share the xdist group 'demo'.
+  (test_readme, test_cli). Tests that use it share the xdist group 'demo', so
+  it runs once.
 
   Returns dict(returncode, output, workdir, data_dir, args): `args` are the
   main.py flags to run again on the same workdir.
@@ -87,7 +106,8 @@ def resume_reference(tmp_path_factory):
   kill-and-resume tests (on disk and in a bucket), which compare their
   resumed runs with it: `workdir` (read it, never write), the `data_dir` it
   built, and `env`, whose persistent compilation cache it filled, so that
-  their own runs skip XLA."""
+  their own runs skip XLA. Its tests share the xdist group
+  'resume_reference', so it runs once."""
   import types  # pylint: disable=g-import-not-at-top
   import workers  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp("resume_reference")

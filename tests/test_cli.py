@@ -253,8 +253,7 @@ def test_demo_log_is_short_and_a_rerun_says_it_had_finished(readme_demo,
   lines = [l for l in out.splitlines() if not PROGRESS.match(l)]
   assert len(lines) < 40, '\n'.join(lines)
   text = '\n'.join(lines)
-  epochs = [l.split('  ')[0].split()[1] for l in lines
-            if l.startswith('epoch ')]
+  epochs = [l.split()[1] for l in lines if l.startswith('epoch ')]
   assert epochs and epochs == [f'{k}/15' for k in range(1, len(epochs) + 1)
                                ], text
   epoch_line = next(l for l in lines if l.startswith('epoch  1/15'))

@@ -66,6 +66,7 @@ def _latest_steps(workdir):
 
 @pytest.mark.slow
 @pytest.mark.usefixtures('fast_compile')
+@pytest.mark.xdist_group('resume_reference')
 def test_train_in_a_bucket_killed_resumed_then_eval_explain_predict(
     gcs, tmp_path, resume_reference):
   """resume_worker.py (real pipeline, a checkpoint every step) on a bucket:

@@ -163,6 +163,7 @@ def _run(tmp_path, name, args, env):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group('resume_reference')
 def test_sigkill_and_resume_equals_uninterrupted_run(tmp_path,
                                                     resume_reference):
   """Real pipeline (synthetic corpus) and model; a checkpoint every step.
