@@ -137,6 +137,7 @@ def test_cue_overlap_helpers():
       True, 0.5)
 
 
+@pytest.mark.slow
 def test_explain_files_prints_prediction(fakes, tmp_path, capsys):
   config, _ = fakes
   summary = run.explain_files(config, str(tmp_path), '/x/cat.png',

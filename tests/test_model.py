@@ -587,6 +587,7 @@ def test_baseline_configs_use_efficientnet():
 # --- jit, vmap, training mode, dtypes -----------------------------------------
 
 
+@pytest.mark.slow
 def test_vmap_of_single_example_equals_batched_apply(proposed):
   p = proposed
   model, variables = p['model'], p['variables']
@@ -600,6 +601,7 @@ def test_vmap_of_single_example_equals_batched_apply(proposed):
   np.testing.assert_allclose(vmapped, p['logits'], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_train_mode_updates_batch_stats(proposed):
   p = proposed
   (logits, _), updates = jax.jit(
