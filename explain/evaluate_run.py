@@ -196,6 +196,14 @@ def evaluate(config, workdir):
     if n not in PEERS:
       raise UserError(f'config.explain_eval.peers: unknown method {n!r}; '
                       f'known: {", ".join(PEERS)}.')
+  if any(n.startswith('shap-') for n in names):
+    try:
+      import shap  # pylint: disable=g-import-not-at-top,unused-import
+    except ImportError as e:
+      raise UserError(
+          f'config.explain_eval.peers={c.peers!r} asks for shap, which is '
+          f'not installed: pip install -r bench/requirements.txt (shap), or '
+          f'drop the shap peers.') from e
   limits = _limits(c.peer_examples)
   sanity_names = _split_names(c.sanity_methods)
   for n in sanity_names:

@@ -245,3 +245,16 @@ def test_driver_writes_every_table(fakes, tmp_path, monkeypatch):  # pylint: dis
   # small interaction only.
   (row,) = [r for r in tables['interaction'] if r['cls'] == 'all']
   assert abs(row['interaction']) < abs(row['total'])
+
+
+def test_shap_peers_without_shap_fail_before_any_work(monkeypatch, tmp_path):
+  """Asking for a shap peer without shap installed is a one-line UserError
+  at the start, not an ImportError after the other methods have run."""
+  import sys  # pylint: disable=g-import-not-at-top
+  from configs import parallelnet as parallelnet_config  # pylint: disable=g-import-not-at-top
+  from parallelnet.core.errors import UserError  # pylint: disable=g-import-not-at-top
+  config = parallelnet_config.get_config('runlocal')
+  config.explain_eval.peers = 'occlusion,shap-partition'
+  monkeypatch.setitem(sys.modules, 'shap', None)  # `import shap` fails.
+  with pytest.raises(UserError, match='config.explain_eval.peers.*shap'):
+    evaluate_run.evaluate(config, str(tmp_path / 'no_workdir'))
