@@ -10,6 +10,7 @@ import explain
 from explain import evaluate_run
 from explain import evaluation
 from explain import peers
+from explain.dncshap import leaf_id_map
 from tests.test_explain_run import fakes  # pylint: disable=unused-import
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
@@ -258,3 +259,42 @@ def test_shap_peers_without_shap_fail_before_any_work(monkeypatch, tmp_path):
   monkeypatch.setitem(sys.modules, 'shap', None)  # `import shap` fails.
   with pytest.raises(UserError, match='config.explain_eval.peers.*shap'):
     evaluate_run.evaluate(config, str(tmp_path / 'no_workdir'))
+
+
+@pytest.mark.parametrize('budget', [2, 12])
+def test_gradients_of_a_linear_model_are_exact_without_padded_passes(budget):
+  """Gradient x input and IG of a linear score are (x - x') w summed per
+  leaf, and the model sees only the (baseline, alpha) pairs asked for: one
+  pass of E rows for gradient x input, 6 + 6 for IG's 6 midpoints x 2
+  baselines, not groups padded to 8."""
+  variables = _linear_variables(jax.random.key(0))
+  rows = []
+
+  def counted(v, images, specs):
+    rows.append(images.shape[0])  # At trace time.
+    return _linear_apply(v, images, specs)
+  fn = jax.tree_util.Partial(counted, variables)
+
+  images, specs = _inputs(3)
+  base_i, base_s = _inputs(6, seed=1)
+  base_i, base_s = base_i.reshape(2, 3, *base_i.shape[1:]), base_s.reshape(
+      2, 3, *base_s.shape[1:])
+  grad = peers.gradient_fn(fn, images.shape[1:], specs.shape[1:], DEPTH)
+  target = np.zeros(3, np.int32)
+  values, evals = peers.gradients(grad, fn, images, specs, base_i, base_s,
+                                  target, budget)
+  if budget == 2:  # One gradient at the mean baseline.
+    base_i, base_s = base_i.mean(0, keepdims=True), base_s.mean(
+        0, keepdims=True)
+  p = variables['params']
+  leaf_i = np.asarray(leaf_id_map((SIZE, SIZE), DEPTH)).reshape(-1)
+  px = ((images - base_i) * np.asarray(p['N1_i']['kernel'])).sum(-1).mean(
+      0).reshape(3, -1)
+  py = ((specs - base_s) * np.asarray(p['N1_s']['kernel'])).sum(-1).mean(
+      0).reshape(3, -1)
+  want = np.concatenate([
+      np.stack([px[:, leaf_i == l].sum(1) for l in range(8)], 1),
+      np.stack([py[:, leaf_i == l].sum(1) for l in range(8)], 1)], 1)
+  np.testing.assert_allclose(values, want, rtol=1e-4, atol=1e-4)
+  assert evals == budget
+  assert rows == [3 * (1 if budget == 2 else 6)]
