@@ -141,6 +141,22 @@ def test_road_on_a_linear_model_ranks_regions_in_weight_order():
         np.allclose(other[0, :8], weights))
 
 
+def test_road_of_a_method_limited_to_the_first_examples():
+  """A method run on fewer examples than ROAD holds (a slow peer) gets the
+  curves of those examples, the same as ROAD built on them alone."""
+  fn = jax.tree_util.Partial(_linear_apply,
+                             _linear_variables(jax.random.key(0)))
+  predict = lambda x, y: np.asarray(fn(x, y))
+  images, specs = _inputs(5)
+  target = np.array([0, 1, 0, 1, 1], np.int32)
+  values = np.random.default_rng(0).random((2, 16))
+  whole = evaluation.Road(predict, images, specs, target, DEPTH)
+  first = evaluation.Road(predict, images[:2], specs[:2], target[:2], DEPTH)
+  for m in ('image', 'speech'):
+    np.testing.assert_allclose(whole.curves(values, m, 'morf'),
+                               first.curves(values, m, 'morf'), rtol=1e-6)
+
+
 def test_faithfulness_correlation_of_exact_contributions_is_one():
   rng = np.random.default_rng(0)
   values = rng.normal(size=(3, 16))
