@@ -171,7 +171,8 @@ class Road:
     """(E, L - 1) target probability with the k = 1 .. L-1 leaves of
     `modality` ranked first by `order` ('morf': highest value first,
     'lerf': lowest first) removed and imputed; the other modality intact.
-    Ties are broken by leaf index."""
+    Ties are broken by leaf index. `values` may cover only the first E
+    examples (a method limited to fewer)."""
     v = split(values)[modality]
     if order not in ('morf', 'lerf'):
       raise ValueError(f'ROAD order {order!r}; expected morf or lerf.')
@@ -184,7 +185,7 @@ class Road:
         xs_i.append(x if modality == 'image' else self.inputs['image'][i])
         xs_s.append(x if modality == 'speech' else self.inputs['speech'][i])
     probs = self.predict(np.stack(xs_i), np.stack(xs_s))
-    t = np.repeat(self.target, n - 1)
+    t = np.repeat(self.target[:e], n - 1)
     return probs[np.arange(len(t)), t].reshape(e, n - 1)
 
 

@@ -80,8 +80,10 @@ def gradient_fn(fn, image_shape, speech_shape, depth, group=8):
   """jitted (fn, images, specs, bases, target, alphas) -> (E, 2L) leaf sums
   of (x - x') * mean over alphas and baselines of grad f(x' + a (x - x')).
 
-  The (baseline, alpha) pairs go through `jax.lax.map` in groups of `group`
-  (padded with zero weight), so memory holds E * group backward passes.
+  The (baseline, alpha) pairs go through `jax.lax.map` in groups of at most
+  `group`, as even as the count allows (the last padded with zero weight), so
+  memory holds E * group backward passes and gradient x input (one pair)
+  pays for one.
   """
   image_leaf = jnp.asarray(leaf_id_map(tuple(image_shape[:2]), depth))
   speech_leaf = jnp.asarray(leaf_id_map(tuple(speech_shape[:2]), depth))
@@ -91,7 +93,8 @@ def gradient_fn(fn, image_shape, speech_shape, depth, group=8):
   def run(fn, images, specs, base_i, base_s, target, alphas):
     k, p = base_i.shape[0], alphas.shape[0]
     pairs = k * p
-    padded = -(-pairs // group) * group
+    size = -(-pairs // -(-pairs // group))  # Pairs per group.
+    padded = -(-pairs // size) * size
     kk = jnp.arange(padded) // p % k
     aa = alphas[jnp.arange(padded) % p]
     ww = (jnp.arange(padded) < pairs).astype(jnp.float32)
@@ -100,7 +103,7 @@ def gradient_fn(fn, image_shape, speech_shape, depth, group=8):
 
     def total(x, y):  # Sum of each row's target probability: one backward.
       out = fn(x.reshape((-1,) + x.shape[2:]), y.reshape((-1,) + y.shape[2:]))
-      return out.reshape(group, e, -1)[:, jnp.arange(e), target].sum()
+      return out.reshape(size, e, -1)[:, jnp.arange(e), target].sum()
     grad = jax.grad(total, argnums=(0, 1))
 
     def one_group(g):
@@ -113,8 +116,8 @@ def gradient_fn(fn, image_shape, speech_shape, depth, group=8):
       return (jnp.einsum('g,geij->eij', w_g, px),
               jnp.einsum('g,geij->eij', w_g, py))
 
-    groups = (kk.reshape(-1, group), aa.reshape(-1, group),
-              ww.reshape(-1, group))
+    groups = (kk.reshape(-1, size), aa.reshape(-1, size),
+              ww.reshape(-1, size))
     px, py = jax.lax.map(one_group, groups)
     px, py = px.sum(0) / pairs, py.sum(0) / pairs  # (E, H, W), (E, T, F)
     ix = jax.vmap(lambda m: jax.ops.segment_sum(

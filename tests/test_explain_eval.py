@@ -10,6 +10,7 @@ import explain
 from explain import evaluate_run
 from explain import evaluation
 from explain import peers
+from explain.dncshap import leaf_id_map
 from tests.test_explain_run import fakes  # pylint: disable=unused-import
 
 pytestmark = pytest.mark.usefixtures('fast_compile')
@@ -140,6 +141,22 @@ def test_road_on_a_linear_model_ranks_regions_in_weight_order():
         np.allclose(other[0, :8], weights))
 
 
+def test_road_of_a_method_limited_to_the_first_examples():
+  """A method run on fewer examples than ROAD holds (a slow peer) gets the
+  curves of those examples, the same as ROAD built on them alone."""
+  fn = jax.tree_util.Partial(_linear_apply,
+                             _linear_variables(jax.random.key(0)))
+  predict = lambda x, y: np.asarray(fn(x, y))
+  images, specs = _inputs(5)
+  target = np.array([0, 1, 0, 1, 1], np.int32)
+  values = np.random.default_rng(0).random((2, 16))
+  whole = evaluation.Road(predict, images, specs, target, DEPTH)
+  first = evaluation.Road(predict, images[:2], specs[:2], target[:2], DEPTH)
+  for m in ('image', 'speech'):
+    np.testing.assert_allclose(whole.curves(values, m, 'morf'),
+                               first.curves(values, m, 'morf'), rtol=1e-6)
+
+
 def test_faithfulness_correlation_of_exact_contributions_is_one():
   rng = np.random.default_rng(0)
   values = rng.normal(size=(3, 16))
@@ -245,3 +262,55 @@ def test_driver_writes_every_table(fakes, tmp_path, monkeypatch):  # pylint: dis
   # small interaction only.
   (row,) = [r for r in tables['interaction'] if r['cls'] == 'all']
   assert abs(row['interaction']) < abs(row['total'])
+
+
+def test_shap_peers_without_shap_fail_before_any_work(monkeypatch, tmp_path):
+  """Asking for a shap peer without shap installed is a one-line UserError
+  at the start, not an ImportError after the other methods have run."""
+  import sys  # pylint: disable=g-import-not-at-top
+  from configs import parallelnet as parallelnet_config  # pylint: disable=g-import-not-at-top
+  from parallelnet.core.errors import UserError  # pylint: disable=g-import-not-at-top
+  config = parallelnet_config.get_config('runlocal')
+  config.explain_eval.peers = 'occlusion,shap-partition'
+  monkeypatch.setitem(sys.modules, 'shap', None)  # `import shap` fails.
+  with pytest.raises(UserError, match='config.explain_eval.peers.*shap'):
+    evaluate_run.evaluate(config, str(tmp_path / 'no_workdir'))
+
+
+@pytest.mark.parametrize('budget', [2, 12])
+def test_gradients_of_a_linear_model_are_exact_without_padded_passes(budget):
+  """Gradient x input and IG of a linear score are (x - x') w summed per
+  leaf, and the model sees only the (baseline, alpha) pairs asked for: one
+  pass of E rows for gradient x input, 6 + 6 for IG's 6 midpoints x 2
+  baselines, not groups padded to 8."""
+  variables = _linear_variables(jax.random.key(0))
+  rows = []
+
+  def counted(v, images, specs):
+    rows.append(images.shape[0])  # At trace time.
+    return _linear_apply(v, images, specs)
+  fn = jax.tree_util.Partial(counted, variables)
+
+  images, specs = _inputs(3)
+  base_i, base_s = _inputs(6, seed=1)
+  base_i, base_s = base_i.reshape(2, 3, *base_i.shape[1:]), base_s.reshape(
+      2, 3, *base_s.shape[1:])
+  grad = peers.gradient_fn(fn, images.shape[1:], specs.shape[1:], DEPTH)
+  target = np.zeros(3, np.int32)
+  values, evals = peers.gradients(grad, fn, images, specs, base_i, base_s,
+                                  target, budget)
+  if budget == 2:  # One gradient at the mean baseline.
+    base_i, base_s = base_i.mean(0, keepdims=True), base_s.mean(
+        0, keepdims=True)
+  p = variables['params']
+  leaf_i = np.asarray(leaf_id_map((SIZE, SIZE), DEPTH)).reshape(-1)
+  px = ((images - base_i) * np.asarray(p['N1_i']['kernel'])).sum(-1).mean(
+      0).reshape(3, -1)
+  py = ((specs - base_s) * np.asarray(p['N1_s']['kernel'])).sum(-1).mean(
+      0).reshape(3, -1)
+  want = np.concatenate([
+      np.stack([px[:, leaf_i == l].sum(1) for l in range(8)], 1),
+      np.stack([py[:, leaf_i == l].sum(1) for l in range(8)], 1)], 1)
+  np.testing.assert_allclose(values, want, rtol=1e-4, atol=1e-4)
+  assert evals == budget
+  assert rows == [3 * (1 if budget == 2 else 6)]
