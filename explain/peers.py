@@ -16,6 +16,8 @@ Baselines are arrays (K, E, ...) (K baselines per example); nothing here
 imports the rest of the project.
 """
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -93,7 +95,7 @@ def gradient_fn(fn, image_shape, speech_shape, depth, group=8):
   def run(fn, images, specs, base_i, base_s, target, alphas):
     k, p = base_i.shape[0], alphas.shape[0]
     pairs = k * p
-    size = -(-pairs // -(-pairs // group))  # Pairs per group.
+    size = math.ceil(pairs / math.ceil(pairs / group))  # Pairs per group.
     padded = -(-pairs // size) * size
     kk = jnp.arange(padded) // p % k
     aa = alphas[jnp.arange(padded) % p]

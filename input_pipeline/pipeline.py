@@ -332,26 +332,14 @@ def epoch_seed(seed, epoch):
              & 0x7FFFFFFF)
 
 
-def _read(builder, split):
-  """`split` of a built dataset, in stored order. The dataset object is
-  re-iterable, so it is made once per (builder, split): every epoch reads
-  the training and validation splits again, and making the TFDS reader (its
-  traced decode functions) costs about 0.2 s each time. `_builder` already
-  keys builders by every setting and the source, so a changed dataset is a
-  different builder and never a cached read."""
-  try:
-    hash(split)
-  except TypeError:  # A tfds.ReadInstruction list: made each time.
-    return _make_read(builder, split)
-  return _read_cached(builder, split)
-
-
 @functools.lru_cache(maxsize=32)
-def _read_cached(builder, split):
-  return _make_read(builder, split)
-
-
-def _make_read(builder, split):
+def _read(builder, split):
+  """`split` (a split string) of a built dataset, in stored order. The
+  dataset object is re-iterable, so it is made once per (builder, split):
+  every epoch reads the training and validation splits again, and making the
+  TFDS reader (its traced decode functions) costs about 0.2 s each time.
+  `_builder` already keys builders by every setting and the source, so a
+  changed dataset is a different builder and never a cached read."""
   read_config = tfds.ReadConfig(try_autocache=False)
   ds = builder.as_dataset(split=split, shuffle_files=False,
                           read_config=read_config)

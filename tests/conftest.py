@@ -45,6 +45,15 @@ def pytest_collection_modifyitems(config, items):
       item.add_marker(pytest.mark.xdist_group(module))
 
 
+def _most_optimizations_disabled(value):
+  """Sets jax_disable_most_optimizations to `value` until the generator
+  resumes, then restores it (for the fixtures below)."""
+  before = jax.config.values.get('jax_disable_most_optimizations', False)
+  jax.config.update('jax_disable_most_optimizations', value)
+  yield
+  jax.config.update('jax_disable_most_optimizations', before)
+
+
 @pytest.fixture(scope="module")
 def fast_compile():
   """Turns off most XLA optimisations for a test module: compile time dominates.
@@ -52,10 +61,14 @@ def fast_compile():
   Restores the previous value afterwards, so tests that time execution are
   not affected. Use with `pytestmark = pytest.mark.usefixtures('fast_compile')`.
   """
-  before = jax.config.values.get('jax_disable_most_optimizations', False)
-  jax.config.update('jax_disable_most_optimizations', True)
-  yield
-  jax.config.update('jax_disable_most_optimizations', before)
+  yield from _most_optimizations_disabled(True)
+
+
+@pytest.fixture
+def optimised_compile():
+  """Undoes a module's fast_compile for one test whose time is running (many
+  epochs), not compiling."""
+  yield from _most_optimizations_disabled(False)
 
 
 @pytest.fixture

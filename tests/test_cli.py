@@ -7,7 +7,6 @@ at flag parsing (before TensorFlow/JAX load) come first and are cheap.
 
 import io
 import os
-import re
 import subprocess
 import sys
 
@@ -17,6 +16,7 @@ import pytest
 import soundfile as sf
 
 from parallelnet.core import progress
+from tests import test_readme
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -232,11 +232,6 @@ def test_corrupt_and_missing_files_name_the_file(tmp_path):
 # ------------------------------------------------------- the demo's log --
 
 
-# A progress line (parallelnet.core.progress): printed only when a step runs
-# longer than its interval, so how many appear depends on the machine.
-PROGRESS = re.compile(r'^[^:]+: \d+/\d+ .*\(\d+%\)')
-
-
 @pytest.mark.slow
 @pytest.mark.xdist_group('demo')
 def test_demo_log_is_short_and_a_rerun_says_it_had_finished(readme_demo,
@@ -250,7 +245,8 @@ def test_demo_log_is_short_and_a_rerun_says_it_had_finished(readme_demo,
   assert readme_demo['returncode'] == 0, readme_demo['output']
   workdir, args = readme_demo['workdir'], readme_demo['args']
   out = readme_demo['output']
-  lines = [l for l in out.splitlines() if not PROGRESS.match(l)]
+  lines = [l for l in out.splitlines()
+           if not test_readme.PROGRESS.match(l)]
   assert len(lines) < 40, '\n'.join(lines)
   text = '\n'.join(lines)
   epochs = [l.split()[1] for l in lines if l.startswith('epoch ')]

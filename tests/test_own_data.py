@@ -303,17 +303,6 @@ def test_cli_config_json_and_default_config_give_the_same_numbers(trained):
 # --- The small-data recipe ---------------------------------------------------
 
 
-@pytest.fixture
-def optimised_compile():
-  """Undoes the module's fast_compile for one test whose time is running
-  (forty epochs), not compiling."""
-  import jax  # pylint: disable=g-import-not-at-top
-  before = jax.config.values.get('jax_disable_most_optimizations', False)
-  jax.config.update('jax_disable_most_optimizations', False)
-  yield
-  jax.config.update('jax_disable_most_optimizations', before)
-
-
 SMALL_ACCURACY = 1.0  # docs/own_data.md, "2. Train with the small-data recipe".
 
 
