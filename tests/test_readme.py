@@ -87,7 +87,7 @@ def test_demo_prints_what_the_readme_quotes(readme_demo):
   printed = [l for l in readme_demo['output'].rstrip('\n').split('\n')
              if not PROGRESS.match(l)]
   quoted, stated = quoted_demo_output()
-  readme_data_dir = os.path.expanduser('~/tensorflow_datasets')
+  readme_data_dir = '~/tensorflow_datasets'  # As the README writes it.
   quoted = [normalise(l, '/tmp/parallelnet_demo', readme_data_dir)
             for l in quoted]
   got = [normalise(l, workdir, data_dir) for l in printed]
