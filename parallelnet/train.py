@@ -171,6 +171,7 @@ def _start(run: _Run) -> tuple[TrainState, _Position]:
   tree, meta = run.ckpts.restore('latest', run.abstract, fallback=True)
   if tree is None:
     return init_train_state(run.config, run.model, run.mesh), pos
+  run.ckpts.repair_best(int(tree['step']), tree, meta)
   state = restored_state(run.config, run.model, tree)
   pos.epoch, pos.position = meta['epoch'], meta['position']
   pos.loss_sum, pos.acc_sum = meta['train_loss_sum'], meta['train_accuracy_sum']
@@ -277,10 +278,11 @@ def _end_epoch(run: _Run, state, pos: _Position, step: int, seconds: float):
       val_loss, val['accuracy'], scalars['lr'], seconds,
       '  (best)' if pos.stopper.has_improved else '')
   pos.next_epoch()
-  tree = checkpoint_tree(state)
   if pos.stopper.has_improved:
-    run.ckpts.save('best', step, tree, pos.meta())
-  run.ckpts.save('latest', step, tree, pos.meta())
+    run.ckpts.save(('best', 'latest'), step, checkpoint_tree(state),
+                   dict(pos.meta(), best_step=step))
+  else:
+    run.ckpts.save('latest', step, checkpoint_tree(state), pos.meta())
   if pos.stopper.should_stop:
     logging.info('Early stopping after epoch %d: no validation-loss gain '
                  'for %d epochs.', pos.epoch, tc.early_stopping_patience)

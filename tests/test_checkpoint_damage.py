@@ -49,7 +49,7 @@ def _state_files(workdir, which, step, sub=''):
 def test_damaged_newest_checkpoint_resumes_from_previous(tmp_path, caplog):
   data = train_helpers.ArrayData(_config(1), sizes=(16, 8, 8))  # 2 steps/epoch.
   base = str(tmp_path / 'base')
-  train.train_and_evaluate(_config(1), base, data=data)
+  first = train.train_and_evaluate(_config(1), base, data=data)
   latest = os.path.join(base, 'checkpoints', 'latest')
   assert sorted(int(s) for s in os.listdir(latest)) == [1, 2]  # Two kept.
 
@@ -73,6 +73,17 @@ def test_damaged_newest_checkpoint_resumes_from_previous(tmp_path, caplog):
   # Training went on past the damaged step: it saved steps 3 and 4 again.
   assert sorted(os.listdir(os.path.join(damaged, 'checkpoints', 'latest'))) \
       == ['3', '4']
+
+  # A kill while `best` of an improving epoch was still being written (it is
+  # saved beside `latest` of the same step, without waiting): the resume
+  # writes it again from `latest`, whose meta names its own step as best.
+  cut = str(tmp_path / 'cut')
+  shutil.copytree(base, cut)
+  shutil.rmtree(os.path.join(cut, 'checkpoints', 'best', '2'))
+  with caplog.at_level(logging.INFO):
+    assert train.train_and_evaluate(_config(1), cut, data=data) == first
+  assert 'The best checkpoint of step 2 was cut short' in caplog.text
+  assert os.listdir(os.path.join(cut, 'checkpoints', 'best')) == ['2']
 
   config = _config(1)
   abstract = train.abstract_checkpoint_tree(

@@ -176,14 +176,43 @@ def quiet_logs():
     pass
 
 
-def import_tensorflow_quietly(quiet=True):
-  """Imports and returns tensorflow. Its C++ code prints INFO lines (oneDNN,
-  CPU features) while it is imported, before any log level applies; with
-  `quiet` they go to /dev/null (stderr's file descriptor is redirected for
-  the import only)."""
-  if not quiet or 'tensorflow' in sys.modules:
+# TensorFlow imports Keras' optimizers at its own import whenever Keras is
+# installed (to register them for SavedModel), 1.5-2 s per process; we use
+# tf.data only. An import that fails is skipped by TensorFlow, and Keras
+# still imports normally afterwards (the tests' Keras comparisons do).
+_KERAS_EAGER_IMPORT = 'keras.src.optimizers'
+
+
+def _import_tensorflow():
+  block = _KERAS_EAGER_IMPORT not in sys.modules
+  if block:
+    sys.modules[_KERAS_EAGER_IMPORT] = None  # Makes its import fail at once.
+  try:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    return tf
+  finally:
+    if block and sys.modules.get(_KERAS_EAGER_IMPORT, 0) is None:
+      del sys.modules[_KERAS_EAGER_IMPORT]
+  return tf
+
+
+def import_tensorflow_quietly(quiet=True):
+  """Imports and returns tensorflow (without Keras). Its C++ code prints
+  INFO lines (oneDNN, CPU features) while it is imported, before any log
+  level applies; with `quiet` they go to /dev/null (stderr's file
+  descriptor is redirected for the import only)."""
+  if not quiet or 'tensorflow' in sys.modules:
+    return _import_tensorflow()
+  sys.stderr.flush()
+  saved = os.dup(2)
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  try:
+    os.dup2(devnull, 2)
+    tf = _import_tensorflow()
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+  return tf
   sys.stderr.flush()
   saved = os.dup(2)
   devnull = os.open(os.devnull, os.O_WRONLY)
