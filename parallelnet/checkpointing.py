@@ -183,11 +183,14 @@ class Checkpoints:
         # A resumed run redoing work that was saved just before the kill:
         # the content is identical (training is deterministic), keep it.
         continue
-      if kind == 'latest' and self._best_in_flight not in (None, step):
+      if kind == 'latest' and self._best_in_flight is not None and (
+          self._best_in_flight != step or jax.process_count() > 1):
         # An older best must be on disk before a newer `latest`, or a kill
         # in between would resume with a stale best. A best of this same
         # step may still be writing: `repair_best` rewrites it from
-        # `latest` if a kill interrupts it.
+        # `latest` if a kill interrupts it. Not across processes: orbax
+        # names its commit barriers by step, so two managers committing
+        # the same step at once would wait on each other's barrier.
         self.managers['best'].wait_until_finished()
         self._best_in_flight = None
       if kind == 'best':
