@@ -9,7 +9,10 @@ Layout under `<workdir>/checkpoints/`:
                               and the explanations read it.
   damaged/<which>_<step>      checkpoints that failed to restore, set aside
                               by a resume that fell back to an older step.
-`state` is a pytree (step, params, batch_stats, opt_state, plateau, rng);
+`state` is a pytree (step, params, batch_stats, opt_state, plateau, rng),
+packed into one flat array per entry and dtype (parallelnet/packing.py:
+orbax's cost is per array); checkpoints without `format` in their meta were
+written unpacked and restore as they are;
 `meta` is JSON: epoch, position in the epoch, early-stopping state, running
 train-loss sums, `model_config`, the fields that fix the parameter shapes
 (compared on restore, so a checkpoint of another model is refused by name),
@@ -41,18 +44,12 @@ from parallelnet.core import errors
 from parallelnet.core import paths
 
 from parallelnet import mesh as mesh_lib
+from parallelnet import packing
 
 
 # Steps kept of each kind: two `latest`, so that a damaged newest one (bit
 # rot, a partial copy) has an older one to fall back to.
 KEEP = {'latest': 2, 'best': 1}
-
-
-@jax.jit
-def _private_copy(tree):
-  """A copy of every array of `tree` in one dispatch (a `.copy()` per leaf
-  costs one dispatch each: 0.2 s for the demo's 374 arrays)."""
-  return jax.tree.map(jnp.copy, tree)
 
 
 def _absolute(path: str) -> str:
@@ -170,13 +167,13 @@ class Checkpoints:
   def save(self, which: str | tuple[str, ...], step: int, state_tree,
            meta: dict):
     """Saves (async) `state_tree` and `meta` as `which` at `step`: one kind
-    or several ('best', 'latest'), which then share one private copy."""
+    or several ('best', 'latest'), which then share one packed copy."""
     kinds = (which,) if isinstance(which, str) else tuple(which)
-    # Private copies: the async save reads them after training has moved on
-    # and the step function has donated (reused) the originals' buffers.
-    state_tree = _private_copy(state_tree)
+    # Packed into new buffers: the async save reads them after training has
+    # moved on and the step function has donated (reused) the originals.
+    state_tree = packing.pack(state_tree)
     meta = dict(meta, model_config=model_config(self.config),
-                state_crc32=tree_checksums(state_tree))
+                format=packing.FORMAT, state_crc32=tree_checksums(state_tree))
     for kind in kinds:
       mgr = self.managers[kind]
       if step in mgr.all_steps():
@@ -259,6 +256,10 @@ class Checkpoints:
     meta = self._read_meta(which, step)
     check_model_config(meta['model_config'], self.config,
                        self.path(which, step))
+    packed = meta.get('format') == packing.FORMAT  # Else written unpacked.
+    wanted = abstract_state
+    if packed:
+      abstract_state = packing.packed_abstract(abstract_state)
     if partial:
       args = ocp.args.PyTreeRestore(
           abstract_state, partial_restore=True,
@@ -280,6 +281,8 @@ class Checkpoints:
           raise DamagedCheckpointError(
               f'the values of {key} do not match the checksum saved with '
               'them')
+    if packed:
+      state = packing.unpack(state, wanted)
     return state, meta
 
   def restore(self, which: str, abstract_state, step: int | None = None, *,

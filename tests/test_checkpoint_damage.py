@@ -40,9 +40,10 @@ def _overwrite(files, offset=None, size=64):
       f.write(b'\x5a' * min(size, n - start))
 
 
-def _state_files(workdir, which, step, sub=''):
+def _state_files(workdir, which, step):
+  """The state's OCDBT data files (b-tree nodes and array chunks)."""
   return glob.glob(os.path.join(workdir, 'checkpoints', which, str(step),
-                                'state', sub, 'd', '*'))
+                                'state', '**', 'd', '*'), recursive=True)
 
 
 @pytest.mark.slow
@@ -58,7 +59,7 @@ def test_damaged_newest_checkpoint_resumes_from_previous(tmp_path, caplog):
   shutil.copytree(base, clean)
   shutil.rmtree(os.path.join(clean, 'checkpoints', 'latest', '2'))
   shutil.copytree(base, damaged)
-  _overwrite(_state_files(damaged, 'latest', 2), offset=1000, size=200)
+  _overwrite(_state_files(damaged, 'latest', 2), size=200)
 
   with caplog.at_level(logging.INFO):
     got = train.train_and_evaluate(_config(2), damaged, data=data)
@@ -103,7 +104,7 @@ def test_damaged_newest_checkpoint_resumes_from_previous(tmp_path, caplog):
                            rf'the values of {re.escape(key)} do not match'):
     ckpts.restore('latest', abstract, step=2)
   # No `latest` restores: an error naming the folder, not a fresh start.
-  _overwrite(_state_files(base, 'latest', 1), offset=1000, size=200)
+  _overwrite(_state_files(base, 'latest', 1), size=200)
   with pytest.raises(errors.UserError,
                      match=r"No 'latest' checkpoint in .*base/checkpoints/"
                            r'latest restores: step 2: .*; step 1: '):
@@ -111,7 +112,7 @@ def test_damaged_newest_checkpoint_resumes_from_previous(tmp_path, caplog):
   ckpts.close()
 
   # --mode=eval on a damaged `best`: a UserError naming it.
-  _overwrite(_state_files(base, 'best', 2), offset=1000, size=200)
+  _overwrite(_state_files(base, 'best', 2), size=200)
   with pytest.raises(errors.UserError,
                      match=r"The 'best' checkpoint .*base/checkpoints/best/2"
                            r' is damaged'):
