@@ -4,6 +4,7 @@ with the data. Each decoded result is compared with an
 expectation computed here from the raw data (numpy), or, for audio, with
 soundfile reading the whole file, not just with shapes."""
 
+import gc
 import io
 import math
 import os
@@ -443,6 +444,7 @@ def test_build_memory_does_not_grow_with_examples(tmp_path, monkeypatch):
   for count in (n, 4 * n):
     folder = tmp_path / f'd{count}'
     _folder(folder, count)
+    gc.collect()  # Earlier tests' garbage is not this build's.
     tracemalloc.start()
     try:
       b, _ = _build(tmp_path / f'b{count}', folder, image_size=64)
