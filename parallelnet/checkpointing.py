@@ -200,9 +200,10 @@ class Checkpoints:
     """Writes `best` at `step` from the latest checkpoint of that step when
     a kill interrupted its write: a `latest` whose meta names itself as
     the best (`best_step`) holds the same state."""
-    if (meta.get('best_step') != step
-        or step in self.managers['best'].all_steps()):
-      return
+    newest = self.managers['best'].latest_step()
+    if meta.get('best_step') != step or (newest is not None
+                                         and newest >= step):
+      return  # Not a best, or written (a newer best: a fallback's resume).
     logging.info('The best checkpoint of step %d was cut short; writing it '
                  'again from the latest checkpoint of the same step.', step)
     self.save('best', step, state_tree, meta)
