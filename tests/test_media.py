@@ -6,8 +6,12 @@ soundfile reading the whole file, not just with shapes."""
 
 import gc
 import io
+import json
 import math
 import os
+import pathlib
+import subprocess
+import sys
 import tracemalloc
 
 import librosa
@@ -428,36 +432,53 @@ def test_decoding_is_ordered_and_bounded_in_flight(monkeypatch):
   assert os.getpid() not in pids and len(pids) >= 1
 
 
-@pytest.mark.slow  # Two whole dataset builds under tracemalloc.
-def test_build_memory_does_not_grow_with_examples(tmp_path, monkeypatch):
+def build_peaks(tmp: str, n: int) -> dict:
+  """{count: (tracemalloc peak, examples built)} of whole builds of n and
+  4n examples, after a small warm-up build (first-use imports and
+  compiles)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.core import shuffle  # pylint: disable=g-import-not-at-top
+  tfds.display_progress_bar(False)
+  shuffle.MAX_MEM_BUFFER_SIZE = 64 << 10
+  tmp = pathlib.Path(tmp)
+  _folder(tmp / 'warm', 8)
+  _build(tmp / 'bwarm', tmp / 'warm', image_size=64)
+  peaks = {}
+  for count in (n, 4 * n):
+    _folder(tmp / f'd{count}', count)
+    gc.collect()
+    tracemalloc.start()
+    try:
+      b, _ = _build(tmp / f'b{count}', tmp / f'd{count}', image_size=64)
+      _, peak = tracemalloc.get_traced_memory()
+    finally:
+      tracemalloc.stop()
+    peaks[count] = (peak, sum(s.num_examples for s in b.info.splits.values()))
+  return peaks
+
+
+@pytest.mark.slow  # A fresh process: two whole dataset builds, traced.
+def test_build_memory_does_not_grow_with_examples(tmp_path):
   """tracemalloc peak of whole builds of N and 4N examples: the decoded
   arrays (14 KB an example here) stream; what grows is only the manifest
   rows (~1-2 KB each). TFDS's writer keeps up to 1 GB of serialized examples
   a split in memory before spilling to disk (shuffle.MAX_MEM_BUFFER_SIZE):
-  its own fixed bound, set to 64 KB here so the test reaches it."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from tensorflow_datasets.core import shuffle  # pylint: disable=g-import-not-at-top
-  tfds.display_progress_bar(False)
-  monkeypatch.setattr(shuffle, 'MAX_MEM_BUFFER_SIZE', 64 << 10)
-  peaks = {}
+  its own fixed bound, set to 64 KB here so the test reaches it.
+  Measured in a fresh process: tracemalloc counts every thread, and threads
+  that earlier tests leave in this one (seen in the parallel suite) would
+  be counted too."""
   n = 32
-  # One-time costs (first-use imports, numba and tf.function compiles) land
-  # in whichever build meets them first, depending on what ran before in
-  # this process: a small build first keeps them out of both measurements.
-  _folder(tmp_path / 'warm', 8)
-  _build(tmp_path / 'bwarm', tmp_path / 'warm', image_size=64)
-  for count in (n, 4 * n):
-    folder = tmp_path / f'd{count}'
-    _folder(folder, count)
-    gc.collect()
-    tracemalloc.start()
-    try:
-      b, _ = _build(tmp_path / f'b{count}', folder, image_size=64)
-      _, peaks[count] = tracemalloc.get_traced_memory()
-    finally:
-      tracemalloc.stop()
-    assert sum(s.num_examples for s in b.info.splits.values()) == count
+  here = os.path.dirname(os.path.abspath(__file__))
+  script = ('import json, sys; sys.path.insert(0, sys.argv[1]); '
+            'import test_media; print(json.dumps('
+            'test_media.build_peaks(sys.argv[2], int(sys.argv[3]))))')
+  out = subprocess.run(
+      [sys.executable, '-c', script, here, str(tmp_path), str(n)],
+      capture_output=True, text=True, check=True, timeout=300)
+  last = json.loads(out.stdout.splitlines()[-1])
+  peaks = {int(k): v for k, v in last.items()}
+  assert {k: v[1] for k, v in peaks.items()} == {n: n, 4 * n: 4 * n}
   example_bytes = 64 * 64 * 3 + 32 * 32 * 2
   held_all = 3 * n * example_bytes  # What holding the extra 3N would add.
-  growth = peaks[4 * n] - peaks[n]
+  growth = peaks[4 * n][0] - peaks[n][0]
   assert growth < 0.3 * held_all, (peaks, held_all)
