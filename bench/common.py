@@ -33,20 +33,12 @@ be shared).
 
 
 def load_config(name='demo', arg=None):
-  """`configs/<name>.py`'s get_config(arg) (the demo falls back to runlocal).
-
-  The demo config arrives with the training issue; until it exists, the
-  'demo' size is `configs/parallelnet.py:runlocal`.
-  """
+  """`configs/<name>.py`'s get_config(arg)."""
   path = os.path.join(REPO, 'configs', f'{name}.py')
-  if name == 'demo' and not os.path.exists(path):
-    name, arg = 'parallelnet', ','.join(filter(None, ['runlocal', arg]))
-    path = os.path.join(REPO, 'configs', 'parallelnet.py')
   spec = importlib.util.spec_from_file_location(f'bench_cfg_{name}', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config(arg) if arg else module.get_config()
-  return config
+  return module.get_config(arg) if arg else module.get_config()
 
 
 def config_name(config):
