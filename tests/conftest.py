@@ -14,7 +14,8 @@ def pytest_configure(config):
   many tests compile the same tiny programs, and a hit skips the compile but
   not the run, so results are unchanged. The cache key holds XLA_FLAGS and
   the jax options, so differently compiled programs never share an entry.
-  A cache the user set is left alone."""
+  A cache the user set is left alone. Also TensorFlow's thread pools, below
+  (values the user set are kept)."""
   # xdist workers inherit the controller's variables.
   if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
     folder = tempfile.mkdtemp(prefix='parallelnet_xla_cache_')
