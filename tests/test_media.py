@@ -5,9 +5,7 @@ expectation computed here from the raw data (numpy), or, for audio, with
 soundfile reading the whole file, not just with shapes."""
 
 import gc
-import io
 import json
-import math
 import os
 import pathlib
 import subprocess
