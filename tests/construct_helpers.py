@@ -45,6 +45,10 @@ if 'FAIL' in text:
     sys.exit('cannot say that')
 if args.get('--log'):
     open(args['--log'], 'a').write(text + '\n')
+if args.get('--slow-pids') and text.startswith('slow'):
+    import os, time
+    open(os.path.join(args['--slow-pids'], str(os.getpid())), 'w').close()
+    time.sleep(60)
 sr, f0 = 11025, 200 + 10 * len(text)
 n = int(sr * (0.3 + 0.05 * len(text)))
 pcm = array.array('h', (int(9000 * math.sin(2 * math.pi * f0 * i / sr))
@@ -55,14 +59,17 @@ with wave.open(args['--out'], 'wb') as w:
 '''
 
 
-def sine_tts_template(folder, log=None):
+def sine_tts_template(folder, log=None, slow_pids=None):
   """A --tts_cmd template running a tiny python TTS (sine of text length;
-  standard library only, so it starts fast)."""
+  standard library only, so it starts fast). With `slow_pids` (a folder),
+  a text starting with 'slow' leaves the command's pid there and hangs for
+  a minute first."""
   script = os.path.join(folder, 'sine_tts.py')
   with open(script, 'w') as f:
     f.write(SINE_TTS)
   cmd = f'{sys.executable} {script} --out {{out}} --text-file {{text_file}}'
-  return cmd + (f' --log {log}' if log else '')
+  return (cmd + (f' --log {log}' if log else '')
+          + (f' --slow-pids {slow_pids}' if slow_pids else ''))
 
 
 def image_red_teacher(paths):

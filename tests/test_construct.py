@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -384,6 +385,58 @@ def _stop_after(chunk):
     if k == chunk:
       raise _Stop()
   return hook
+
+
+def _running(pid):
+  """Whether process `pid` runs (a zombie has ended)."""
+  try:
+    with open(f'/proc/{pid}/stat', encoding='utf-8') as f:
+      return f.read().rsplit(')', 1)[1].split()[0] != 'Z'
+  except FileNotFoundError:
+    return False
+
+
+@pytest.mark.slow
+def test_interrupted_build_leaves_no_tts_command_running(tmp_path):
+  """A 2-worker build stopped mid-way (Ctrl-C, a teacher's error) ends the
+  TTS commands in flight before it returns: left running, they would write
+  into the output folder afterwards (or into a resumed run's)."""
+  src = tmp_path / 'src'
+  construct_helpers.make_source(str(src), 8)
+  with open(src / 'source.csv', encoding='utf-8') as f:
+    rows = list(csv.reader(f))
+  for r in rows[5:9]:  # Chunk 1 (rows 4-7) hangs in the TTS.
+    r[1] = 'slow ' + r[1]
+  with open(src / 'source.csv', 'w', newline='', encoding='utf-8') as f:
+    csv.writer(f).writerows(rows)
+  pids = tmp_path / 'pids'
+  pids.mkdir()
+  tts = construct.CommandTTS(construct_helpers.sine_tts_template(
+      str(tmp_path), slow_pids=str(pids)))
+
+  def stop_while_chunk_1_speaks(k):
+    assert k == 0
+    deadline = time.monotonic() + 60
+    while not any(pids.iterdir()):
+      assert time.monotonic() < deadline, 'chunk 1 never reached the TTS'
+      time.sleep(0.05)
+    raise _Stop()
+
+  out = tmp_path / 'out'
+  try:
+    with pytest.raises(_Stop):
+      construct.construct_dataset(
+          str(src), str(out), tts=tts, label_from='source', batch_size=4,
+          workers=2, show_progress=False, on_chunk=stop_while_chunk_1_speaks)
+    started = [int(p.name) for p in pids.iterdir()]
+    assert started and not [p for p in started if _running(p)]
+    # The hung rows' temporaries went with them.
+    assert sorted(os.listdir(out / 'audio')) == [
+        f'tw{i:03d}.wav' for i in range(4)]
+  finally:
+    for p in pids.iterdir():
+      if _running(int(p.name)):
+        os.kill(int(p.name), 9)
 
 
 @pytest.mark.slow

@@ -76,10 +76,21 @@ def _warm_up(speech_spec):
     audio_lib.warm_up(speech_spec)
 
 
+def _stop_worker(signum, frame):
+  """SIGTERM (Pool.terminate, when a build stops early) unwinds the row in
+  progress: subprocess.run then kills and reaps the TTS command, and the
+  row's temporaries are removed. Dying at once instead would orphan that
+  command, which would go on writing into the output folder after
+  construct_dataset has returned (or while a resumed run works there)."""
+  del frame
+  raise SystemExit(128 + signum)
+
+
 def _worker_init(speech_spec):
   # Ctrl-C is the main process's to handle (it stops the pool); workers
   # would only print a traceback each.
   signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.signal(signal.SIGTERM, _stop_worker)
   threadpoolctl.threadpool_limits(1)  # One BLAS thread per worker process.
   _warm_up(speech_spec)
 
