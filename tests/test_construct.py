@@ -153,6 +153,30 @@ def test_tts_backends_write_complete_wavs(tmp_path):
     construct.CommandTTS('mytts --text-file {text_file}').check()
 
 
+def test_tts_command_past_its_timeout_or_stopped_is_killed(tmp_path):
+  """A TTS command that outlives its timeout, or is running when the build
+  stops (tts.stop_on's event), is killed, not left running."""
+  import threading  # pylint: disable=g-import-not-at-top
+  from input_pipeline.construct import tts as tts_lib  # pylint: disable=g-import-not-at-top
+  pid = tmp_path / 'pid'
+  hang = f"sh -c 'echo $$ > {pid}; exec sleep 30' {{out}}"
+  with pytest.raises(construct.TTSError, match='timed out after 0.5 s'):
+    construct.CommandTTS(hang, timeout_s=0.5).synthesize(
+        'hi', str(tmp_path / 'a.wav'))
+  assert not _running(int(pid.read_text()))
+  pid.unlink()
+  stop = threading.Event()
+  threading.Timer(0.3, stop.set).start()
+  tts_lib.stop_on(stop)
+  try:
+    with pytest.raises(tts_lib.Stopped):
+      construct.CommandTTS(hang).synthesize('hi', str(tmp_path / 'b.wav'))
+  finally:
+    tts_lib.stop_on(None)
+  assert not _running(int(pid.read_text()))
+  assert os.listdir(tmp_path) == ['pid']  # No temporaries left.
+
+
 # -------------------------------------------- bad input, callable teachers --
 
 

@@ -12,6 +12,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import time
 
 import numpy as np
 import soundfile as sf
@@ -48,16 +49,47 @@ def _finish_engine_output(raw_path, out_path, sample_rate):
     sf.write(f, np.clip(wav, -1.0, 1.0), sr, subtype='PCM_16', format='WAV')
 
 
+class Stopped(Exception):
+  """The build stopped (stop_on's event) while a TTS command ran."""
+
+
+_stop_event = None  # Set by stop_on in the row workers (workers.py).
+
+
+def stop_on(event):
+  """TTS commands started from now on are killed when `event` (a
+  multiprocessing.Event) is set: a build stopped early ends the commands in
+  flight instead of leaving them writing into its folder afterwards."""
+  global _stop_event
+  _stop_event = event
+
+
 def _run(cmd, timeout):
+  # subprocess.run, but polling the stop event while the command runs.
   try:
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                       check=False)
-  except subprocess.TimeoutExpired as e:
-    raise TTSError(f'the TTS command timed out after {timeout} s') from e
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
   except OSError as e:
     raise TTSError(f'the TTS command could not start ({e})') from e
+  deadline = time.monotonic() + timeout
+  with p:
+    try:
+      while True:
+        try:
+          stdout, stderr = p.communicate(timeout=0.1)
+          break
+        except subprocess.TimeoutExpired:
+          if _stop_event is not None and _stop_event.is_set():
+            raise Stopped() from None
+          if time.monotonic() > deadline:
+            raise TTSError(f'the TTS command timed out after {timeout} s'
+                           ) from None
+    except BaseException:  # Stopped, timed out, Ctrl-C: the command ends too.
+      p.kill()
+      p.communicate()
+      raise
   if p.returncode != 0:
-    err = (p.stderr or p.stdout or '').strip().splitlines()
+    err = (stderr or stdout or '').strip().splitlines()
     raise TTSError(f'the TTS command failed (exit {p.returncode}'
                    f'{": " + err[-1] if err else ""})')
 

@@ -42,6 +42,9 @@ def process_row(task):
   """
   out = dict(ok=False, reason='', speech=None, image=None, tts_s=0.0,
              decode_s=0.0)
+  if _stop_event is not None and _stop_event.is_set():
+    out['reason'] = 'the build stopped'  # Nobody reads it.
+    return out
   if task['bad']:
     out['reason'] = '; '.join(task['bad'])
     return out
@@ -58,6 +61,9 @@ def process_row(task):
       task['tts'].synthesize(task['text'], wav)
     except tts_lib.TTSError as e:
       reasons.append(f'tts: {e}')
+    except tts_lib.Stopped:
+      out['reason'] = 'the build stopped'
+      return out
   t2 = time.perf_counter()
   if not reasons:
     try:
@@ -76,21 +82,16 @@ def _warm_up(speech_spec):
     audio_lib.warm_up(speech_spec)
 
 
-def _stop_worker(signum, frame):
-  """SIGTERM (Pool.terminate, when a build stops early) unwinds the row in
-  progress: subprocess.run then kills and reaps the TTS command, and the
-  row's temporaries are removed. Dying at once instead would orphan that
-  command, which would go on writing into the output folder after
-  construct_dataset has returned (or while a resumed run works there)."""
-  del frame
-  raise SystemExit(128 + signum)
+_stop_event = None  # Set when the build stops early (Runner.close).
 
 
-def _worker_init(speech_spec):
+def _worker_init(speech_spec, stop_event):
+  global _stop_event
+  _stop_event = stop_event
+  tts_lib.stop_on(stop_event)
   # Ctrl-C is the main process's to handle (it stops the pool); workers
   # would only print a traceback each.
   signal.signal(signal.SIGINT, signal.SIG_IGN)
-  signal.signal(signal.SIGTERM, _stop_worker)
   threadpoolctl.threadpool_limits(1)  # One BLAS thread per worker process.
   _warm_up(speech_spec)
 
@@ -102,6 +103,7 @@ class Runner:
   def __init__(self, workers, speech_spec):
     self.workers = workers
     self.pool = None
+    self.pending = []  # AsyncResults of the chunks in flight.
     if workers <= 1:
       _warm_up(speech_spec)
     else:
@@ -111,8 +113,9 @@ class Runner:
         ctx = multiprocessing.get_context('forkserver')
         # Imported once in the fork server, so each worker starts warm.
         ctx.set_forkserver_preload(['input_pipeline.construct.workers'])
+        self.stop = ctx.Event()
         self.pool = ctx.Pool(workers, initializer=_worker_init,
-                             initargs=(speech_spec,))
+                             initargs=(speech_spec, self.stop))
 
   def map_chunks(self, chunk_tasks):
     """Yields the results of each chunk's task list, in order."""
@@ -120,7 +123,7 @@ class Runner:
       for tasks in chunk_tasks:
         yield [process_row(t) for t in tasks]
       return
-    pending = []
+    pending = self.pending
     it = iter(chunk_tasks)
     ahead = 2 * self.workers
     done = False
@@ -136,7 +139,19 @@ class Runner:
         return
       yield pending.pop(0).get()
 
-  def close(self):
-    if self.pool is not None:
+  def close(self, wait_s=30.0):
+    """Ends the pool. Rows still in flight (the build stopped early: Ctrl-C,
+    an error) stop first, so that no TTS command outlives the build and
+    writes into its folder afterwards: queued rows are skipped, running
+    commands killed (tts.stop_on), for at most `wait_s`; then the workers
+    are terminated. (Terminating at once would orphan the commands.)"""
+    if self.pool is None:
+      return
+    try:
+      self.stop.set()
+      deadline = time.monotonic() + wait_s
+      for r in self.pending:
+        r.wait(max(0.0, deadline - time.monotonic()))
+    finally:
       self.pool.terminate()
       self.pool.join()
