@@ -213,14 +213,3 @@ def import_tensorflow_quietly(quiet=True):
     os.close(saved)
     os.close(devnull)
   return tf
-  sys.stderr.flush()
-  saved = os.dup(2)
-  devnull = os.open(os.devnull, os.O_WRONLY)
-  try:
-    os.dup2(devnull, 2)
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  finally:
-    os.dup2(saved, 2)
-    os.close(saved)
-    os.close(devnull)
-  return tf
