@@ -57,15 +57,16 @@ _stop_event = None  # Set by stop_on in the row workers (workers.py).
 
 
 def stop_on(event):
-  """TTS commands started from now on are killed when `event` (a
-  multiprocessing.Event) is set: a build stopped early ends the commands in
-  flight instead of leaving them writing into its folder afterwards."""
+  """A running TTS command is killed once `event` (a multiprocessing.Event,
+  or None: never) is set: a build stopped early ends the commands in flight
+  instead of leaving them writing into its folder afterwards."""
   global _stop_event
   _stop_event = event
 
 
 def _run(cmd, timeout):
-  # subprocess.run, but polling the stop event while the command runs.
+  # subprocess.run, polling the stop event while the command runs (run()
+  # can only wait for the command or its timeout).
   try:
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
