@@ -48,14 +48,17 @@ import warnings
 
 import numpy as np
 import threadpoolctl
-import tensorflow_datasets as tfds
 
-from input_pipeline import audio as audio_lib
-from parallelnet.core import errors
-from input_pipeline import image as image_lib
-from input_pipeline import manifest as manifest_lib
 from parallelnet.core import progress as progress_lib
-from input_pipeline import synthetic
+
+progress_lib.import_tensorflow()  # Before TFDS imports it, with Keras.
+import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top,wrong-import-order
+
+from input_pipeline import audio as audio_lib  # pylint: disable=g-import-not-at-top
+from parallelnet.core import errors  # pylint: disable=g-import-not-at-top
+from input_pipeline import image as image_lib  # pylint: disable=g-import-not-at-top
+from input_pipeline import manifest as manifest_lib  # pylint: disable=g-import-not-at-top
+from input_pipeline import synthetic  # pylint: disable=g-import-not-at-top
 
 from parallelnet.core.classes import EMOTIONS
 from parallelnet.core.classes import SENTIMENTS

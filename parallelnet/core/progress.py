@@ -183,7 +183,10 @@ def quiet_logs():
 _KERAS_EAGER_IMPORT = 'keras.src.optimizers'
 
 
-def _import_tensorflow():
+def import_tensorflow():
+  """Imports and returns tensorflow without its eager Keras import. The
+  library imports TensorFlow only through here (or the quiet variant
+  below): whichever module imports it first decides what it costs."""
   block = _KERAS_EAGER_IMPORT not in sys.modules
   if block:
     sys.modules[_KERAS_EAGER_IMPORT] = None  # Makes its import fail at once.
@@ -201,13 +204,13 @@ def import_tensorflow_quietly(quiet=True):
   level applies; with `quiet` they go to /dev/null (stderr's file
   descriptor is redirected for the import only)."""
   if not quiet or 'tensorflow' in sys.modules:
-    return _import_tensorflow()
+    return import_tensorflow()
   sys.stderr.flush()
   saved = os.dup(2)
   devnull = os.open(os.devnull, os.O_WRONLY)
   try:
     os.dup2(devnull, 2)
-    tf = _import_tensorflow()
+    tf = import_tensorflow()
   finally:
     os.dup2(saved, 2)
     os.close(saved)
