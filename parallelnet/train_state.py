@@ -13,6 +13,7 @@ from typing import Any
 from flax.training import early_stopping
 from flax.training import train_state
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -126,12 +127,16 @@ def create_train_state(model, variables: dict, train_key_data: jax.Array, *,
                        trunk_lr_multiplier: float = 1.0) -> TrainState:
   """A fresh TrainState around initial `variables` (pure; jit it)."""
   tx = make_optimizer(learning_rate, trunk_lr_multiplier)
-  return TrainState.create(
+  state = TrainState.create(
       apply_fn=model.apply, params=variables['params'], tx=tx,
       batch_stats=variables['batch_stats'],
       plateau=plateau_transform(plateau_factor, plateau_patience).init(
           variables['params']),
       rng=train_key_data)
+  # create() starts from the Python int 0, a weakly typed step; a restored
+  # one is int32, and the steps would be traced and compiled once more for
+  # it (the test evaluation of every run, each resumed run).
+  return state.replace(step=jnp.zeros((), jnp.int32))
 
 
 @functools.lru_cache(maxsize=8)
