@@ -433,7 +433,10 @@ def test_decoding_is_ordered_and_bounded_in_flight(monkeypatch):
 def build_peaks(tmp: str, n: int) -> dict:
   """{count: (tracemalloc peak, examples built)} of whole builds of n and
   4n examples, after a small warm-up build (first-use imports and
-  compiles)."""
+  compiles). 4n is built twice and the lower peak kept: when the new path
+  strings of a build outgrow the interpreter's table of interned strings,
+  it doubles (7.5 MB once TensorFlow is loaded), a one-off that a second
+  build does not repeat."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   from tensorflow_datasets.core import shuffle  # pylint: disable=g-import-not-at-top
   tfds.display_progress_bar(False)
@@ -442,16 +445,17 @@ def build_peaks(tmp: str, n: int) -> dict:
   _folder(tmp / 'warm', 8)
   _build(tmp / 'bwarm', tmp / 'warm', image_size=64)
   peaks = {}
-  for count in (n, 4 * n):
-    _folder(tmp / f'd{count}', count)
+  for k, count in enumerate((n, 4 * n, 4 * n)):
+    _folder(tmp / f'd{k}', count)
     gc.collect()
     tracemalloc.start()
     try:
-      b, _ = _build(tmp / f'b{count}', tmp / f'd{count}', image_size=64)
+      b, _ = _build(tmp / f'b{k}', tmp / f'd{k}', image_size=64)
       _, peak = tracemalloc.get_traced_memory()
     finally:
       tracemalloc.stop()
-    peaks[count] = (peak, sum(s.num_examples for s in b.info.splits.values()))
+    built = sum(s.num_examples for s in b.info.splits.values())
+    peaks[count] = min(peaks.get(count, (peak, built)), (peak, built))
   return peaks
 
 
