@@ -7,8 +7,7 @@ batch_stats, opt_state, ...) is one 1-D array per dtype, and a checkpoint
 costs 0.04 s. The layout is a pure function of the abstract tree (leaf
 order, shapes, dtypes), so restoring needs nothing beyond the abstract state
 the caller already has, and a partial restore still reads only the entries
-it names. Unpacking slices on the host: a jitted unpack cost 2.4 s of XLA
-compile in every process that restored the demo.
+it names. Unpacking slices on the host (see _unpack_entry).
 
 Entries that hold PRNG keys or a single array are stored as they are.
 Packing needs every array replicated (data parallelism: parallelnet.mesh);

@@ -459,7 +459,7 @@ def build_peaks(tmp: str, n: int) -> dict:
   return peaks
 
 
-@pytest.mark.slow  # A fresh process: two whole dataset builds, traced.
+@pytest.mark.slow  # A fresh process: four small dataset builds, three traced.
 def test_build_memory_does_not_grow_with_examples(tmp_path):
   """tracemalloc peak of whole builds of N and 4N examples: the decoded
   arrays (14 KB an example here) stream; what grows is only the manifest

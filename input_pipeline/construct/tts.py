@@ -64,6 +64,11 @@ def stop_on(event):
   _stop_event = event
 
 
+def stopping() -> bool:
+  """Whether stop_on's event is set (the build stopped early)."""
+  return _stop_event is not None and _stop_event.is_set()
+
+
 def _run(cmd, timeout):
   # subprocess.run, polling the stop event while the command runs (run()
   # can only wait for the command or its timeout).
@@ -80,7 +85,7 @@ def _run(cmd, timeout):
           stdout, stderr = p.communicate(timeout=0.1)
           break
         except subprocess.TimeoutExpired:
-          if _stop_event is not None and _stop_event.is_set():
+          if stopping():
             raise Stopped() from None
           if time.monotonic() > deadline:
             raise TTSError(f'the TTS command timed out after {timeout} s'

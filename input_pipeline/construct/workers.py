@@ -42,7 +42,7 @@ def process_row(task):
   """
   out = dict(ok=False, reason='', speech=None, image=None, tts_s=0.0,
              decode_s=0.0)
-  if _stop_event is not None and _stop_event.is_set():
+  if tts_lib.stopping():
     out['reason'] = 'the build stopped'  # Nobody reads it.
     return out
   if task['bad']:
@@ -82,13 +82,8 @@ def _warm_up(speech_spec):
     audio_lib.warm_up(speech_spec)
 
 
-_stop_event = None  # Set when the build stops early (Runner.close).
-
-
 def _worker_init(speech_spec, stop_event):
-  global _stop_event
-  _stop_event = stop_event
-  tts_lib.stop_on(stop_event)
+  tts_lib.stop_on(stop_event)  # Set when the build stops early (close).
   # Ctrl-C is the main process's to handle (it stops the pool); workers
   # would only print a traceback each.
   signal.signal(signal.SIGINT, signal.SIG_IGN)
