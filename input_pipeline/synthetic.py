@@ -48,7 +48,6 @@ import warnings
 
 import numpy as np
 from PIL import Image
-import scipy.signal
 import soundfile as sf
 import threadpoolctl
 
@@ -210,6 +209,9 @@ def make_speech(rng, sample_rate, duration_s, high):
   f0_j = f0 * (1 + 0.01 * rng.standard_normal(n, np.float32))  # jitter
   phase = np.cumsum(f0_j / sr)
   source = (2 * (phase % 1.0) - 1) * env
+  # Here, not at the top: scipy.signal costs ~0.9 CPU-s to import, and every
+  # process that reads a built dataset imports this module (builders.py).
+  import scipy.signal  # pylint: disable=g-import-not-at-top
   out = np.zeros(n, np.float32)
   for s, e, v in segments:
     seg = source[s:e]
