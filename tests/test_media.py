@@ -469,7 +469,7 @@ def test_build_memory_does_not_grow_with_examples(tmp_path):
   Measured in a fresh process: tracemalloc counts every thread, and threads
   that earlier tests leave in this one (seen in the parallel suite) would
   be counted too."""
-  n = 32
+  n = 16
   here = os.path.dirname(os.path.abspath(__file__))
   script = ('import json, sys; sys.path.insert(0, sys.argv[1]); '
             'import test_media; print(json.dumps('
