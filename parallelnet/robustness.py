@@ -18,13 +18,13 @@ import os
 from absl import logging
 import jax
 import numpy as np
-import optax
 
 from parallelnet import checkpointing
 from parallelnet import mesh as mesh_lib
 from parallelnet import metrics as metrics_lib
 from parallelnet import modality
 from parallelnet import train
+from parallelnet import train_state
 from parallelnet.core import paths
 from parallelnet.core import plotting
 from parallelnet.core import progress
@@ -96,7 +96,8 @@ def run_robustness(config, workdir, *, split='test', examples=None) -> list:
     examples = input_pipeline.load_examples(config, split)
   steps = train.Steps(config, mesh)
   state = train.TrainState.create(
-      apply_fn=model.apply, params=variables['params'], tx=optax.identity(),
+      apply_fn=model.apply, params=variables['params'],
+      tx=train_state.NO_OPTIMIZER,
       batch_stats=variables['batch_stats'])
   state = jax.device_put(state, mesh_lib.replicated(mesh))
   missing = modality.missing_inputs(config)

@@ -58,6 +58,7 @@ columns no_image_accuracy and no_speech_accuracy.
 
 import copy
 import csv
+import functools
 import importlib.util
 import json
 import math
@@ -382,6 +383,21 @@ def _robustness(config, row_dir):
     cfg.robustness.conditions = ','.join(ROBUSTNESS)
   rows = robustness.run_robustness(cfg, row_dir)
   return {f"{r['condition']}_accuracy": r['accuracy'] for r in rows}
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _four_coalitions(model, variables, image, spec):
+  """(4, B, C): v at ∅, image only, speech only, both. `model` is static
+  (get_model gives one instance per model), so study rows of the same model
+  share the compilation."""
+  zi, zs = jnp.zeros_like(image), jnp.zeros_like(spec)
+  x = jnp.concatenate([zi, image, zi, image])
+  y = jnp.concatenate([zs, zs, spec, spec])
+  logits, _ = model.apply(variables, x, y, train=False)
+  return jax.nn.softmax(logits.astype(jnp.float32)).reshape(
+      (4, image.shape[0], -1))
+
+
 def modality_interaction(config, row_dir: str, data=None) -> dict:
   """{interaction, share_image, share_speech} of the best checkpoint in
   `row_dir` over the test split (NaN without a checkpoint, or in a
@@ -404,19 +420,10 @@ def modality_interaction(config, row_dir: str, data=None) -> dict:
   data = data or train._pipeline()  # pylint: disable=protected-access
   model, variables, _ = checkpointing.restore_for_inference(config, row_dir)
 
-  @jax.jit
-  def four(variables, image, spec):
-    """(4, B, C): v at ∅, image only, speech only, both."""
-    zi, zs = jnp.zeros_like(image), jnp.zeros_like(spec)
-    x = jnp.concatenate([zi, image, zi, image])
-    y = jnp.concatenate([zs, zs, spec, spec])
-    logits, _ = model.apply(variables, x, y, train=False)
-    return jax.nn.softmax(logits.astype(jnp.float32)).reshape(
-        (4, image.shape[0], -1))
-
   values = []
   for batch in data.eval_batches(config, mesh_lib.make_mesh(), split='test'):
-    p = np.asarray(four(variables, batch['image'], batch['spectrogram']))
+    p = np.asarray(_four_coalitions(model, variables, batch['image'],
+                                    batch['spectrogram']))
     keep = np.asarray(batch['mask'], bool)
     t = np.argmax(p[3], 1)
     values.append(p[:, np.arange(len(t)), t].T[keep])  # (B, 4)

@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from parallelnet.core import errors
 from parallelnet.core import paths
@@ -49,6 +48,7 @@ from parallelnet.train_state import init_train_state
 from parallelnet.train_state import keys as _keys  # pylint: disable=unused-import
 from parallelnet.train_state import make_early_stopping
 from parallelnet.train_state import make_optimizer  # pylint: disable=unused-import
+from parallelnet.train_state import NO_OPTIMIZER
 from parallelnet.train_state import optimizer_layout
 from parallelnet.train_state import plateau_transform  # pylint: disable=unused-import
 from parallelnet.train_state import restored_state
@@ -349,7 +349,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                             'train.eval_batch_size')
   steps = Steps(config, mesh)
   state = TrainState.create(apply_fn=model.apply, params=variables['params'],
-                            tx=optax.identity(),
+                            tx=NO_OPTIMIZER,
                             batch_stats=variables['batch_stats'])
   state = jax.device_put(state, mesh_lib.replicated(mesh))
   _, cm = evaluate_batches(steps, state,

@@ -36,6 +36,12 @@ class TrainState(train_state.TrainState):
   rng: Any = None  # Key data (uint32) of the base training key.
 
 
+# The optimizer of a state that is only evaluated (train.evaluate,
+# robustness). One instance: a TrainState's `tx` is static to jit, so a new
+# optax.identity() per call would trace and compile eval_step again.
+NO_OPTIMIZER = optax.identity()
+
+
 def plateau_transform(factor: float, patience: int
                       ) -> optax.GradientTransformationExtraArgs:
   """Keras ReduceLROnPlateau semantics: an improvement must beat the best by

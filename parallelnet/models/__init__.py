@@ -1,5 +1,6 @@
 """Model registry: `get_model(config)`, backbones, initialisation, counting."""
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -51,13 +52,23 @@ def frozen_trunks(config) -> bool:
 _MODELS: dict[str, Callable[[Any], nn.Module]] = {'parallelnet': _parallelnet}
 
 
+# One instance per distinct model (Flax modules compare and hash by their
+# fields): jitted functions see `model.apply` as static (a TrainState's
+# apply_fn), and bound methods of two equal instances differ, so a second
+# run in one process (cv folds, study rows, a notebook) would trace and
+# compile its steps again.
+_INSTANCES: dict[nn.Module, nn.Module] = {}
+
+
 def get_model(config) -> nn.Module:
-  """The model named `config.model.name`, built from `config`."""
+  """The model named `config.model.name`, built from `config`; equal
+  configs give the same instance."""
   name = config.model.name
   if name not in _MODELS:
     raise ValueError(f'Unknown model.name {name!r}; known models: '
                      f'{", ".join(sorted(_MODELS))}.')
-  return _MODELS[name](config)
+  model = _MODELS[name](config)
+  return _INSTANCES.setdefault(model, model)
 
 
 def dummy_inputs(config, batch: int = 1):
@@ -67,6 +78,32 @@ def dummy_inputs(config, batch: int = 1):
   spectrogram = jnp.zeros(
       (batch, config.input.num_frames, config.input.n_mels, 1), jnp.float32)
   return image, spectrogram
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_init(model: nn.Module, image_shape, spectrogram_shape):
+  """jit(rng -> {'params', 'batch_stats'}), one per model and input shape,
+  so that initialising the same model again reuses its compilation."""
+
+  @jax.jit
+  def init(rng):
+    variables = model.init(rng, jnp.zeros(image_shape, jnp.float32),
+                           jnp.zeros(spectrogram_shape, jnp.float32),
+                           train=False)
+    return {'params': variables['params'],
+            'batch_stats': variables.get('batch_stats', {})}
+
+  return init
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_init_cpu(init, rng_type):
+  """`init` compiled at LLVM level 0. On CPU, LLVM spends minutes optimising
+  the ~2 threefry hashes per parameter (paper size: ~3 min) for code that
+  runs once; level 0 compiles about 4x faster. Integer hashing is exact at
+  any level."""
+  return init.lower(rng_type).compile(
+      compiler_options={'xla_backend_optimization_level': 0})
 
 
 def init_variables(model: nn.Module, config, rng,
@@ -82,21 +119,12 @@ def init_variables(model: nn.Module, config, rng,
   if load_pretrained:
     pretrained.check_required(config)
   image, spectrogram = dummy_inputs(config)
-
-  @jax.jit
-  def init(rng):
-    variables = model.init(rng, image, spectrogram, train=False)
-    return {'params': variables['params'],
-            'batch_stats': variables.get('batch_stats', {})}
-
+  init = _jitted_init(model, image.shape, spectrogram.shape)
   if isinstance(rng, jax.core.Tracer) or jax.default_backend() != 'cpu':
     variables = init(rng)
   else:
-    # On CPU, LLVM spends minutes optimising the ~2 threefry hashes per
-    # parameter (paper size: ~3 min) for code that runs once; level 0
-    # compiles about 4x faster. Integer hashing is exact at any level.
-    variables = init.lower(rng).compile(
-        compiler_options={'xla_backend_optimization_level': 0})(rng)
+    variables = _compiled_init_cpu(
+        init, jax.ShapeDtypeStruct(rng.shape, rng.dtype))(rng)
   if load_pretrained and any(p for *_, p in pretrained.trunk_weights(config)):
     variables = pretrained.load_into(variables, config)
   return variables
