@@ -22,7 +22,9 @@ pytestmark = pytest.mark.usefixtures('fast_compile')
 
 
 def _config(num_epochs):
-  c = train_helpers.tiny_config()
+  # The tiny N2 trunk (registered by the test's `tiny_trunk` fixture): the
+  # subject is the checkpoints, not the trunk.
+  c = train_helpers.tiny_config(f'n2={train_helpers.TINY_TRUNK}')
   c.model.modalities = 'speech'  # Half the compile time of the fused model.
   c.train.num_epochs = num_epochs
   c.train.checkpoint_every_steps = 1
@@ -47,7 +49,9 @@ def _state_files(workdir, which, step):
 
 
 @pytest.mark.slow
-def test_damaged_newest_checkpoint_resumes_from_previous(tmp_path, caplog):
+def test_damaged_newest_checkpoint_resumes_from_previous(tmp_path, caplog,
+                                                        tiny_trunk):
+  del tiny_trunk  # Registered for _config.
   data = train_helpers.ArrayData(_config(1), sizes=(16, 8, 8))  # 2 steps/epoch.
   base = str(tmp_path / 'base')
   first = train.train_and_evaluate(_config(1), base, data=data)

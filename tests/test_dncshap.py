@@ -53,6 +53,9 @@ def _make_nonlinear(seed=0, image_shape=(H, W, 3), speech_shape=(T, F, 1)):
 
 
 NONLINEAR = _make_nonlinear()
+# NONLINEAR compiled whole for the tests' own reference evaluations: op by
+# op, each new batch shape would compile every op of it on its own.
+NONLINEAR_JIT = jax.jit(NONLINEAR)
 
 
 def _leaf_masks(image_shape, speech_shape, depth):
@@ -190,8 +193,8 @@ def test_efficiency_at_every_node_and_algorithm1_modality_scores(mode,
                              atol=1e-6)
   # Algorithm 1's four evaluations, independently.
   zi, zs = np.zeros_like(image), np.zeros_like(speech)
-  probs = np.asarray(NONLINEAR(np.stack([image, zi, image, zi]),
-                               np.stack([speech, zs, zs, speech])))
+  probs = np.asarray(NONLINEAR_JIT(np.stack([image, zi, image, zi]),
+                                   np.stack([speech, zs, zs, speech])))
   c = int(np.argmax(probs[0]))
   pred_f, pred_b, pred_1, pred_2 = probs[:, c]
   assert int(e.target) == c
@@ -594,7 +597,9 @@ def _probs(model, variables, images, spectrograms):
 def test_flax_model_closure_and_partial_agree():
   model = _TinyNet()
   image, speech = _inputs(seed=11)
-  variables = model.init(jax.random.key(0), image[None], speech[None])
+  # Filled from numpy: a random initialiser, run op by op, compiles each op.
+  variables = train_helpers.quick_variables(
+      lambda k: model.init(k, image[None], speech[None]))
   closure = lambda im, sp: jax.nn.softmax(
       model.apply(variables, im, sp, train=False)[0])
   partial = jax.tree_util.Partial(functools.partial(_probs, model), variables)
@@ -603,7 +608,7 @@ def test_flax_model_closure_and_partial_agree():
   np.testing.assert_allclose(a.node_values[-1], b.node_values[-1], atol=1e-6)
   np.testing.assert_allclose(a.modality_scores.sum(),
                              a.probability - a.baseline_probability, atol=1e-6)
-  full = np.asarray(closure(image[None], speech[None]))[0]
+  full = np.asarray(jax.jit(closure)(image[None], speech[None]))[0]
   assert int(a.target) == int(np.argmax(full))
   np.testing.assert_allclose(a.probability, full.max(), atol=1e-6)
 

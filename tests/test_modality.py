@@ -3,7 +3,6 @@ pairs lacking a modality in --mode=predict, the degradations of
 input_pipeline/degrade.py and --mode=robustness (parallelnet/robustness.py)."""
 
 import csv
-import functools
 import os
 import shutil
 
@@ -53,30 +52,52 @@ def test_dropout_replaces_the_chosen_modality_at_the_rate():
                                          0.5) is batch
 
 
+@pytest.fixture(scope='module')
+def tiny_n2():
+  """The variant putting train_helpers' tiny trunk in both N2 trunks, kept
+  registered for the whole module (the `trained` checkpoint is read by
+  several tests): none of these tests is about the trunk."""
+  from parallelnet.models import backbones  # pylint: disable=g-import-not-at-top
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setitem(backbones._REGISTRY, train_helpers.TINY_TRUNK,  # pylint: disable=protected-access
+               train_helpers.tiny_trunk)
+    yield f'n2={train_helpers.TINY_TRUNK}'
+
+
 @pytest.mark.slow
-def test_train_step_reads_the_dropped_batch():
+def test_train_step_reads_the_dropped_batch(tiny_n2):
   """With rate 1 and split 1 every image is dropped: the step does not
   depend on the images (zeroing them changes nothing), but does on the
-  speech. One compilation."""
-  from parallelnet import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  speech. One compilation: the fresh TrainState (quick variables, Adam) is
+  built inside the step (a random initialiser would compile for longer than
+  the step; the initialisers are not the subject)."""
   from parallelnet import models  # pylint: disable=g-import-not-at-top
   from parallelnet import train  # pylint: disable=g-import-not-at-top
-  config = train_helpers.tiny_config()
-  mesh = mesh_lib.make_mesh()
+  config = train_helpers.tiny_config(tiny_n2)
   model = models.get_model(config)
-  state = train.init_train_state(config, model, mesh)
+  variables = train_helpers.quick_variables(
+      lambda k: models.init_variables(model, config, k))
   data = train_helpers.ArrayData(config)
   batch = {k: v[:8] for k, v in data.splits['train'].items()}
-  step = jax.jit(functools.partial(
-      train.train_step, loss_kwargs=losses.loss_weights(config.train),
-      modality_dropout=(1.0, 1.0)))
+
+  @jax.jit
+  def step(variables, batch, key):
+    tc = config.train
+    state = train.create_train_state(
+        model, variables, jax.random.key_data(jax.random.key(0)),
+        learning_rate=tc.learning_rate, plateau_factor=tc.plateau_factor,
+        plateau_patience=tc.plateau_patience)
+    return train.train_step(state, batch, key,
+                            loss_kwargs=losses.loss_weights(tc),
+                            modality_dropout=(1.0, 1.0))
+
   key = jax.random.key(1)
-  dropped, out = step(state, batch, key)
-  zeroed, out_z = step(state, dict(batch, image=np.zeros_like(batch['image'])),
-                       key)
+  dropped, out = step(variables, batch, key)
+  zeroed, out_z = step(variables,
+                       dict(batch, image=np.zeros_like(batch['image'])), key)
   assert float(out['loss']) == float(out_z['loss'])
   jax.tree.map(np.testing.assert_array_equal, dropped.params, zeroed.params)
-  _, out_s = step(state, dict(
+  _, out_s = step(variables, dict(
       batch, spectrogram=np.zeros_like(batch['spectrogram'])), key)
   assert float(out_s['loss']) != pytest.approx(float(out['loss']), rel=1e-6)
 
@@ -180,14 +201,29 @@ def test_bad_conditions_name_the_field(conditions, needle):
 
 
 @pytest.fixture(scope='module')
-def trained(tmp_path_factory):
-  """A 40-example corpus (built) and a 'best' checkpoint of fresh weights."""
+def trained(tmp_path_factory, tiny_n2):
+  """A 40-example corpus (built) and a 'best' checkpoint of fresh weights
+  (tiny N2 trunks; train_helpers.quick_variables, as no test here is about
+  the initialisers: test_predict._checkpoint's random init compiles)."""
+  from configs import parallelnet as config_lib  # pylint: disable=g-import-not-at-top
+  from parallelnet import checkpointing  # pylint: disable=g-import-not-at-top
+  from parallelnet import models  # pylint: disable=g-import-not-at-top
   import input_pipeline  # pylint: disable=g-import-not-at-top
   tmp = tmp_path_factory.mktemp('modality')
   config = test_predict._config(tmp)  # pylint: disable=protected-access
+  config_lib.apply_variant(config, tiny_n2)
   input_pipeline.get_builder(config)
   workdir = str(tmp / 'work')
-  model, variables = test_predict._checkpoint(config, workdir)  # pylint: disable=protected-access
+  model = models.get_model(config)
+  variables = train_helpers.quick_variables(
+      lambda k: models.init_variables(model, config, k, load_pretrained=False),
+      seed=3)
+  ckpts = checkpointing.Checkpoints(workdir, config, async_save=False)
+  ckpts.save('best', 5, dict(step=jax.numpy.int32(5),
+                             params=variables['params'],
+                             batch_stats=variables['batch_stats']), {})
+  ckpts.wait()
+  ckpts.close()
   return config, workdir, model, variables
 
 

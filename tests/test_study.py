@@ -36,6 +36,13 @@ PAPER = os.path.join(ROOT, 'configs', 'parallelnet.py')
 TINY = dict(train_helpers.TINY, **{'train.num_epochs': 1})
 
 
+def _tiny_trunks(trunk):
+  """TINY with the tiny N2 trunk `trunk` (conftest's `tiny_trunk` fixture)
+  in both trunks, for the tests that train rows: none is about the trunk."""
+  return dict(TINY, **{'model.speech_backbone': trunk,
+                       'model.image_backbone': trunk})
+
+
 def summary_params(config, key='trainable_params'):
   """A total line of --mode=summary (trainable_params=N, frozen_params=N)."""
   lines = summary.summarize(config).splitlines()
@@ -120,7 +127,7 @@ def _cells(md_line):
 
 @pytest.mark.slow
 def test_two_rows_write_the_files_and_a_second_call_retrains_nothing(
-    tmp_path, monkeypatch):
+    tmp_path, monkeypatch, tiny_trunk):
   """Two rows of different models (SER only, IER only): each row's line of
   study.csv/study.md holds its own folder's test and validation numbers.
   Also the frozen-trunk check of train.trunk_lr_multiplier=0 (one training
@@ -129,7 +136,7 @@ def test_two_rows_write_the_files_and_a_second_call_retrains_nothing(
   config, file, over = _parse([f'--config={PAPER}:runlocal',
                                '--config.study.rows=ier_only,ser_only',
                                '--config.train.trunk_lr_multiplier=0']
-                              + _flags(TINY))
+                              + _flags(_tiny_trunks(tiny_trunk)))
   rows = study.row_configs(config, file, over, ['ier_only', 'ser_only'])
   # Validation and test differ in size, so each file names its split.
   data = train_helpers.ArrayData(config, sizes=(16, 6, 10))
@@ -390,12 +397,13 @@ def _b_t4sa_folder(folder, n=30, sr=8000):
 
 
 @pytest.mark.slow
-def test_sentiment_row_trains_on_a_b_t4sa_folder(tmp_path):
+def test_sentiment_row_trains_on_a_b_t4sa_folder(tmp_path, tiny_trunk):
   _b_t4sa_folder(tmp_path / 'bt4sa')
   config, file, over = _parse(
       [f'--config={PAPER}:runlocal,ser_only', '--config.study.rows=sentiment',
        f'--config.study.sentiment_dir={tmp_path / "bt4sa"}',
-       f'--config.dataset.data_dir={tmp_path / "tfds"}'] + _flags(TINY))
+       f'--config.dataset.data_dir={tmp_path / "tfds"}']
+      + _flags(_tiny_trunks(tiny_trunk)))
   (result,) = study.run_study(config, str(tmp_path / 'w'), config_file=file,
                               overrides=over)
   saved = json.loads((tmp_path / 'w' / 'sentiment' / 'eval_metrics.json')
