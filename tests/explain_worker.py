@@ -1,17 +1,23 @@
-"""Explanations on several devices / processes; used by test_explain_mesh.py.
+"""Explanations on several devices / processes; used by test_multi_process.py.
 
-A job of tests/workers.py (arguments: WORKDIR [--compare OUT.npz]), on one
-process with several devices or on each process of a distributed run.
+A job of tests/workers.py (arguments: WORKDIR [--local_devices N]
+[--compare OUT.npz]), on one process with several devices or on each
+process of a distributed run.
 
 Runs `explain.run.explain_dataset` into WORKDIR with a stand-in model (a
 small non-additive function split by modality, so the factorized path and
 the random dnc contexts both matter) and stand-in test examples. With
 --compare it also saves `dncshap_batch` results on the first device alone
-and on all devices, for 1, 3 and 5 examples (coalitions and examples split
-over the devices), for the factorized and the plain function.
+and on all devices, for 1, 3 and 5 examples (on 4 devices: each example's
+coalitions split, then the examples), for the factorized and the plain
+function.
+--local_devices N: both see only the first N devices of this process, as a
+process with N devices would (explain spreads over `jax.local_devices()`);
+one process with 8 devices then also serves as the 1- and 4-device runs.
 """
 
 import argparse
+import contextlib
 
 import numpy as np
 
@@ -112,13 +118,29 @@ def compare(out):
   np.savez(out, **saved)
 
 
+@contextlib.contextmanager
+def only_local_devices(n):
+  """jax.local_devices() is the first n of them (all of them for None)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  every = jax.local_devices
+  if n is not None:
+    assert len(every()) >= n, (n, every())
+    jax.local_devices = lambda *a, **kw: every(*a, **kw)[:n]
+  try:
+    yield
+  finally:
+    jax.local_devices = every
+
+
 def main(argv):
   p = argparse.ArgumentParser()
   p.add_argument('workdir')
+  p.add_argument('--local_devices', type=int, default=None)
   p.add_argument('--compare', default=None)
   a = p.parse_args(argv)
   from explain import run  # pylint: disable=g-import-not-at-top
-  if a.compare:
-    compare(a.compare)
-  install_fakes()
-  run.explain_dataset(config(), a.workdir)
+  with only_local_devices(a.local_devices):
+    if a.compare:
+      compare(a.compare)
+    install_fakes()
+    run.explain_dataset(config(), a.workdir)

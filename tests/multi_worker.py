@@ -5,7 +5,7 @@ process with several devices or on each process of a distributed run.
 
 Each mesh size n runs the same steps on a mesh over the first n devices and
 saves its final parameters and per-step losses under the prefix `n{n}/`. Used
-by test_multi_device.py: the result must not depend on how the global batch
+by test_multi_process.py: the result must not depend on how the global batch
 is split over devices or processes.
 """
 

@@ -5,10 +5,14 @@ by jax.distributed on localhost.
 Test side:
   procs = workers.start_group('pod_worker', lambda i: [...], tmp_path, n=2)
   logs = workers.finish(procs)
+Several jobs in one process, one after another (each process pays a few
+CPU-seconds to start Python and JAX, join a jax.distributed run and exit):
+  workers.start(['multi_worker', 'explain_worker'], [[...], [...]], log)
 Process side (what `start` runs):
-  python tests/workers.py JOB --devices=N [--process_id=I --num_processes=P
-      --coordinator=HOST:PORT] -- ARGS...
-imports tests/JOB.py after setting up JAX and calls its `main(ARGS)`.
+  python tests/workers.py --devices=N [--process_id=I --num_processes=P
+      --coordinator=HOST:PORT] -- JOB ARGS... [-- JOB ARGS...]
+imports tests/JOB.py after setting up JAX and calls its `main(ARGS)`, for
+each JOB in turn.
 """
 
 import argparse
@@ -41,10 +45,14 @@ class Process:
 def start(job, args, log, *, devices=1, distributed=None, env=None):
   """Starts tests/JOB.py's main(args) with `devices` simulated devices.
 
+  job may also be a list of jobs, args then a list of their argument lists:
+  their mains run one after another in the one process.
   log: file for its stdout and stderr (a file, not a pipe: a full pipe
   blocks the worker). distributed: (process_id, num_processes, coordinator).
   env: extra environment variables.
   """
+  jobs, arg_lists = ([job], [args]) if isinstance(job, str) else (job, args)
+  assert len(jobs) == len(arg_lists), (jobs, arg_lists)
   flags = [f'--devices={devices}']
   if distributed:
     i, n, coordinator = distributed
@@ -54,20 +62,23 @@ def start(job, args, log, *, devices=1, distributed=None, env=None):
                   **(env or {}))
   with open(log, 'w') as f:
     popen = subprocess.Popen(
-        [sys.executable, os.path.join(HERE, 'workers.py'), job] + flags +
-        ['--'] + [str(a) for a in args],
+        [sys.executable, os.path.join(HERE, 'workers.py')] + flags +
+        [a for j, job_args in zip(jobs, arg_lists)
+         for a in ['--', j] + [str(x) for x in job_args]],
         stdout=f, stderr=subprocess.STDOUT, env=full_env)
-  return Process(f'{job} {os.path.basename(str(log))}', popen, str(log))
+  return Process(f"{'+'.join(jobs)} {os.path.basename(str(log))}", popen,
+                 str(log))
 
 
 def start_group(job, args_of, tmp_path, *, n=2, devices=1, env=None,
                 name=None):
   """Starts n processes of one jax.distributed run on localhost.
 
-  args_of(i): process i's arguments. Logs go to tmp_path/<name><i>.log.
+  args_of(i): process i's arguments (a list of argument lists when job is a
+  list of jobs, as for `start`). Logs go to tmp_path/<name><i>.log.
   """
   coordinator = f'localhost:{free_port()}'
-  name = name or job
+  name = name or (job if isinstance(job, str) else '+'.join(job))
   return [start(job, args_of(i), os.path.join(tmp_path, f'{name}{i}.log'),
                 devices=devices, distributed=(i, n, coordinator), env=env)
           for i in range(n)]
@@ -93,10 +104,15 @@ def finish(procs, timeout=300):
 
 def _set_up(a):
   """JAX for one worker process: devices, import paths, distributed init."""
-  # Must precede the jax import: the number of simulated CPU devices.
+  # Must precede the jax import: the number of simulated CPU devices, and
+  # XLA:CPU's LLVM IR emitters instead of its MLIR fusion emitters: compiling
+  # is most of a worker's time, and the workers' programs then compile in
+  # about half the CPU time (multi_worker's steps on 3 meshes 22 -> 15 CPU-s,
+  # explain_worker's 4-device run 31 -> 17), to the same results within the
+  # tests' tolerances.
   os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                              f' --xla_force_host_platform_device_count='
-                             f'{a.devices}')
+                             f'{a.devices} --xla_cpu_use_fusion_emitters=false')
   sys.path[:0] = [HERE, os.path.dirname(HERE)]
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.update('jax_disable_most_optimizations', True)
@@ -109,16 +125,31 @@ def _set_up(a):
 
 def main():
   p = argparse.ArgumentParser()
-  p.add_argument('job')
   p.add_argument('--devices', type=int, default=1)
   p.add_argument('--process_id', type=int, default=None)
   p.add_argument('--num_processes', type=int, default=None)
   p.add_argument('--coordinator', default=None)
-  split = sys.argv.index('--')
-  a = p.parse_args(sys.argv[1:split])
+  # FLAGS -- JOB ARGS... [-- JOB ARGS...]: no job argument is a bare '--'.
+  parts, part = [], []
+  for arg in sys.argv[1:] + ['--']:
+    if arg == '--':
+      parts.append(part)
+      part = []
+    else:
+      part.append(arg)
+  a = p.parse_args(parts[0])
   _set_up(a)
   import importlib  # pylint: disable=g-import-not-at-top
-  importlib.import_module(a.job).main(sys.argv[split + 1:])
+  for job, *args in parts[1:]:
+    importlib.import_module(job).main(args)
+  # The jobs are done and have closed their files: skip the interpreter's
+  # teardown, 1-2 CPU-s once TensorFlow, orbax and clu are loaded. First
+  # leave jax.distributed, all processes together, as exiting would.
+  sys.stdout.flush()
+  sys.stderr.flush()
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.distributed.shutdown()
+  os._exit(0)
 
 
 if __name__ == '__main__':
