@@ -48,14 +48,23 @@ def test_user_value_accelerators_and_other_jaxlib_left_alone(
   assert cpu_flags.apply(env) == [] and 'XLA_FLAGS' not in env
 
 
+# The fused training step of `runlocal` with train_helpers' tiny N2 trunk
+# (one strided conv and a BatchNorm) in place of the VGG trunks: both
+# branches, the fusion and every kind of op the flag can move (convolutions
+# with their kernel gradients, dots, elementwise fusions, BatchNorm, Adam),
+# at a fraction of the VGG trunks' compile time.
 _CHILD = r'''
-import json, sys
+import json, os, sys
 sys.path.insert(0, sys.argv[1])
 from parallelnet.core import cpu_flags
 added = cpu_flags.apply()
 import jax, numpy as np
 from bench import common, train_throughput
-config = common.load_config('parallelnet', 'runlocal')
+sys.path.insert(0, os.path.join(sys.argv[1], 'tests'))
+import train_helpers
+train_helpers.register_tiny_trunk()
+config = common.load_config('parallelnet',
+                            'runlocal,n2=' + train_helpers.TINY_TRUNK)
 step = train_throughput.OursStep(config, train_throughput._batch(config, 8))
 metrics = []
 for _ in range(2):

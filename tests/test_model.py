@@ -24,12 +24,14 @@ def tiny_config(arg=''):
   return config_lib.get_config(','.join(filter(None, ['runlocal', arg])))
 
 
-def random_inputs(config, key, batch=2):
+def random_inputs(config, seed, batch=2):
+  """A normal image batch and a uniform spectrogram batch, float32, drawn in
+  numpy (jax.random compiles its samplers for every new shape)."""
+  rng = np.random.default_rng(seed)
   s = config.input.image_size
-  k1, k2 = jax.random.split(key)
-  image = jax.random.normal(k1, (batch, s, s, 3))
-  spectrogram = jax.random.uniform(
-      k2, (batch, config.input.num_frames, config.input.n_mels, 1))
+  image = rng.standard_normal((batch, s, s, 3), np.float32)
+  spectrogram = rng.random(
+      (batch, config.input.num_frames, config.input.n_mels, 1), np.float32)
   return image, spectrogram
 
 
@@ -49,7 +51,7 @@ def proposed():
   """The proposed model ('after' crossing) at tiny size, and one eval pass."""
   config = tiny_config()
   model, variables, apply = build(config, real_init=True)
-  image, spectrogram = random_inputs(config, jax.random.key(1))
+  image, spectrogram = random_inputs(config, 1)
   logits, inter = apply(variables, image, spectrogram)
   return dict(config=config, model=model, variables=variables, apply=apply,
               image=image, spectrogram=spectrogram, logits=logits, inter=inter)
@@ -134,13 +136,7 @@ def test_eq1_against_separately_applied_branches(proposed):
   """F_i, F_s, F_mul from N1_i, N1_s, N2_i, N2_s applied one by one, each as
   its own module on its own slice of the variables (not the model's sums)."""
   p, config = proposed, proposed['config']
-  v, m = p['variables'], config.model
-  image, speech = p['image'], p['spectrogram']
-
-  def branch(module, name, x):  # Compiled: op by op costs more.
-    return jax.jit(functools.partial(module.apply, train=False))(
-        {'params': v['params'][name], 'batch_stats': v['batch_stats'][name]},
-        x)
+  m = config.model
 
   n1 = parallelnet_lib.ConvBranch(m.feature_dim, m.width,
                                   bn_momentum=m.bn_momentum)
@@ -149,30 +145,46 @@ def test_eq1_against_separately_applied_branches(proposed):
   n2_i = parallelnet_lib.BackboneBranch(m.image_backbone, m.feature_dim,
                                         m.width, bn_momentum=m.bn_momentum)
   adapter = parallelnet_lib.conv1x1(3, jnp.float32, 'adapter')
-  speech3 = adapter.apply({'params': v['params']['adapter']}, speech)
-  f_i = branch(n1, 'N1_i', image) + branch(n2_s, 'N2_s', speech3)
-  f_s = branch(n1, 'N1_s', speech) + branch(n2_i, 'N2_i', image)
+
+  # Each branch applied on its own; the four in one compiled program (one
+  # compilation instead of one per branch; op by op costs more).
+  @jax.jit
+  def branches(v, image, speech):
+    def branch(module, name, x):
+      return module.apply({'params': v['params'][name],
+                           'batch_stats': v['batch_stats'][name]}, x,
+                          train=False)
+    speech3 = adapter.apply({'params': v['params']['adapter']}, speech)
+    return dict(N1_i=branch(n1, 'N1_i', image),
+                N1_s=branch(n1, 'N1_s', speech),
+                N2_s=branch(n2_s, 'N2_s', speech3),
+                N2_i=branch(n2_i, 'N2_i', image))
+
+  b = branches(p['variables'], p['image'], p['spectrogram'])
+  f_i = b['N1_i'] + b['N2_s']
+  f_s = b['N1_s'] + b['N2_i']
   t = p['inter']
   np.testing.assert_allclose(t['F_i'], f_i, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(t['F_s'], f_s, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(t['F_mul'], f_i * f_s, rtol=1e-4, atol=1e-5)
   # The text's reading (N2_i in F_s), not Eq. 1's misprint (N1_i in F_s):
   # the two differ here.
-  misprint = branch(n1, 'N1_s', speech) + branch(n1, 'N1_i', image)
+  misprint = b['N1_s'] + b['N1_i']
   assert float(jnp.abs(misprint - t['F_s']).max()) > 1e-3
 
 
 @pytest.mark.slow
-def test_baseline1_crosses_n1_first_part_before_n2():
+def test_baseline1_crosses_n1_first_part_before_n2(tiny_trunk):
   """Baseline 1 ('both'): N2_s's input holds P_is(N1a_i(image)), so
   changing only N1_i's first block changes N2_s; in Baseline 2 ('before')
-  N2_s reads the raw image and does not see N1_i's weights at all."""
+  N2_s reads the raw image and does not see N1_i's weights at all. (The
+  wiring before N2 is the subject: a tiny trunk serves.)"""
   outs = {}
   for crossing in ('both', 'before'):
-    config = tiny_config()
+    config = tiny_config(f'n2={tiny_trunk}')
     config.model.crossing = crossing
     _, variables, apply = build(config)
-    image, spectrogram = random_inputs(config, jax.random.key(5))
+    image, spectrogram = random_inputs(config, 5)
     _, t1 = apply(variables, image, spectrogram)
     params = jax.tree.map(lambda x: x, variables['params'])
     conv = params['N1_i']['convs']['block1_conv2']
@@ -262,12 +274,12 @@ def test_after_crossing_keeps_backbone_inputs_unmixed(proposed):
 def test_unimodal_variants_ignore_the_other_modality(variant, kept, dropped):
   config = tiny_config(variant)
   _, variables, apply = build(config)
-  image, spectrogram = random_inputs(config, jax.random.key(2))
+  image, spectrogram = random_inputs(config, 2)
   inputs = dict(image=image, spectrogram=spectrogram)
   logits1, t1 = apply(variables, inputs['image'], inputs['spectrogram'])
   other = dict(inputs)
-  other[dropped] = jax.random.normal(jax.random.key(3),
-                                     inputs[dropped].shape) * 50.0
+  other[dropped] = np.random.default_rng(3).standard_normal(
+      inputs[dropped].shape, np.float32) * 50.0
   logits2, t2 = apply(variables, other['image'], other['spectrogram'])
   np.testing.assert_array_equal(logits1, logits2)
   # ...while the kept modality does matter.
@@ -289,12 +301,13 @@ def test_unimodal_variants_ignore_the_other_modality(variant, kept, dropped):
 @pytest.mark.parametrize('crossing',
                          train_helpers.fast_first(['before', 'both']))
 @pytest.mark.slow
-def test_crossing_before_n2_mixes_modalities(crossing):
-  config = tiny_config()
+def test_crossing_before_n2_mixes_modalities(crossing, tiny_trunk):
+  # The wiring around N2 is the subject, not the trunk: a tiny one serves.
+  config = tiny_config(f'n2={tiny_trunk}')
   config.model.crossing = crossing
   config.input.num_frames = 64  # T != H: the projections are resized.
   _, variables, apply = build(config)
-  image, spectrogram = random_inputs(config, jax.random.key(4))
+  image, spectrogram = random_inputs(config, 4)
   _, t1 = apply(variables, image, spectrogram)
   _, t2 = apply(variables, image + 1.0, spectrogram)
   _, t3 = apply(variables, image, spectrogram + 0.5)
@@ -370,13 +383,24 @@ def flax_layer_sequence(module, input_shape, with_stats=False):
   return calls, variables['params']
 
 
+def keras_application(builder, input_shape):
+  """keras.applications.<builder> without top or weights, for its
+  architecture only: zeros where Keras would draw random kernels
+  (VarianceScaling, which Glorot and He subclass), a fifth of the build."""
+  keras = pytest.importorskip('keras')
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(keras.initializers.VarianceScaling, '__call__',
+               lambda self, shape, dtype=None: keras.ops.zeros(shape, dtype))
+    return getattr(keras.applications, builder)(
+        weights=None, include_top=False, input_shape=input_shape)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('name', ['vgg16', 'vgg19'])
 def test_vgg_trunk_matches_keras_applications(name):
   keras = pytest.importorskip('keras')
-  builder = {'vgg16': keras.applications.VGG16,
-             'vgg19': keras.applications.VGG19}[name]
-  ref = builder(weights=None, include_top=False, input_shape=(32, 32, 3))
+  ref = keras_application({'vgg16': 'VGG16', 'vgg19': 'VGG19'}[name],
+                          (32, 32, 3))
   ref_layers = [l for l in ref.layers
                 if not isinstance(l, keras.layers.InputLayer)]
   ours, params = flax_layer_sequence(
@@ -422,8 +446,7 @@ KERAS_TWINS = {
 @pytest.mark.parametrize('name', sorted(KERAS_TWINS))
 def test_backbone_matches_keras_applications(name):
   keras = pytest.importorskip('keras')
-  ref = getattr(keras.applications, KERAS_TWINS[name])(
-      weights=None, include_top=False, input_shape=(32, 32, 3))
+  ref = keras_application(KERAS_TWINS[name], (32, 32, 3))
   # Every layer with weights, every pool and dropout must match in name,
   # order, kind and output shape (Keras' input Rescaling/Normalization in
   # EfficientNet are not part of our trunks: see efficientnet.py).
@@ -485,8 +508,7 @@ def test_resnet34_basic_blocks():
 @pytest.mark.slow
 def test_inception_v3_matches_keras_applications():
   keras = pytest.importorskip('keras')
-  ref = keras.applications.InceptionV3(
-      weights=None, include_top=False, input_shape=(75, 75, 3))
+  ref = keras_application('InceptionV3', (75, 75, 3))
   ours, params, stats = flax_layer_sequence(
       models.get_backbone('inception_v3'), (1, 75, 75, 3), with_stats=True)
 
@@ -539,8 +561,10 @@ def test_backbone_builds_at_tiny_width(name):
   net = models.get_backbone(name, 1 / 16, jnp.bfloat16)
   size = 75 if name == 'inception_v3' else 32  # Keras' minimum sizes.
   x = jnp.zeros((2, size, size, 3))
-  variables = jax.eval_shape(lambda k: net.init(k, x), jax.random.key(0))
-  y = jax.eval_shape(lambda v: net.apply(v, x), variables)
+  # The output of the call that creates the variables: one trace, not two
+  # (init, then apply).
+  y, variables = jax.eval_shape(lambda k: net.init_with_output(k, x),
+                                jax.random.key(0))
   # Five stride-2 stages take 32 (75) -> 1; channels scale with the width.
   assert y.shape == (2, 1, 1, TRUNK_CHANNELS[name] // 16)
   assert y.dtype == jnp.bfloat16
@@ -551,7 +575,7 @@ def test_backbone_builds_at_tiny_width(name):
 @pytest.mark.slow
 def test_efficientnet_b0_tiny_train_and_eval():
   net = models.get_backbone('efficientnet_b0', 1 / 8, jnp.float32)
-  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  x = np.random.default_rng(0).standard_normal((2, 32, 32, 3), np.float32)
   variables = train_helpers.quick_variables(lambda k: net.init(k, x[:1]))
 
   @jax.jit
@@ -656,7 +680,7 @@ def test_frozen_trunks_keep_their_batch_stats_in_a_train_step(tiny_trunk):
   assert model.frozen_trunks
   variables = train_helpers.quick_variables(
       lambda k: models.init_variables(model, config, k))
-  image, spectrogram = random_inputs(config, jax.random.key(2), batch=4)
+  image, spectrogram = random_inputs(config, 2, batch=4)
   batch = dict(image=image, spectrogram=spectrogram,
                label=jnp.array([0, 1, 2, 3], jnp.int32))
   @jax.jit

@@ -74,6 +74,18 @@ def _randomize(model, seed):
                      for v, w in zip(values, model.weights)])
 
 
+def _build_keras(name, input_shape):
+  """keras.applications' `name` trunk, weights=None, with zeros where Keras
+  would draw its random kernels (VarianceScaling, which Glorot and He
+  subclass): _randomize overwrites every weight, and the draws are a fifth of
+  the build (~3 CPU-s over the module)."""
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(keras.initializers.VarianceScaling, '__call__',
+               lambda self, shape, dtype=None: keras.ops.zeros(shape, dtype))
+    return getattr(keras.applications, pretrained.KERAS_BUILDERS[name])(
+        weights=None, include_top=False, input_shape=input_shape)
+
+
 @pytest.fixture(scope='module')
 def keras_files(tmp_path_factory):
   """name -> dict(legacy=.h5 path, keras3=.weights.h5 path, raw, ref, model).
@@ -86,8 +98,7 @@ def keras_files(tmp_path_factory):
   def get(name):
     keras.utils.set_random_seed(0)
     h, w = SIZES[name]
-    model = getattr(keras.applications, pretrained.KERAS_BUILDERS[name])(
-        weights=None, include_top=False, input_shape=(h, w, 3))
+    model = _build_keras(name, (h, w, 3))
     _randomize(model, seed=len(name))
     legacy = str(root / f'{name}_notop.h5')
     with h5py.File(legacy, 'w') as f:
@@ -259,7 +270,8 @@ def test_keras3_file_without_layer_names_loads(keras_files, tmp_path):
     for group in fout['layers'].values():
       group['vars'].attrs.pop('name', None)
     assert not any('name' in g['vars'].attrs for g in fout['layers'].values())
-  config = _config('mobilenet_v2', path)
+  config = _config('mobilenet_v2', path,
+                   image_size=max(SIZES['mobilenet_v2']))  # Shapes cached.
   shapes = _shapes(config)
   unnamed = _trunk(_load(config, shapes), 'N2_i')
   config.model.image_weights = files['keras3']
@@ -277,7 +289,10 @@ def test_wrong_architecture_fails_naming_the_layer(keras_files):
   ]
   for source, target, message in cases:
     for layout in ('legacy', 'keras3'):
-      config = _config(target, keras_files(source)[layout])
+      # The input size of test_keras_files_give_keras_outputs: its traced
+      # variable shapes serve again (_shapes_of's cache).
+      config = _config(target, keras_files(source)[layout],
+                       image_size=max(SIZES[target]))
       with pytest.raises(UserError, match=message):
         _load(config)
   config = _config('vgg16', keras_files('vgg16')['legacy'])

@@ -104,16 +104,18 @@ def quick_variables(init_fn, seed=0):
 
   def fill(path, s):
     name = jax.tree_util.keystr(path[-1:])
+    # device_put of numpy arrays: jnp.ones/asarray would compile a small
+    # program for every new leaf shape.
     if name == "['var']":
-      return jnp.ones(s.shape, s.dtype)
+      return jax.device_put(np.ones(s.shape, s.dtype))
     if name == "['mean']":
-      return jnp.zeros(s.shape, s.dtype)
+      return jax.device_put(np.zeros(s.shape, s.dtype))
     if len(s.shape) > 1:
       std = np.sqrt(2.0 / np.prod(s.shape[:-1]))
     else:
       std = 0.1
     x = rng.normal(0.0, std, s.shape) + (name == "['scale']")
-    return jnp.asarray(x, s.dtype)
+    return jax.device_put(np.asarray(x, s.dtype))
 
   shapes = jax.eval_shape(init_fn, jax.random.key(seed))
   return jax.tree_util.tree_map_with_path(fill, shapes)
