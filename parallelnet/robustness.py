@@ -95,11 +95,7 @@ def run_robustness(config, workdir, *, split='test', examples=None) -> list:
     import input_pipeline  # pylint: disable=g-import-not-at-top
     examples = input_pipeline.load_examples(config, split)
   steps = train.Steps(config, mesh)
-  state = train.TrainState.create(
-      apply_fn=model.apply, params=variables['params'],
-      tx=train_state.NO_OPTIMIZER,
-      batch_stats=variables['batch_stats'])
-  state = jax.device_put(state, mesh_lib.replicated(mesh))
+  state = train_state.inference_state(model, variables, mesh)
   missing = modality.missing_inputs(config)
   labels = np.asarray(examples['label'], np.int32)
   rows = []

@@ -44,11 +44,11 @@ from parallelnet.steps import train_step  # pylint: disable=unused-import
 from parallelnet.train_state import abstract_checkpoint_tree
 from parallelnet.train_state import checkpoint_tree
 from parallelnet.train_state import create_train_state  # pylint: disable=unused-import
+from parallelnet.train_state import inference_state
 from parallelnet.train_state import init_train_state
 from parallelnet.train_state import keys as _keys  # pylint: disable=unused-import
 from parallelnet.train_state import make_early_stopping
 from parallelnet.train_state import make_optimizer  # pylint: disable=unused-import
-from parallelnet.train_state import NO_OPTIMIZER
 from parallelnet.train_state import optimizer_layout
 from parallelnet.train_state import plateau_transform  # pylint: disable=unused-import
 from parallelnet.train_state import restored_state
@@ -348,10 +348,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   mesh_lib.check_batch_size(config.train.eval_batch_size, mesh,
                             'train.eval_batch_size')
   steps = Steps(config, mesh)
-  state = TrainState.create(apply_fn=model.apply, params=variables['params'],
-                            tx=NO_OPTIMIZER,
-                            batch_stats=variables['batch_stats'])
-  state = jax.device_put(state, mesh_lib.replicated(mesh))
+  state = inference_state(model, variables, mesh)
   _, cm = evaluate_batches(steps, state,
                            data.eval_batches(config, mesh, split=split))
   return _write_eval_outputs(config, workdir, cm, step, split)

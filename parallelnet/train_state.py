@@ -36,10 +36,19 @@ class TrainState(train_state.TrainState):
   rng: Any = None  # Key data (uint32) of the base training key.
 
 
-# The optimizer of a state that is only evaluated (train.evaluate,
-# robustness). One instance: a TrainState's `tx` is static to jit, so a new
-# optax.identity() per call would trace and compile eval_step again.
-NO_OPTIMIZER = optax.identity()
+# The optimizer of a state that is only evaluated. One instance: a
+# TrainState's `tx` is static to jit, so a new optax.identity() per call
+# would trace and compile eval_step again.
+_NO_OPTIMIZER = optax.identity()
+
+
+def inference_state(model, variables: dict, mesh) -> TrainState:
+  """A TrainState of restored `variables` for eval_step only (no optimizer
+  state), replicated over `mesh` (train.evaluate, robustness)."""
+  state = TrainState.create(apply_fn=model.apply, params=variables['params'],
+                            tx=_NO_OPTIMIZER,
+                            batch_stats=variables['batch_stats'])
+  return jax.device_put(state, mesh_lib.replicated(mesh))
 
 
 def plateau_transform(factor: float, patience: int
