@@ -1,8 +1,8 @@
 """What training writes and logs: metric writer, NaN guard, eval outputs.
 
-TensorBoard events through clu (logging only without tensorboard), the
-stop on a non-finite loss, and the evaluation files: eval_metrics.json and
-confusion_matrix.png (the paper's Fig. 4), written atomically by process 0.
+TensorBoard events (tf.summary), the stop on a non-finite loss, and the
+evaluation files: eval_metrics.json and confusion_matrix.png (the paper's
+Fig. 4), written atomically by process 0.
 """
 
 import io
@@ -39,14 +39,16 @@ def quiet_orbax():
 
 
 class LoggingOnlyWriter:
-  """Stand-in for clu's writer when TensorBoard is not installed: logs only."""
+  """A metric writer that only logs (at --verbosity=1): processes other than
+  0 of a multi-process run, whose events process 0 writes."""
 
   def write_scalars(self, step, scalars):
-    logging.info('[%d] %s', step, ', '.join(
+    logging.vlog(1, '[%d] %s', step, ', '.join(
         f'{k}={float(v):.6g}' for k, v in sorted(scalars.items())))
 
   def write_images(self, step, images):
-    del step, images  # Nothing to show without TensorBoard.
+    logging.vlog(1, '[%d] images: %s', step,
+                 {k: np.shape(v) for k, v in images.items()})
 
   def flush(self):
     pass
@@ -55,8 +57,43 @@ class LoggingOnlyWriter:
     pass
 
 
+class EventWriter(LoggingOnlyWriter):
+  """TensorBoard events in `logdir` through tf.summary, plus the log lines.
+
+  Why not clu's metric writer: its TensorBoard writer imports TensorBoard's
+  hparams plugin, which imports Keras (about 1.5 s of every training
+  process's start) for hyperparameter summaries we do not write. Scalars and
+  images are all we write, and tf.summary writes them directly.
+  """
+
+  def __init__(self, logdir):
+    from parallelnet.core import progress  # pylint: disable=g-import-not-at-top
+    self._tf = progress.import_tensorflow()
+    self._writer = self._tf.summary.create_file_writer(logdir)
+
+  def write_scalars(self, step, scalars):
+    super().write_scalars(step, scalars)
+    with self._writer.as_default():
+      for k, v in scalars.items():
+        self._tf.summary.scalar(k, float(v), step=int(step))
+
+  def write_images(self, step, images):
+    super().write_images(step, images)
+    with self._writer.as_default():
+      for k, v in images.items():
+        v = np.asarray(v)
+        v = v[None] if v.ndim == 3 else v  # [batch,] height, width, channels.
+        self._tf.summary.image(k, v, step=int(step), max_outputs=len(v))
+
+  def flush(self):
+    self._writer.flush()
+
+  def close(self):
+    self._writer.close()
+
+
 class MirroredWriter:
-  """A clu writer on a local folder whose files are copied to a URL workdir
+  """An EventWriter on a local folder whose files are copied to a URL workdir
   at every flush and at close.
 
   TF's summary writer reaches gs:// only through TF's own GCS client, which
@@ -98,20 +135,14 @@ class MirroredWriter:
 
 
 def metric_writer(workdir):
-  """clu metric writer: TensorBoard events in `workdir` plus logging
-  (events go through a local folder when `workdir` is a URL)."""
-  try:
-    from clu import metric_writers  # pylint: disable=g-import-not-at-top
-  except ImportError as e:  # clu's TensorBoard writer needs `tensorboard`.
-    logging.warning('No TensorBoard events will be written (%s); install '
-                    'tensorboard==2.21.0 to get them.', e)
+  """TensorBoard events in `workdir` plus log lines (events go through a
+  local folder when `workdir` is a URL); log lines only on processes other
+  than 0."""
+  if jax.process_index() > 0:
     return LoggingOnlyWriter()
-  just_logging = jax.process_index() > 0
-  make = lambda d: metric_writers.create_default_writer(  # pylint: disable=g-long-lambda
-      d, just_logging=just_logging, asynchronous=False)
-  if paths.is_url(workdir) and not just_logging:
-    return MirroredWriter(make, workdir)
-  return make(workdir)
+  if paths.is_url(workdir):
+    return MirroredWriter(EventWriter, workdir)
+  return EventWriter(workdir)
 
 
 class NonFiniteLossError(errors.UserError, FloatingPointError):

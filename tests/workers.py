@@ -143,7 +143,7 @@ def main():
   for job, *args in parts[1:]:
     importlib.import_module(job).main(args)
   # The jobs are done and have closed their files: skip the interpreter's
-  # teardown, 1-2 CPU-s once TensorFlow, orbax and clu are loaded. First
+  # teardown, 1-2 CPU-s once TensorFlow and orbax are loaded. First
   # leave jax.distributed, all processes together, as exiting would.
   sys.stdout.flush()
   sys.stderr.flush()

@@ -122,8 +122,8 @@ class Progress:
 
 # Libraries whose warnings are noise for a user (TFDS: "Using custom data
 # configuration", deprecations); their errors still show.
-_WARNING_NOISE = ('tensorflow_datasets', 'tensorflow', 'orbax', 'clu',
-                  'absl', 'jax')
+_WARNING_NOISE = ('tensorflow_datasets', 'tensorflow', 'orbax', 'absl',
+                  'jax')
 _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 
@@ -136,7 +136,7 @@ def _is_ours(pathname):
 
 class _QuietFilter(logging.Filter):
   """Keeps the project's INFO lines and everyone's errors; drops third-party
-  INFO (orbax saves, TFDS readers, clu's writer) and library warnings."""
+  INFO (orbax saves, TFDS readers) and library warnings."""
 
   def filter(self, record):
     if _is_ours(record.pathname):
