@@ -510,25 +510,22 @@ def test_end_to_end_espeak(teachers, tmp_path):
 
   # The folder builds with the iitr_sier builder and trains one step.
   import input_pipeline  # pylint: disable=g-import-not-at-top
-  import train_helpers  # pylint: disable=g-import-not-at-top
   from parallelnet import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from parallelnet import models  # pylint: disable=g-import-not-at-top
   from parallelnet import train  # pylint: disable=g-import-not-at-top
-  c = train_helpers.tiny_config()
-  c.model.modalities = 'image'  # The teacher's model: its step is compiled.
-  c.input.image_scaling = 'unit'
-  c.model.bn_momentum = 0.5
+  # The image teacher's model, optimizer and batch size: its compiled
+  # training step is reused.
+  c = _teacher_config('image')
   c.dataset.name = 'iitr_sier'
   c.dataset.manual_dir = str(one)
   c.dataset.data_dir = str(tmp_path / 'tfds')
   c.dataset.val_fraction = 0.0
-  c.train.batch_size = 4
   builder = input_pipeline.get_builder(c)
   assert sum(s.num_examples for s in builder.info.splits.values()) == len(
       manifest)
   mesh = mesh_lib.make_mesh()
   batch = next(input_pipeline.train_batches(c, mesh, epoch=0))
-  assert batch['spectrogram'].shape == (4, 32, 32, 1)
+  assert batch['spectrogram'].shape == (c.train.batch_size, 32, 32, 1)
   state = train.init_train_state(c, models.get_model(c), mesh)
   steps = train.Steps(c, mesh)
   state, out = steps.train(state, batch, steps.step_key(state.rng, 0))
