@@ -10,7 +10,9 @@ _PUBLIC = ('get_builder', 'split_names', 'train_batches', 'eval_batches',
            'steps_per_epoch', 'process_split', 'train_dataset',
            'eval_dataset', 'epoch_seed')
 
-__all__ = _PUBLIC
+__all__ = _PUBLIC + ('fixed_sources',)
+
+from input_pipeline.manifest import fixed_sources  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def __getattr__(name):

@@ -22,6 +22,7 @@ file order or a process-dependent hash), stratified by label:
 """
 
 import collections
+import contextlib
 import csv
 import hashlib
 import io
@@ -286,14 +287,46 @@ def manifest_text(folder):
       '(id,image,audio,label[,split,text]).')
 
 
+# folder -> fingerprint while fixed_sources() is open; None outside.
+_fixed = None
+
+
+@contextlib.contextmanager
+def fixed_sources():
+  """Within it, each folder's source_fingerprint is computed once and then
+  reused. A training run opens it: the run reads one version of its source
+  (a folder edited mid-run is fingerprinted, hence rebuilt, by the next
+  run, not at the next epoch), and a large folder is not stat()ed again at
+  every epoch. Re-entrant: an inner use keeps the outer one's values."""
+  global _fixed
+  outer = _fixed
+  if outer is None:
+    _fixed = {}
+  try:
+    yield
+  finally:
+    if outer is None:
+      _fixed = None
+
+
 def source_fingerprint(folder):
   """A short hex digest of what `folder` holds as a dataset source.
 
   Covers the manifest text and, for every path its image and audio columns
   list, the file's size and modification time (or that it is missing): a
   row added, removed or edited, or a file replaced, gives another digest.
-  Only stat() per file, so it costs well under a second for 100k files.
+  Only stat() per file, so it costs well under a second for 100k files;
+  inside fixed_sources() it is computed once per folder.
   """
+  if _fixed is not None:
+    key = os.path.abspath(folder)
+    if key not in _fixed:
+      _fixed[key] = _fingerprint(folder)
+    return _fixed[key]
+  return _fingerprint(folder)
+
+
+def _fingerprint(folder):
   text = manifest_text(folder)
   h = hashlib.sha256(text.encode('utf-8'))
   rels = set()

@@ -316,6 +316,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `num_examples` and `steps_per_epoch`.
   """
   data = data or _pipeline()
+  with _fixed_sources():  # One version of a folder source per run.
+    return _train_and_evaluate(config, workdir, data)
+
+
+def _fixed_sources():
+  """A source folder is fingerprinted once per run (input_pipeline.manifest),
+  whichever `data` reads it."""
+  return _pipeline().fixed_sources()
+
+
+def _train_and_evaluate(config, workdir, data) -> dict:
   writers.quiet_orbax()
   # config.json keeps the user's 'auto'; the run uses the resolved scaling.
   run = _open_run(model_scaling.resolve_config(config), config, workdir, data)
@@ -378,19 +389,21 @@ def cross_validate(config: ml_collections.ConfigDict, workdir: str, *,
                      'at least 2 folds.')
   folds = []
   t0 = time.time()
-  for fold in range(k):
-    cfg = copy.deepcopy(config)
-    with cfg.unlocked():
-      cfg.dataset.fold = fold
-    logging.info('Cross-validation: training fold %d of %d.', fold + 1, k)
-    folds.append(train_and_evaluate(cfg, os.path.join(workdir, f'fold_{fold}'),
-                                    data=data))
-    elapsed = time.time() - t0
-    logging.info('Cross-validation: fold %d/%d test accuracy %.4f, macro-F1 '
-                 '%.4f  (%s elapsed, about %s left)', fold + 1, k,
-                 folds[-1]['accuracy'], folds[-1]['macro_f1'],
-                 progress.format_seconds(elapsed),
-                 progress.format_seconds(elapsed / (fold + 1) * (k - fold - 1)))
+  with _fixed_sources():  # Every fold reads one version of the source.
+    for fold in range(k):
+      cfg = copy.deepcopy(config)
+      with cfg.unlocked():
+        cfg.dataset.fold = fold
+      logging.info('Cross-validation: training fold %d of %d.', fold + 1, k)
+      folds.append(train_and_evaluate(
+          cfg, os.path.join(workdir, f'fold_{fold}'), data=data))
+      elapsed = time.time() - t0
+      logging.info('Cross-validation: fold %d/%d test accuracy %.4f, macro-F1 '
+                   '%.4f  (%s elapsed, about %s left)', fold + 1, k,
+                   folds[-1]['accuracy'], folds[-1]['macro_f1'],
+                   progress.format_seconds(elapsed),
+                   progress.format_seconds(
+                       elapsed / (fold + 1) * (k - fold - 1)))
   result = _cv_summary(folds)
   if jax.process_index() == 0:
     paths.write_json_atomic(os.path.join(workdir, 'cv_metrics.json'), result)

@@ -113,6 +113,58 @@ def test_a_changed_source_builds_anew_never_the_old_data(tmp_path, pairs,
   assert np.all(new[rid] == 0)  # Silence.
 
 
+def test_a_run_fingerprints_its_source_once(tmp_path, pairs):
+  """Inside fixed_sources() a folder is fingerprinted once (a run reads one
+  version of it); the next run sees the change."""
+  folder = _copy(pairs, tmp_path / 'data')
+  first = manifest_lib.source_fingerprint(folder)
+  wav = os.path.join(folder, 'sad', sorted(
+      f for f in os.listdir(os.path.join(folder, 'sad'))
+      if f.endswith('.wav'))[0])
+  with manifest_lib.fixed_sources():
+    assert manifest_lib.source_fingerprint(folder) == first
+    st = os.stat(wav)
+    os.utime(wav, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # Edited.
+    with manifest_lib.fixed_sources():  # Re-entrant: the outer run's value.
+      assert manifest_lib.source_fingerprint(folder) == first
+    assert manifest_lib.source_fingerprint(folder) == first
+  assert manifest_lib.source_fingerprint(folder) != first
+
+
+def test_training_reads_one_version_of_its_source(tmp_path, pairs):
+  """Inside train_and_evaluate a folder edited mid-run keeps the
+  fingerprint the run started with (here the data stand-in edits it, then
+  the run ends with the error of a split smaller than one batch); the next
+  run sees the edit."""
+  from parallelnet import train  # pylint: disable=g-import-not-at-top
+  import train_helpers  # pylint: disable=g-import-not-at-top
+  folder = _copy(pairs, tmp_path / 'data')
+  wav = os.path.join(folder, 'sad', sorted(
+      f for f in os.listdir(os.path.join(folder, 'sad'))
+      if f.endswith('.wav'))[0])
+  seen = []
+
+  class Data:
+
+    def steps_per_epoch(self, config):
+      del config
+      seen.append(manifest_lib.source_fingerprint(folder))
+      st = os.stat(wav)
+      os.utime(wav, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+      seen.append(manifest_lib.source_fingerprint(folder))
+      return 0
+
+    def num_examples(self, config, split):
+      del config, split
+      return 3
+
+  with pytest.raises(errors.UserError, match='fewer than one batch'):
+    train.train_and_evaluate(train_helpers.tiny_config(),
+                             str(tmp_path / 'run'), data=Data())
+  assert len(seen) == 2 and seen[0] == seen[1]
+  assert manifest_lib.source_fingerprint(folder) != seen[0]
+
+
 @pytest.mark.parametrize('case', ['missing', 'empty', 'file'])
 def test_a_bad_manual_dir_is_one_line_and_creates_nothing(tmp_path, case):
   from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
