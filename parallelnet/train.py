@@ -316,14 +316,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   `num_examples` and `steps_per_epoch`.
   """
   data = data or _pipeline()
-  with _fixed_sources():  # One version of a folder source per run.
+  # A source folder is fingerprinted once per run, whichever `data` reads it.
+  with _pipeline().fixed_sources():
     return _train_and_evaluate(config, workdir, data)
-
-
-def _fixed_sources():
-  """A source folder is fingerprinted once per run (input_pipeline.manifest),
-  whichever `data` reads it."""
-  return _pipeline().fixed_sources()
 
 
 def _train_and_evaluate(config, workdir, data) -> dict:
@@ -389,7 +384,7 @@ def cross_validate(config: ml_collections.ConfigDict, workdir: str, *,
                      'at least 2 folds.')
   folds = []
   t0 = time.time()
-  with _fixed_sources():  # Every fold reads one version of the source.
+  with _pipeline().fixed_sources():  # Every fold, one version of the source.
     for fold in range(k):
       cfg = copy.deepcopy(config)
       with cfg.unlocked():

@@ -113,18 +113,22 @@ def test_a_changed_source_builds_anew_never_the_old_data(tmp_path, pairs,
   assert np.all(new[rid] == 0)  # Silence.
 
 
+def _touch_a_clip(folder):
+  """Edits the folder: one clip's modification time moves by a second."""
+  sad = os.path.join(folder, 'sad')
+  wav = os.path.join(sad, min(f for f in os.listdir(sad) if f.endswith('.wav')))
+  st = os.stat(wav)
+  os.utime(wav, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+
+
 def test_a_run_fingerprints_its_source_once(tmp_path, pairs):
   """Inside fixed_sources() a folder is fingerprinted once (a run reads one
   version of it); the next run sees the change."""
   folder = _copy(pairs, tmp_path / 'data')
   first = manifest_lib.source_fingerprint(folder)
-  wav = os.path.join(folder, 'sad', sorted(
-      f for f in os.listdir(os.path.join(folder, 'sad'))
-      if f.endswith('.wav'))[0])
   with manifest_lib.fixed_sources():
     assert manifest_lib.source_fingerprint(folder) == first
-    st = os.stat(wav)
-    os.utime(wav, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # Edited.
+    _touch_a_clip(folder)
     with manifest_lib.fixed_sources():  # Re-entrant: the outer run's value.
       assert manifest_lib.source_fingerprint(folder) == first
     assert manifest_lib.source_fingerprint(folder) == first
@@ -139,9 +143,6 @@ def test_training_reads_one_version_of_its_source(tmp_path, pairs):
   from parallelnet import train  # pylint: disable=g-import-not-at-top
   import train_helpers  # pylint: disable=g-import-not-at-top
   folder = _copy(pairs, tmp_path / 'data')
-  wav = os.path.join(folder, 'sad', sorted(
-      f for f in os.listdir(os.path.join(folder, 'sad'))
-      if f.endswith('.wav'))[0])
   seen = []
 
   class Data:
@@ -149,8 +150,7 @@ def test_training_reads_one_version_of_its_source(tmp_path, pairs):
     def steps_per_epoch(self, config):
       del config
       seen.append(manifest_lib.source_fingerprint(folder))
-      st = os.stat(wav)
-      os.utime(wav, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+      _touch_a_clip(folder)
       seen.append(manifest_lib.source_fingerprint(folder))
       return 0
 
