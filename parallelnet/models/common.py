@@ -5,6 +5,10 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+# Keras initialises Conv2D/Dense kernels with glorot_uniform and biases with
+# zeros; we do the same so that training from scratch matches the paper's setup.
+KERNEL_INIT = nn.initializers.xavier_uniform()
+
 
 def scaled(channels: int, width: float) -> int:
   """A channel count times the width multiplier, at least 1."""

@@ -14,11 +14,11 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from parallelnet.models.common import AvgPool
-from parallelnet.models.common import MaxPool
 from parallelnet.models.common import batch_norm
+from parallelnet.models.common import KERNEL_INIT
+from parallelnet.models.common import MaxPool
 from parallelnet.models.common import scaled
 from parallelnet.models.common import zero_pad
-from parallelnet.models.vgg import KERNEL_INIT
 
 DENSENET121_BLOCKS = (6, 12, 24, 16)
 GROWTH_RATE = 32

@@ -20,9 +20,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from parallelnet.models.common import AvgPool
+from parallelnet.models.common import KERNEL_INIT
 from parallelnet.models.common import MaxPool
 from parallelnet.models.common import scaled
-from parallelnet.models.vgg import KERNEL_INIT
 
 MIN_SIZE = 75
 

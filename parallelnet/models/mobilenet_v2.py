@@ -16,9 +16,9 @@ import jax.numpy as jnp
 
 from parallelnet.models.common import batch_norm
 from parallelnet.models.common import correct_pad
+from parallelnet.models.common import KERNEL_INIT
 from parallelnet.models.common import scaled
 from parallelnet.models.common import zero_pad
-from parallelnet.models.vgg import KERNEL_INIT
 
 # (filters, stride, expansion) of blocks 0..16, as Keras builds them.
 BLOCKS = (

@@ -77,11 +77,10 @@ from parallelnet.core import scaling as core_scaling
 from parallelnet.models import backbones
 from parallelnet.models import vgg
 from parallelnet.models.common import batch_norm
+from parallelnet.models.common import KERNEL_INIT
 
 MODALITIES = ('both', 'speech', 'image')
 CROSSINGS = ('after', 'before', 'both')
-
-KERNEL_INIT = vgg.KERNEL_INIT
 
 
 def dense(features: int, dtype: Any, name: str) -> nn.Dense:

@@ -15,10 +15,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from parallelnet.models.common import batch_norm
+from parallelnet.models.common import KERNEL_INIT
+from parallelnet.models.common import MaxPool
 from parallelnet.models.common import scaled
 from parallelnet.models.common import zero_pad
-from parallelnet.models.vgg import KERNEL_INIT
-from parallelnet.models.vgg import MaxPool
 
 EPSILON = 1.001e-5  # Keras ResNet's BatchNorm epsilon.
 

@@ -13,12 +13,9 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from parallelnet.models.common import KERNEL_INIT
 from parallelnet.models.common import MaxPool
 from parallelnet.models.common import scaled
-
-# Keras initialises Conv2D/Dense kernels with glorot_uniform and biases with
-# zeros; we do the same so that training from scratch matches the paper's setup.
-KERNEL_INIT = nn.initializers.xavier_uniform()
 
 # (filters, number of convs) per block, as in Keras Applications.
 VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
