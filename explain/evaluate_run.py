@@ -32,6 +32,7 @@ from absl import logging
 import jax
 import numpy as np
 
+import input_pipeline
 from explain import evaluation
 from explain import peers
 from explain import run as explain_run
@@ -39,6 +40,8 @@ from explain.dncshap import num_evaluations
 from explain.dncshap import region_boxes
 from parallelnet.core import paths
 from parallelnet.core.errors import UserError
+from parallelnet import checkpointing
+from parallelnet import models
 from parallelnet.models import scaling as model_scaling
 
 PEERS = ('occlusion', 'ig', 'gradxinput', 'random', 'shap-partition',
@@ -187,9 +190,6 @@ def _md_table(rows, columns):
 def evaluate(config, workdir):
   """Runs the explanation tests; writes and returns the tables (dict)."""
   config = model_scaling.resolve_config(config)
-  import input_pipeline  # pylint: disable=g-import-not-at-top
-  from parallelnet import checkpointing  # pylint: disable=g-import-not-at-top
-  from parallelnet import models  # pylint: disable=g-import-not-at-top
   c = config.explain_eval
   names = ['dncshap'] + _split_names(c.peers)
   for n in names[1:]:

@@ -23,7 +23,11 @@ from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
+from PIL import ImageOps
 
+import input_pipeline
+from input_pipeline import audio as audio_lib
 from explain.dncshap import average_explanations
 from explain.dncshap import dncshap
 from explain.dncshap import dncshap_batch
@@ -35,6 +39,8 @@ from parallelnet.core import progress
 from parallelnet.core import scaling as core_scaling
 from parallelnet.core.errors import UserError
 from parallelnet import inference
+from parallelnet import mesh
+from parallelnet import modality
 from parallelnet.models import scaling as model_scaling
 from explain import speech as speech_lib
 
@@ -163,7 +169,6 @@ def load_baseline_npz(path, image_shape, speech_shape):
 def _training_inputs(config):
   """Yields (images, spectrograms) batches of the training split, streamed
   (model-scaled, as the model sees them; nothing held beyond a batch)."""
-  import input_pipeline  # pylint: disable=g-import-not-at-top
   ds = input_pipeline.eval_dataset(config, 'train', process_index=0,
                                    process_count=1)
   for batch in ds.as_numpy_iterator():
@@ -193,7 +198,6 @@ def _pick_training_inputs(config, k, train):
     speech = np.asarray(train['spectrogram'], np.float32)
     size = len(images)
   else:
-    import input_pipeline  # pylint: disable=g-import-not-at-top
     size = int(input_pipeline.num_examples(config, 'train'))
   if not 1 <= k <= size:
     raise UserError(f'config.explain.background_size={k}; it must be in '
@@ -420,7 +424,6 @@ def explain_dataset(config, workdir, *, split='test'):
   Returns the summary dict (also written to <workdir>/explain/summary.json).
   """
   config = model_scaling.resolve_config(config)
-  import input_pipeline  # pylint: disable=g-import-not-at-top
   c = config.explain
   model, variables, step = inference.restore(config, workdir, which='best')
   fn = probability_fn(model, variables)
@@ -478,7 +481,6 @@ def explain_dataset(config, workdir, *, split='test'):
       records.append(rec)
       bar.update()
   bar.close()
-  from parallelnet import mesh  # pylint: disable=g-import-not-at-top
   gathered = mesh.allgather_json(dict(records=records, seconds=seconds))
   records = sorted((r for g in gathered for r in g['records']),
                    key=lambda r: r['_index'])
@@ -522,7 +524,6 @@ def explain_dataset(config, workdir, *, split='test'):
 def _photo_size(path):
   """(height, width) of the photo as shown upright, or None if unreadable
   here (the figure then shows the model's square input)."""
-  from PIL import Image, ImageOps  # pylint: disable=g-import-not-at-top
   try:
     with Image.open(path) as photo:
       return ImageOps.exif_transpose(photo).size[::-1]
@@ -541,8 +542,6 @@ def explain_files(config, workdir, image_path, audio_path):
   the records say `missing`.
   """
   config = model_scaling.resolve_config(config)
-  import input_pipeline  # pylint: disable=g-import-not-at-top
-  from parallelnet import modality  # pylint: disable=g-import-not-at-top
   c = config.explain
   # The files first: a bad file is reported before the model loads.
   pair = input_pipeline.preprocess_pair(config, image_path, audio_path)
@@ -557,7 +556,6 @@ def explain_files(config, workdir, image_path, audio_path):
     if pair['image_raw'] is None:
       pair['image_raw'] = np.zeros(pair['image'].shape, np.uint8)
     if pair['waveform'] is None:
-      from input_pipeline import audio as audio_lib  # pylint: disable=g-import-not-at-top
       pair['waveform'] = np.zeros(audio_lib.num_samples(config.input),
                                   np.float32)
   model, variables, step = inference.restore(config, workdir, which='best')

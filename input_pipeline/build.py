@@ -18,7 +18,14 @@ at start-up even for plain builds; the second form runs the same build command
 registering input_pipeline.builders.
 """
 
+import os
 import sys
+
+from absl import app
+from ml_collections import config_flags
+
+from parallelnet.core import progress
+from parallelnet.core.errors import UserError
 
 
 def _is_config_file(argv):
@@ -29,20 +36,16 @@ def _is_config_file(argv):
 def build_from_config(argv):
   """Builds the dataset a training config reads (absl flags, as main.py) and
   prints where it is; the same quiet log as main.py unless --verbosity."""
-  import os  # pylint: disable=g-import-not-at-top
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # TF's C++ lines.
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   config_flag = config_flags.DEFINE_config_file(
       'config', None, 'Training configuration file.', lock_config=True)
 
   def main(_):
-    from parallelnet.core import progress  # pylint: disable=g-import-not-at-top
     if not any(a.split('=')[0] in ('--verbosity', '-v') for a in argv):
       progress.import_tensorflow_quietly()
       progress.quiet_logs()
+    # After the quiet TensorFlow import above: pipeline imports TF.
     from input_pipeline import pipeline  # pylint: disable=g-import-not-at-top
-    from parallelnet.core.errors import UserError  # pylint: disable=g-import-not-at-top
     config = config_flag.value
     try:
       b = pipeline.get_builder(config)

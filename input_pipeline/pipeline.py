@@ -25,6 +25,8 @@ tf = progress.import_tensorflow()  # Without Keras: ~1 s less per process.
 tf.config.set_visible_devices([], 'GPU')
 
 import jax  # pylint: disable=g-import-not-at-top
+from jax._src import distributed  # pylint: disable=g-import-not-at-top
+from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
 from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
@@ -72,11 +74,9 @@ def wait_for_all_processes(name, timeout_s=BUILD_BARRIER_TIMEOUT_S):
   global _barriers_passed
   if jax.process_count() == 1:
     return
-  from jax._src import distributed  # pylint: disable=g-import-not-at-top
   client = distributed.global_state.client
   _barriers_passed += 1
   if client is None:  # Not started by jax.distributed.initialize.
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices(name)
     return
   client.wait_at_barrier(f'{name}#{_barriers_passed}',

@@ -36,14 +36,18 @@ from absl import logging
 from etils import epath
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorstore as ts
 
+from configs import parallelnet as default_config
 from parallelnet.core import errors
 from parallelnet.core import paths
 
 from parallelnet import mesh as mesh_lib
+from parallelnet import models
 from parallelnet import packing
 
 
@@ -138,7 +142,6 @@ def _all_processes_agree(ok: bool) -> bool:
   storage makes a disagreement rare, but one would desynchronise them)."""
   if jax.process_count() == 1:
     return ok
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return bool(np.min(multihost_utils.process_allgather(np.int32(ok))))
 
 
@@ -245,7 +248,6 @@ class Checkpoints:
     state_dir = self.root / which / str(step) / 'state'
     if not (state_dir / 'manifest.ocdbt').exists():
       return  # Not OCDBT: orbax's restore does the checking.
-    import tensorstore as ts  # pylint: disable=g-import-not-at-top
     url = str(state_dir) + '/'
     if '://' not in url:
       url = 'file://' + url
@@ -348,7 +350,6 @@ class Checkpoints:
           target, n = dest / f'{which}_{s}.{n}', n + 1
         paths.move(self.root / which / str(s), target)
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
       multihost_utils.sync_global_devices('parallelnet damaged set aside')
     self.managers[which].reload()
 
@@ -373,7 +374,6 @@ def abstract_inference_tree(config, model, mesh) -> dict:
   inference reads: step, params, batch_stats. They depend on the model only,
   not on the optimizer, so this module needs nothing from train.py (which
   imports this one: the dependency is one-way)."""
-  from parallelnet import models  # pylint: disable=g-import-not-at-top
 
   def make():
     variables = models.init_variables(model, config, jax.random.key(0),
@@ -393,7 +393,6 @@ def restore_for_inference(config: ml_collections.ConfigDict, workdir: str,
   Raises FileNotFoundError when `workdir` holds no `which` checkpoint and
   ValueError when it was written for another model configuration.
   """
-  from parallelnet import models  # pylint: disable=g-import-not-at-top
   if which not in ('best', 'latest'):
     raise ValueError(f'which={which!r}; expected "best" or "latest".')
   if not has_checkpoint(workdir, which):  # Checked first: orbax would create
@@ -438,7 +437,6 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
   Every saved field wins; fields that the current code knows but the file
   lacks (added after the run) take configs/parallelnet.py's defaults.
   """
-  from configs import parallelnet as default_config  # pylint: disable=g-import-not-at-top
   path = paths.join(workdir, CONFIG_FILE)
   if not paths.isfile(path):
     raise errors.UserError(

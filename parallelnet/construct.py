@@ -17,6 +17,9 @@ import os
 import sys
 import types
 
+from absl import app
+from absl import flags
+
 from input_pipeline.construct import CLASS_MERGES
 from input_pipeline.construct import CommandTTS
 from input_pipeline.construct import construct_dataset
@@ -29,9 +32,7 @@ from parallelnet.core.classes import EMOTIONS
 from parallelnet.core.errors import UserError
 
 
-
 def _flags():
-  from absl import flags  # pylint: disable=g-import-not-at-top
   f = types.SimpleNamespace()
   f.source = flags.DEFINE_string('source', None, 'Folder with source.csv '
                                  '(id,text,image[,label,...]) and the images.')
@@ -121,7 +122,6 @@ def main(argv, f):
 
 def run():
   """`python -m parallelnet.construct`: user errors as one line, exit 1."""
-  from absl import app  # pylint: disable=g-import-not-at-top
   f = _flags()
   try:
     app.run(lambda argv: main(argv, f))

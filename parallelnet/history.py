@@ -10,6 +10,8 @@ import json
 import math
 import time
 
+import jax
+
 from parallelnet.core import paths
 
 FILE = 'history.jsonl'
@@ -18,7 +20,6 @@ FILE = 'history.jsonl'
 def log_epoch(workdir: str, epoch: int, step: int, scalars: dict,
               seconds: float):
   """Appends epoch `epoch`'s (1-based) scalars (process 0 only)."""
-  import jax  # pylint: disable=g-import-not-at-top
   if jax.process_index() != 0:
     return
   record = dict(epoch=int(epoch), step=int(step), seconds=float(seconds),

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from parallelnet.core import errors
+from parallelnet import checkpointing
 
 MISSING = ('image', 'speech')  # The modality a pair may lack.
 MISSING_VALUE = 0.0  # Model-input value of an absent modality.
@@ -96,7 +97,6 @@ def replace_modality(images, spectrograms, which, missing):
 def trained_rate(config, workdir) -> float:
   """The modality dropout the workdir's model was trained with (its
   config.json), else `config`'s."""
-  from parallelnet import checkpointing  # pylint: disable=g-import-not-at-top
   try:
     config = checkpointing.read_config(workdir)
   except errors.UserError:

@@ -19,6 +19,8 @@ from absl import logging
 import jax
 import numpy as np
 
+import input_pipeline
+from input_pipeline import degrade
 from parallelnet import checkpointing
 from parallelnet import mesh as mesh_lib
 from parallelnet import metrics as metrics_lib
@@ -35,14 +37,12 @@ COLUMNS = ('condition', 'accuracy', 'macro_f1', 'cohen_kappa')
 
 def conditions_of(config):
   """The parsed config.robustness.conditions (errors name the field)."""
-  from input_pipeline import degrade  # pylint: disable=g-import-not-at-top
   rc = config.robustness
   return degrade.parse_conditions(rc.conditions, float(rc.blur_sigma))
 
 
 def condition_inputs(config, condition, examples, missing):
   """(images, spectrograms) of `examples` under one condition."""
-  from input_pipeline import degrade  # pylint: disable=g-import-not-at-top
   if condition.kind == 'full':
     return examples['image'], examples['spectrogram']
   if condition.kind in ('no_image', 'no_speech'):
@@ -92,7 +92,6 @@ def run_robustness(config, workdir, *, split='test', examples=None) -> list:
     if warning:
       logging.warning('%s', warning)
   if examples is None:
-    import input_pipeline  # pylint: disable=g-import-not-at-top
     examples = input_pipeline.load_examples(config, split)
   steps = train.Steps(config, mesh)
   state = train_state.inference_state(model, variables, mesh)

@@ -72,11 +72,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from configs import parallelnet as default_config
+import input_pipeline
 from parallelnet.core import paths
 from parallelnet.core import plotting
 from parallelnet.core.errors import UserError
+from parallelnet import checkpointing
 from parallelnet import mesh as mesh_lib
 from parallelnet import models
+from parallelnet import robustness
 from parallelnet import summary
 from parallelnet.models import scaling as model_scaling
 from parallelnet import train
@@ -226,7 +230,6 @@ def changed_fields(saved: dict, config, ignore=()) -> list[tuple]:
   row's saved config.json (`saved`) and `config`. A field the saved file
   lacks (added to the code after that run) counts as
   configs/parallelnet.py's default, as checkpointing.read_config reads it."""
-  from configs import parallelnet as default_config  # pylint: disable=g-import-not-at-top
   now = _flat_dict(json.loads(config.to_json()))
   old = _flat_dict(saved)
   default = _flat_dict(json.loads(default_config.get_config().to_json()))
@@ -377,7 +380,6 @@ def run_row(row: str, config, row_dir: str, cv: bool, data=None) -> dict:
 
 def _robustness(config, row_dir):
   """{<condition>_accuracy} of ROBUSTNESS for a row's best checkpoint."""
-  from parallelnet import robustness  # pylint: disable=g-import-not-at-top
   cfg = config.copy_and_resolve_references()
   with cfg.unlocked():
     cfg.robustness.conditions = ','.join(ROBUSTNESS)
@@ -410,14 +412,12 @@ def modality_interaction(config, row_dir: str, data=None) -> dict:
   of p - v(∅) (the shares sum to 1). The explain_eval mode reports the same
   with DnCShap's baseline, per class.
   """
-  from parallelnet import checkpointing  # pylint: disable=g-import-not-at-top
-  from parallelnet import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   nan = {'interaction': math.nan, 'share_image': math.nan,
          'share_speech': math.nan}
   if jax.process_count() > 1 or not checkpointing.has_checkpoint(row_dir):
     return nan
   config = model_scaling.resolve_config(config)
-  data = data or train._pipeline()  # pylint: disable=protected-access
+  data = data or input_pipeline
   model, variables, _ = checkpointing.restore_for_inference(config, row_dir)
 
   values = []

@@ -11,6 +11,7 @@ never allocated.
 import jax
 
 from parallelnet import models
+from parallelnet import train_state
 
 # What each top-level module is, in the order the table lists them.
 BRANCHES = {
@@ -40,11 +41,10 @@ def variable_shapes(config) -> dict:
 def frozen_by_branch(config, params) -> dict:
   """{branch: parameters training leaves unchanged}: the N2 trunks when
   train.trunk_lr_multiplier = 0 (models.frozen_trunks), else nothing."""
-  from parallelnet import train  # pylint: disable=g-import-not-at-top
   if not models.frozen_trunks(config):
     return {}
   return {b: models.count_params(params[b][sub])
-          for b, sub in train.TRUNK_PATHS if b in params}
+          for b, sub in train_state.TRUNK_PATHS if b in params}
 
 
 def param_counts(config) -> tuple[int, int]:

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+import input_pipeline
 from parallelnet.core import errors
 from parallelnet.core import paths
 from parallelnet.core import progress
@@ -61,11 +62,6 @@ from parallelnet.writers import METRIC_KEYS
 from parallelnet.writers import NonFiniteLossError  # pylint: disable=unused-import
 from parallelnet.writers import plot_confusion_matrix  # pylint: disable=unused-import
 from parallelnet.writers import write_eval_outputs as _write_eval_outputs
-
-
-def _pipeline():
-  import input_pipeline  # pylint: disable=g-import-not-at-top
-  return input_pipeline
 
 
 @dataclasses.dataclass
@@ -315,9 +311,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   pass an object with the same `train_batches`, `eval_batches`,
   `num_examples` and `steps_per_epoch`.
   """
-  data = data or _pipeline()
+  data = data or input_pipeline
   # A source folder is fingerprinted once per run, whichever `data` reads it.
-  with _pipeline().fixed_sources():
+  with input_pipeline.fixed_sources():
     return _train_and_evaluate(config, workdir, data)
 
 
@@ -346,7 +342,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   eval_metrics_<split>.json, confusion_matrix_<split>.png) and returns the
   metrics."""
   config = model_scaling.resolve_config(config)
-  data = data or _pipeline()
+  data = data or input_pipeline
   writers.quiet_orbax()
   model, variables, step = checkpointing.restore_for_inference(
       config, workdir, which)
@@ -384,7 +380,7 @@ def cross_validate(config: ml_collections.ConfigDict, workdir: str, *,
                      'at least 2 folds.')
   folds = []
   t0 = time.time()
-  with _pipeline().fixed_sources():  # Every fold, one version of the source.
+  with input_pipeline.fixed_sources():  # Every fold, one version of the source.
     for fold in range(k):
       cfg = copy.deepcopy(config)
       with cfg.unlocked():

@@ -19,6 +19,7 @@ from PIL import Image
 from parallelnet.core import errors
 from parallelnet.core import paths
 from parallelnet.core import plotting
+from parallelnet.core import progress
 from parallelnet import metrics as metrics_lib
 
 METRIC_KEYS = ('accuracy', 'macro_f1', 'cohen_kappa')
@@ -67,7 +68,6 @@ class EventWriter(LoggingOnlyWriter):
   """
 
   def __init__(self, logdir):
-    from parallelnet.core import progress  # pylint: disable=g-import-not-at-top
     self._tf = progress.import_tensorflow()
     self._writer = self._tf.summary.create_file_writer(logdir)
 

@@ -22,8 +22,12 @@ from urllib import parse
 from absl import logging
 import numpy as np
 
+from configs import parallelnet as paper_config
 from parallelnet.core import paths
 from parallelnet.core import plotting
+from parallelnet.core.errors import UserError
+from parallelnet import history
+from parallelnet import metrics as metrics_lib
 
 REPORT_DIR = 'report'
 RUNS_FILE = 'runs.jsonl'  # One JSON line per main.py run (mode, config, time).
@@ -134,7 +138,6 @@ def _config_file_defaults(spec):
   the config of a config.json (local or a URL)."""
   path, _, arg = paths.split_spec(spec)
   if path.endswith('.json'):
-    from configs import parallelnet as paper_config  # pylint: disable=g-import-not-at-top
     return paper_config.config_from_json(path).to_dict()
   module_spec = importlib.util.spec_from_file_location('_report_config', path)
   module = importlib.util.module_from_spec(module_spec)
@@ -143,7 +146,6 @@ def _config_file_defaults(spec):
 
 
 def _run_section(w):
-  from configs import parallelnet as paper_config  # pylint: disable=g-import-not-at-top
   config = w.json('config.json')
   parts = []
   if config is None:
@@ -278,7 +280,6 @@ def _cm_table(cm, classes, normalise):
 
 
 def _metrics_section(w):
-  from parallelnet import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   m = w.json('eval_metrics.json')
   parts = []
   cv = w.json('cv_metrics.json')
@@ -593,11 +594,9 @@ def write_report(workdir: str, *, run: dict | None = None,
     first.
   rows: with a study.csv, first write each row folder's own report.
   """
-  from parallelnet import history  # pylint: disable=g-import-not-at-top
   t0 = time.time()
   w = _Workdir(workdir)
   if not paths.isdir(w.workdir):
-    from parallelnet.core.errors import UserError  # pylint: disable=g-import-not-at-top
     raise UserError(f'--workdir={workdir}: no such folder, so nothing to '
                     'report on.')
   paths.makedirs(w.out)

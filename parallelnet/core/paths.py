@@ -8,6 +8,7 @@ a reader of the final name.
 """
 
 import contextlib
+import datetime
 import importlib.util
 import io
 import hashlib
@@ -17,6 +18,9 @@ import re
 import shutil
 
 from etils import epath
+from etils.epath import backend as epath_backend
+import fsspec
+import numpy as np
 
 from parallelnet.core import errors
 
@@ -68,8 +72,7 @@ def refresh_epath_backend():
 
 
 def _epath_fsspec_backend():
-  from etils.epath import backend  # pylint: disable=g-import-not-at-top
-  return getattr(backend, 'fsspec_backend', None)
+  return getattr(epath_backend, 'fsspec_backend', None)
 
 
 def _fs(p):
@@ -77,7 +80,6 @@ def _fs(p):
   client etils.epath (hence orbax) uses: gcsfs caches folder listings per
   client, so a listing refreshed or a folder moved on another client would
   leave epath's cache stale (orbax would then see a step that was moved)."""
-  import fsspec  # pylint: disable=g-import-not-at-top
   backend = _epath_fsspec_backend()
   fs = backend.fs(str(p)) if backend is not None else (
       fsspec.core.url_to_fs(str(p))[0])
@@ -288,7 +290,6 @@ def append_text(p, text: str):
 
 def write_npz_atomic(p, **arrays):
   """np.savez of `arrays` to `p` (local or URL), atomically."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
   buf = io.BytesIO()
   np.savez(buf, **arrays)
   write_bytes_atomic(p, buf.getvalue())
@@ -296,7 +297,6 @@ def write_npz_atomic(p, **arrays):
 
 def read_npz(p) -> dict:
   """{name: array} of the .npz at `p`; never unpickles (allow_pickle=False)."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
   with np.load(io.BytesIO(read_bytes(p)), allow_pickle=False) as data:
     return {k: data[k] for k in data.files}
 
@@ -311,7 +311,6 @@ def files_with_mtimes(p) -> list[tuple[str, float]]:
         full = os.path.join(root, f)
         out.append((os.path.relpath(full, p), os.path.getmtime(full)))
     return out
-  import datetime  # pylint: disable=g-import-not-at-top
   fs, root = _fs(p)
   out = []
   for name, info in fs.find(root, detail=True).items():

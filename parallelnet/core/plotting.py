@@ -6,6 +6,8 @@ explanations) is drawn through `pyplot()` and written by `save()`.
 
 import io
 
+from parallelnet.core import paths
+
 
 def pyplot():
   """matplotlib.pyplot on the Agg backend, imported on first use (it is
@@ -25,7 +27,6 @@ def figure_bytes(fig, *, fmt='png', dpi=None) -> bytes:
 
 def save(fig, path, *, dpi=None):
   """Renders `fig` to bytes, writes them atomically to `path`, closes it."""
-  from parallelnet.core import paths  # pylint: disable=g-import-not-at-top
   try:
     paths.write_bytes_atomic(path, figure_bytes(fig, dpi=dpi))
   finally:

@@ -17,6 +17,8 @@ import os
 import sys
 import time
 
+from absl import logging as absl_logging
+
 
 def format_seconds(seconds):
   """H:MM:SS for a non-negative number of seconds."""
@@ -163,7 +165,6 @@ def quiet_logs():
   """The default console log: project lines as plain text, third-party INFO
   and progress bars off. main.py calls it unless --verbosity or --verbose is
   given. Idempotent."""
-  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
   handler = absl_logging.get_absl_handler()
   if not any(isinstance(f, _QuietFilter) for f in handler.filters):
     handler.addFilter(_QuietFilter())
