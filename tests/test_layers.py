@@ -80,3 +80,63 @@ def test_the_check_sees_a_wrong_arrow(tmp_path):
 def test_design_md_states_the_same_order():
   design = (ROOT / 'DESIGN.md').read_text(encoding='utf-8')
   assert ' < '.join(LAYERS) in design
+
+
+# DESIGN.md "Imports": a library module imports at its top. Inside a function
+# only these, each for a reason a reader can check:
+DEFERRED_IMPORTS = {
+    # Optional: a missing one fails only the feature that needs it.
+    'keras', 'h5py', 'torch', 'shap',
+    # Heavy, and only some commands need them: TensorFlow and TFDS (through
+    # core.progress, which first blocks TF's eager Keras import), matplotlib
+    # (through core.plotting), scipy's signal and ndimage (~0.6 s).
+    'tensorflow', 'tensorflow_datasets', 'matplotlib', 'scipy', 'simple_parsing',
+    # input_pipeline.pipeline imports TensorFlow at its top, so the package
+    # and the build command line load it after setting TF's log level.
+    'input_pipeline.pipeline', 'input_pipeline.builders',
+}
+
+
+def _function_level_imports(path):
+  """(line, module) of every import inside a function of `path`."""
+  tree = ast.parse(path.read_text(encoding='utf-8'), str(path))
+  for fn in ast.walk(tree):
+    if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+      continue
+    for node in ast.walk(fn):
+      if isinstance(node, ast.Import):
+        for alias in node.names:
+          yield node.lineno, alias.name
+      elif isinstance(node, ast.ImportFrom) and node.module:
+        for alias in node.names:
+          yield node.lineno, f'{node.module}.{alias.name}'
+
+
+def _deferred_without_reason():
+  out = []
+  for package in ('parallelnet', 'input_pipeline', 'explain', 'configs'):
+    for path in sorted((ROOT / package).rglob('*.py')):
+      for line, imported in _function_level_imports(path):
+        if not any(imported == m or imported.startswith(m + '.')
+                   for m in DEFERRED_IMPORTS):
+          out.append(f'{path.relative_to(ROOT)}:{line} imports {imported} '
+                     'inside a function')
+  return sorted(set(out))
+
+
+def test_library_imports_sit_at_the_top():
+  """No import inside a function to dodge the order or a cycle: only the
+  optional and heavy modules listed above (main.py, bench/ and tests/ may
+  import per mode)."""
+  assert not _deferred_without_reason(), '\n'.join(_deferred_without_reason())
+
+
+def test_the_check_sees_a_deferred_import():
+  bad = ROOT / 'parallelnet' / '_deferred_probe.py'
+  bad.write_text('def f():\n  from parallelnet import mesh\n  import keras\n')
+  try:
+    found = [v for v in _deferred_without_reason() if '_deferred_probe' in v]
+  finally:
+    bad.unlink()
+  assert found == ['parallelnet/_deferred_probe.py:2 imports parallelnet.mesh '
+                   'inside a function']
