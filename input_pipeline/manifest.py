@@ -29,6 +29,7 @@ import io
 import os
 
 from parallelnet.core import errors
+from parallelnet.core import paths
 
 REQUIRED_COLUMNS = ('id', 'image', 'audio', 'label')
 SPLIT_ALIASES = {'train': 'train', 'training': 'train', 'test': 'test',
@@ -346,16 +347,14 @@ def manifest_from_class_folders(folder):
   """Writes manifest.csv for a class-per-folder layout (class_folder_rows);
   returns the row count."""
   rows = class_folder_rows(folder)
-  with open(os.path.join(folder, 'manifest.csv'), 'w', newline='',
-            encoding='utf-8') as f:
-    f.write(_csv_text(rows))
+  paths.write_text_atomic(os.path.join(folder, 'manifest.csv'),
+                          _csv_text(rows))
   return len(rows)
 
 
 def write_skipped(path, bad):
   """Writes skipped.csv: id,file,reason."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path, 'w', newline='', encoding='utf-8') as f:
+  with paths.atomic_open(path) as f:
     w = csv.writer(f)
     w.writerow(['id', 'file', 'reason'])
     w.writerows(bad)

@@ -51,6 +51,8 @@ from PIL import Image
 import soundfile as sf
 import threadpoolctl
 
+from parallelnet.core import paths
+
 CLASS_MIX = {'happy': 0.531, 'anger': 0.246, 'sad': 0.168, 'hate': 0.054}
 IMAGE_CUE = {'happy': 1, 'anger': 1, 'sad': 0, 'hate': 0}  # 1 = warm colour.
 SPEECH_CUE = {'happy': 1, 'hate': 1, 'anger': 0, 'sad': 0}  # 1 = high/rising.
@@ -283,6 +285,7 @@ def generate_corpus(folder, *, num_examples, seed, classes, image_size,
     with open(done) as f:
       if json.load(f) == params:
         return folder
+    os.remove(done)  # Another corpus's marker: gone before its files change.
   os.makedirs(os.path.join(folder, 'images'), exist_ok=True)
   os.makedirs(os.path.join(folder, 'audio'), exist_ok=True)
   labels, image_cue, speech_cue = plan(num_examples, seed, classes, cue_noise)
@@ -302,11 +305,13 @@ def generate_corpus(folder, *, num_examples, seed, classes, image_size,
           rows = pool.map(_call, [(fn, a) for a in args], chunksize=32)
     else:
       rows = [fn(**a) for a in args]
-  with open(os.path.join(folder, 'manifest.csv'), 'w', newline='') as f:
+  # Atomic, and corpus.json last: an interrupted build leaves no marker, so
+  # the next call writes the corpus again rather than reading half of it.
+  with paths.atomic_open(os.path.join(folder, 'manifest.csv')) as f:
     w = csv.DictWriter(f, fieldnames=list(rows[0]))
     w.writeheader()
     w.writerows(rows)
-  with open(done, 'w') as f:
+  with paths.atomic_open(done) as f:
     json.dump(params, f)
   return folder
 

@@ -60,6 +60,23 @@ def test_generation_is_deterministic_from_the_seed(tmp_path):
               (tmp_path / 'b' / row[col]).read_bytes())
 
 
+def test_an_interrupted_rebuild_leaves_no_marker(tmp_path, monkeypatch):
+  """corpus.json says which corpus the folder holds: a build that stops
+  part-way leaves none, so neither corpus is read back half-written."""
+  first = _generate(tmp_path / 'a', n=6, seed=3)
+
+  def stop(*args, **kwargs):
+    raise KeyboardInterrupt
+  monkeypatch.setattr(synthetic.json, 'dump', stop)
+  with pytest.raises(KeyboardInterrupt):
+    _generate(tmp_path / 'a', n=6, seed=4)  # Files of seed 4 written.
+  monkeypatch.undo()
+  assert not (tmp_path / 'a' / 'corpus.json').exists()
+  assert not [p for p in os.listdir(tmp_path / 'a') if '.tmp' in p]
+  assert _generate(tmp_path / 'a', n=6, seed=3) == first  # Built again.
+  assert _generate(tmp_path / 'b', n=6, seed=4) != first
+
+
 def test_image_cue_box_holds_the_cue(tmp_path):
   rows = _generate(tmp_path, n=24, size=48)
   for row in rows:
