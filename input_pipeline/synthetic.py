@@ -278,7 +278,7 @@ def generate_corpus(folder, *, num_examples, seed, classes, image_size,
                 sample_rate=int(sample_rate), duration_s=float(duration_s),
                 cue_noise=float(cue_noise), version=FORMAT_VERSION)
   cue_kind = image_cue
-  if cue_kind != 'colour':  # The default's record (and folder) as before.
+  if cue_kind != 'colour':  # The default's record (and folder) lacks it.
     params['image_cue'] = cue_kind
   done = os.path.join(folder, 'corpus.json')
   if os.path.exists(done):

@@ -37,7 +37,7 @@ from parallelnet import metrics as metrics_lib
 from parallelnet import models
 from parallelnet import writers
 from parallelnet.models import scaling as model_scaling
-# The state, steps and writers, importable from here as before the split.
+# Re-exported: the state, steps and writers are public names of this module.
 from parallelnet.steps import eval_step  # pylint: disable=unused-import
 from parallelnet.steps import evaluate_batches
 from parallelnet.steps import Steps

@@ -324,7 +324,7 @@ def test_long_file_decodes_in_clip_sized_memory(tmp_path):
     wav, fit = audio_lib.decode_clip(p, c)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.reset_peak()
-    old = audio_lib.decode_audio(p, c.sample_rate)  # Whole file, as before.
+    old = audio_lib.decode_audio(p, c.sample_rate)  # The whole file at once.
     _, old_peak = tracemalloc.get_traced_memory()
   finally:
     tracemalloc.stop()
