@@ -1,5 +1,6 @@
-"""The one-way dependency order of DESIGN.md, checked on every module's
-imports (module-level and inside functions alike)."""
+"""DESIGN.md's import rules, checked on every library module: the one-way
+dependency order (module-level and function-level imports alike), and
+imports at the top but for a listed few."""
 
 import ast
 import pathlib
@@ -21,45 +22,70 @@ def _layer(module):
   return None
 
 
-def _module_name(path):
-  parts = list(path.relative_to(ROOT).with_suffix('').parts)
+def _module_name(path, root):
+  parts = list(path.relative_to(root).with_suffix('').parts)
   if parts[-1] == '__init__':
     parts = parts[:-1]
   return '.'.join(parts)
 
 
-def _imports(path):
-  """(line, imported module) for every import statement of ours in `path`."""
+def _imported(node):
+  """(line, imported module) of an absolute import statement, else nothing."""
+  if isinstance(node, ast.Import):
+    for alias in node.names:
+      yield node.lineno, alias.name
+  elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+    # `from parallelnet import train` imports parallelnet.train; a name
+    # that is no module (`from x.errors import UserError`) lands in x.errors.
+    for alias in node.names:
+      yield node.lineno, f'{node.module}.{alias.name}'
+
+
+def _imports(path, *, in_functions=False):
+  """(line, imported module) for every import statement in `path` (or only
+  those inside a function)."""
   tree = ast.parse(path.read_text(encoding='utf-8'), str(path))
-  for node in ast.walk(tree):
-    if isinstance(node, ast.Import):
-      for alias in node.names:
-        yield node.lineno, alias.name
-    elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-      # `from parallelnet import train` imports parallelnet.train; a name
-      # that is no module (`from x.errors import UserError`) lands in x.errors.
-      for alias in node.names:
-        yield node.lineno, f'{node.module}.{alias.name}'
+  roots = [tree]
+  if in_functions:
+    roots = [n for n in ast.walk(tree)
+             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+  for root in roots:
+    for node in ast.walk(root):
+      yield from _imported(node)
 
 
-def _violations():
-  out = []
+def _library_files(root):
   for package in ('parallelnet', 'input_pipeline', 'explain', 'configs'):
-    for path in sorted((ROOT / package).rglob('*.py')):
-      me = _module_name(path)
-      mine = _layer(me)
-      for line, imported in _imports(path):
-        theirs = _layer(imported)
-        if theirs is not None and theirs > mine:
-          out.append(f'{path.relative_to(ROOT)}:{line} imports {imported} '
-                     f'({LAYERS[theirs]} comes after {LAYERS[mine]})')
-        for prefix, banned in EXTRA_FORBIDDEN.items():
-          if me == prefix or me.startswith(prefix + '.'):
-            if any(imported == b or imported.startswith(b + '.')
-                   for b in banned):
-              out.append(f'{path.relative_to(ROOT)}:{line} imports {imported}'
-                         f' (models import no data code)')
+    yield from sorted((root / package).rglob('*.py'))
+
+
+def _violations(root=ROOT):
+  out = []
+  for path in _library_files(root):
+    me = _module_name(path, root)
+    mine = _layer(me)
+    for line, imported in _imports(path):
+      theirs = _layer(imported)
+      if theirs is not None and theirs > mine:
+        out.append(f'{path.relative_to(root)}:{line} imports {imported} '
+                   f'({LAYERS[theirs]} comes after {LAYERS[mine]})')
+      for prefix, banned in EXTRA_FORBIDDEN.items():
+        if me == prefix or me.startswith(prefix + '.'):
+          if any(imported == b or imported.startswith(b + '.')
+                 for b in banned):
+            out.append(f'{path.relative_to(root)}:{line} imports {imported}'
+                       f' (models import no data code)')
   return out
+
+
+def _probe(tmp_path, relpath, text):
+  """A tree in tmp_path holding only module `relpath` (the checks read the
+  repository's files, so a probe never goes there, where another test
+  process may be reading)."""
+  path = tmp_path / relpath
+  path.parent.mkdir(parents=True)
+  path.write_text(text)
+  return tmp_path
 
 
 def test_dependencies_run_one_way():
@@ -68,13 +94,11 @@ def test_dependencies_run_one_way():
 
 def test_the_check_sees_a_wrong_arrow(tmp_path):
   """The parser finds a function-level import that runs the wrong way."""
-  bad = ROOT / 'input_pipeline' / '_layers_probe.py'
-  bad.write_text('def f():\n  from parallelnet import train\n')
-  try:
-    found = [v for v in _violations() if '_layers_probe' in v]
-  finally:
-    bad.unlink()
-  assert found and 'parallelnet comes after input_pipeline' in found[0]
+  root = _probe(tmp_path, 'input_pipeline/probe.py',
+                'def f():\n  from parallelnet import train\n')
+  assert _violations(root) == [
+      'input_pipeline/probe.py:2 imports parallelnet.train (parallelnet '
+      'comes after input_pipeline)']
 
 
 def test_design_md_states_the_same_order():
@@ -97,31 +121,15 @@ DEFERRED_IMPORTS = {
 }
 
 
-def _function_level_imports(path):
-  """(line, module) of every import inside a function of `path`."""
-  tree = ast.parse(path.read_text(encoding='utf-8'), str(path))
-  for fn in ast.walk(tree):
-    if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
-      continue
-    for node in ast.walk(fn):
-      if isinstance(node, ast.Import):
-        for alias in node.names:
-          yield node.lineno, alias.name
-      elif isinstance(node, ast.ImportFrom) and node.module:
-        for alias in node.names:
-          yield node.lineno, f'{node.module}.{alias.name}'
-
-
-def _deferred_without_reason():
-  out = []
-  for package in ('parallelnet', 'input_pipeline', 'explain', 'configs'):
-    for path in sorted((ROOT / package).rglob('*.py')):
-      for line, imported in _function_level_imports(path):
-        if not any(imported == m or imported.startswith(m + '.')
-                   for m in DEFERRED_IMPORTS):
-          out.append(f'{path.relative_to(ROOT)}:{line} imports {imported} '
-                     'inside a function')
-  return sorted(set(out))
+def _deferred_without_reason(root=ROOT):
+  out = set()  # A nested function's imports are walked twice.
+  for path in _library_files(root):
+    for line, imported in _imports(path, in_functions=True):
+      if not any(imported == m or imported.startswith(m + '.')
+                 for m in DEFERRED_IMPORTS):
+        out.add(f'{path.relative_to(root)}:{line} imports {imported} '
+                'inside a function')
+  return sorted(out)
 
 
 def test_library_imports_sit_at_the_top():
@@ -131,12 +139,8 @@ def test_library_imports_sit_at_the_top():
   assert not _deferred_without_reason(), '\n'.join(_deferred_without_reason())
 
 
-def test_the_check_sees_a_deferred_import():
-  bad = ROOT / 'parallelnet' / '_deferred_probe.py'
-  bad.write_text('def f():\n  from parallelnet import mesh\n  import keras\n')
-  try:
-    found = [v for v in _deferred_without_reason() if '_deferred_probe' in v]
-  finally:
-    bad.unlink()
-  assert found == ['parallelnet/_deferred_probe.py:2 imports parallelnet.mesh '
-                   'inside a function']
+def test_the_check_sees_a_deferred_import(tmp_path):
+  root = _probe(tmp_path, 'parallelnet/probe.py',
+                'def f():\n  from parallelnet import mesh\n  import keras\n')
+  assert _deferred_without_reason(root) == [
+      'parallelnet/probe.py:2 imports parallelnet.mesh inside a function']
