@@ -5,14 +5,14 @@ the light modules (audio, image, manifest, synthetic) load without
 TensorFlow.
 """
 
+from input_pipeline.manifest import fixed_sources
+
 _PUBLIC = ('get_builder', 'split_names', 'train_batches', 'eval_batches',
            'load_examples', 'preprocess_pair', 'num_examples',
            'steps_per_epoch', 'process_split', 'train_dataset',
            'eval_dataset', 'epoch_seed')
 
 __all__ = _PUBLIC + ('fixed_sources',)
-
-from input_pipeline.manifest import fixed_sources  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def __getattr__(name):

@@ -383,24 +383,12 @@ def flax_layer_sequence(module, input_shape, with_stats=False):
   return calls, variables['params']
 
 
-def keras_application(builder, input_shape):
-  """keras.applications.<builder> without top or weights, for its
-  architecture only: zeros where Keras would draw random kernels
-  (VarianceScaling, which Glorot and He subclass), a fifth of the build."""
-  keras = pytest.importorskip('keras')
-  with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(keras.initializers.VarianceScaling, '__call__',
-               lambda self, shape, dtype=None: keras.ops.zeros(shape, dtype))
-    return getattr(keras.applications, builder)(
-        weights=None, include_top=False, input_shape=input_shape)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize('name', ['vgg16', 'vgg19'])
 def test_vgg_trunk_matches_keras_applications(name):
   keras = pytest.importorskip('keras')
-  ref = keras_application({'vgg16': 'VGG16', 'vgg19': 'VGG19'}[name],
-                          (32, 32, 3))
+  ref = train_helpers.keras_architecture(
+      {'vgg16': 'VGG16', 'vgg19': 'VGG19'}[name], (32, 32, 3))
   ref_layers = [l for l in ref.layers
                 if not isinstance(l, keras.layers.InputLayer)]
   ours, params = flax_layer_sequence(
@@ -446,7 +434,7 @@ KERAS_TWINS = {
 @pytest.mark.parametrize('name', sorted(KERAS_TWINS))
 def test_backbone_matches_keras_applications(name):
   keras = pytest.importorskip('keras')
-  ref = keras_application(KERAS_TWINS[name], (32, 32, 3))
+  ref = train_helpers.keras_architecture(KERAS_TWINS[name], (32, 32, 3))
   # Every layer with weights, every pool and dropout must match in name,
   # order, kind and output shape (Keras' input Rescaling/Normalization in
   # EfficientNet are not part of our trunks: see efficientnet.py).
@@ -508,7 +496,7 @@ def test_resnet34_basic_blocks():
 @pytest.mark.slow
 def test_inception_v3_matches_keras_applications():
   keras = pytest.importorskip('keras')
-  ref = keras_application('InceptionV3', (75, 75, 3))
+  ref = train_helpers.keras_architecture('InceptionV3', (75, 75, 3))
   ours, params, stats = flax_layer_sequence(
       models.get_backbone('inception_v3'), (1, 75, 75, 3), with_stats=True)
 

@@ -24,6 +24,7 @@ from parallelnet import models
 from parallelnet.models import backbones
 from parallelnet.models import pretrained
 from parallelnet.models import vgg
+import train_helpers
 
 keras = pytest.importorskip('keras')
 from keras.src.legacy.saving import legacy_h5_format  # pylint: disable=g-import-not-at-top,g-bad-import-order
@@ -74,18 +75,6 @@ def _randomize(model, seed):
                      for v, w in zip(values, model.weights)])
 
 
-def _build_keras(name, input_shape):
-  """keras.applications' `name` trunk, weights=None, with zeros where Keras
-  would draw its random kernels (VarianceScaling, which Glorot and He
-  subclass): _randomize overwrites every weight, and the draws are a fifth of
-  the build (~3 CPU-s over the module)."""
-  with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(keras.initializers.VarianceScaling, '__call__',
-               lambda self, shape, dtype=None: keras.ops.zeros(shape, dtype))
-    return getattr(keras.applications, pretrained.KERAS_BUILDERS[name])(
-        weights=None, include_top=False, input_shape=input_shape)
-
-
 @pytest.fixture(scope='module')
 def keras_files(tmp_path_factory):
   """name -> dict(legacy=.h5 path, keras3=.weights.h5 path, raw, ref, model).
@@ -98,7 +87,9 @@ def keras_files(tmp_path_factory):
   def get(name):
     keras.utils.set_random_seed(0)
     h, w = SIZES[name]
-    model = _build_keras(name, (h, w, 3))
+    # Zero kernels at build: _randomize overwrites every weight.
+    model = train_helpers.keras_architecture(
+        pretrained.KERAS_BUILDERS[name], (h, w, 3))
     _randomize(model, seed=len(name))
     legacy = str(root / f'{name}_notop.h5')
     with h5py.File(legacy, 'w') as f:

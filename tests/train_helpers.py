@@ -121,6 +121,19 @@ def quick_variables(init_fn, seed=0):
   return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
+def keras_architecture(builder, input_shape):
+  """keras.applications.<builder> without top or weights, for its
+  architecture: zeros where Keras would draw random kernels (VarianceScaling,
+  which Glorot and He subclass), which are a fifth of the build. For tests
+  that compare layers or overwrite every weight."""
+  keras = pytest.importorskip('keras')
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(keras.initializers.VarianceScaling, '__call__',
+               lambda self, shape, dtype=None: keras.ops.zeros(shape, dtype))
+    return getattr(keras.applications, builder)(
+        weights=None, include_top=False, input_shape=input_shape)
+
+
 class ArrayData:
   """In-memory splits: {'train': n, 'validation': n, 'test': n} examples."""
 
